@@ -1,0 +1,213 @@
+"""Deliver one message to one destination: resolve, walk the servers, one outcome per recipient.
+
+The destination is a recipient domain (direct to its MX hosts) or the relay. Servers are tried
+in MX preference order, every address of a host before the next host, as Postfix's smtp client
+does: a recipient whose reply says "try elsewhere" (`outcome.try_next_host`) stays in play for
+the next server, and only the last reply decides. Like Postfix's `smtp_mx_address_limit` and
+`smtp_mx_session_limit`, at most `max_addresses` addresses are dialled and at most
+`max_sessions` conversations that got a greeting are held per delivery. An opportunistic TLS
+handshake that fails is retried on the same address in plaintext (Postfix's `may` level).
+
+This module is network-only: it touches no store; its `DeliveryReport` is applied elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from settings import DeliveryMode, Settings
+from workers.envelope import OutboundMessage
+from workers.mx import MxResolver, Target, resolve_host
+from workers.outcome import Outcome, classify, try_next_host
+from workers.reply import Code, Reply, Step, not_attempted
+from workers.smtp_session import Credentials, SessionResult, StepRecord, Timeouts, run_session
+from workers.tls_policy import TlsPolicy, opportunistic_policy, relay_policy
+
+
+@dataclass(frozen=True, slots=True)
+class Relay:
+    """The smarthost every message goes through in relay mode."""
+
+    host: str
+    port: int
+    tls: TlsPolicy
+    credentials: Credentials | None
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One conversation with one server address."""
+
+    at: datetime
+    host: str
+    address: str
+    steps: tuple[StepRecord, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryReport:
+    """Everything one delivery did: the look-up, each conversation, and each outcome."""
+
+    destination: str
+    outcomes: tuple[Outcome, ...]
+    resolution: StepRecord
+    attempts: tuple[Attempt, ...]
+
+
+class DeliveryAgent:
+    """Runs deliveries; one per worker process, shared by every session on its event loop."""
+
+    def __init__(
+        self,
+        *,
+        resolver: MxResolver,
+        mx_port: int,
+        relay: Relay | None,
+        helo: str,
+        timeouts: Timeouts,
+        mx_tls: TlsPolicy | None = None,
+        max_addresses: int = 5,
+        max_sessions: int = 2,
+    ) -> None:
+        self._resolver = resolver
+        self._mx_port = mx_port
+        self._relay = relay
+        self._helo = helo
+        self._timeouts = timeouts
+        self._mx_tls = mx_tls or opportunistic_policy()
+        self._max_addresses = max_addresses
+        self._max_sessions = max_sessions
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DeliveryAgent:
+        """Build the agent a worker process uses, from validated settings."""
+        relay = None
+        if settings.delivery is DeliveryMode.RELAY:
+            assert settings.relay_host is not None  # settings validation guarantees it
+            credentials = None
+            if settings.relay_username and settings.relay_password is not None:
+                credentials = Credentials(
+                    settings.relay_username, settings.relay_password.get_secret_value()
+                )
+            relay = Relay(
+                settings.relay_host,
+                settings.relay_port,
+                relay_policy(settings.relay_security.value, _path(settings.tls_ca_file)),
+                credentials,
+            )
+        resolver = MxResolver(
+            [(server.ip, server.port) for server in settings.dns_nameservers],
+            port=settings.mx_port,
+            timeout=settings.dns_timeout,
+        )
+        timeouts = Timeouts(
+            connect=settings.connect_timeout,
+            command=settings.command_timeout,
+            data=settings.data_timeout,
+            session=settings.session_timeout,
+        )
+        return cls(
+            resolver=resolver,
+            mx_port=settings.mx_port,
+            relay=relay,
+            helo=settings.helo_name,
+            timeouts=timeouts,
+        )
+
+    async def deliver(
+        self, message: OutboundMessage, destination: str, recipients: Sequence[str]
+    ) -> DeliveryReport:
+        """Deliver `message` to `recipients`, all of `destination`; never raises for the network.
+
+        Returns one outcome per recipient, in the order given.
+        """
+        deadline = asyncio.get_running_loop().time() + self._timeouts.session
+        started = time.perf_counter()
+        targets = await self._targets(destination)
+        resolution = _resolution_record(destination, targets, started)
+        if isinstance(targets, Reply):
+            outcomes = tuple(classify(recipient, targets) for recipient in recipients)
+            return DeliveryReport(destination, outcomes, resolution, ())
+        last: dict[str, Reply] = {}
+        pending = list(dict.fromkeys(recipients))
+        attempts: list[Attempt] = []
+        sessions = 0
+        for host, address, port in self._servers(targets):
+            if not pending or sessions >= self._max_sessions:
+                break
+            if asyncio.get_running_loop().time() >= deadline:
+                break
+            result = await self._converse(host, address, port, message, pending, deadline, attempts)
+            sessions += result.greeted
+            last.update(result.replies)
+            pending = [recipient for recipient in pending if try_next_host(last[recipient])]
+        outcomes = tuple(classify(r, last.get(r) or _untried()) for r in recipients)
+        return DeliveryReport(destination, outcomes, resolution, tuple(attempts))
+
+    async def _targets(self, destination: str) -> tuple[Target, ...] | Reply:
+        if self._relay is not None:
+            target = await resolve_host(self._relay.host, self._relay.port)
+            return target if isinstance(target, Reply) else (target,)
+        return await self._resolver.resolve(destination)
+
+    def _servers(self, targets: tuple[Target, ...]) -> list[tuple[str, str, int]]:
+        servers = [(t.host, address, t.port) for t in targets for address in t.addresses]
+        return servers[: self._max_addresses]
+
+    async def _converse(
+        self,
+        host: str,
+        address: str,
+        port: int,
+        message: OutboundMessage,
+        recipients: list[str],
+        deadline: float,
+        attempts: list[Attempt],
+    ) -> SessionResult:
+        """One conversation (appended to `attempts`), then a plaintext one if opportunistic
+        TLS failed on it; returns the last."""
+        relay = self._relay
+        policy: TlsPolicy | None = relay.tls if relay is not None else self._mx_tls
+        while True:
+            at = datetime.now(UTC)
+            result = await run_session(
+                host,
+                address,
+                port,
+                message,
+                recipients,
+                tls=policy,
+                helo=self._helo,
+                timeouts=self._timeouts,
+                credentials=relay.credentials if relay is not None else None,
+                deadline=deadline,
+            )
+            attempts.append(Attempt(at, host, address, result.steps))
+            if not result.tls_failed or policy is None:
+                return result
+            policy = None
+
+
+def _path(path: Path | None) -> str | None:
+    return None if path is None else str(path)
+
+
+def _untried() -> Reply:
+    return not_attempted(Step.OPEN_SESSION, "no server could be tried before the deadline")
+
+
+def _resolution_record(
+    destination: str, targets: tuple[Target, ...] | Reply, started: float
+) -> StepRecord:
+    ms = (time.perf_counter() - started) * 1000
+    if isinstance(targets, Reply):
+        return StepRecord("resolve", targets, ms)
+    found = ", ".join(f"{t.host}[{'/'.join(t.addresses)}]:{t.port}" for t in targets)
+    return StepRecord(
+        "resolve", Reply(Code.OK, "2.0.0", f"{destination} -> {found}", Step.RESOLVE_MX), ms
+    )

@@ -1,0 +1,414 @@
+"""One SMTP conversation with one server address: steps 1 and 3 to 6 of the session.
+
+open (TCP connect, greeting, EHLO with HELO fallback, STARTTLS, EHLO again, AUTH) → MAIL FROM →
+RCPT TO per recipient → DATA → QUIT. Every command's reply is recorded with its step, enhanced
+code and duration. The session never raises for anything the network or the server does: each
+library exception becomes a `Reply` in `_translate`, the one boundary with aiosmtplib (STYLE.md
+rule 3). Which recipient a failure applies to follows Postfix's `smtp_trouble.c`: a failure
+while opening, at MAIL FROM or at DATA hits every recipient still in play; a RCPT refusal hits
+that recipient only; QUIT never changes an outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import ssl
+import time
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass, field
+from ipaddress import ip_address
+
+from aiosmtplib import SMTP, SMTPResponse
+from aiosmtplib.errors import (
+    SMTPConnectTimeoutError,
+    SMTPException,
+    SMTPResponseException,
+    SMTPServerDisconnected,
+    SMTPTimeoutError,
+)
+
+from workers import reply as replies
+from workers.envelope import OutboundMessage
+from workers.reply import Code, Reply, Step, parse_reply
+from workers.tls_policy import TlsMode, TlsPolicy
+
+_AMBIGUOUS = "; the server may have accepted the message, so it will be retried (at least once)"
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Seconds allowed per phase (RFC 5321 §4.5.3.2 gives the upper bounds)."""
+
+    connect: float  # TCP connect (and the TLS handshake of implicit TLS)
+    command: float  # each command's reply: greeting, EHLO, STARTTLS, AUTH, MAIL, RCPT, QUIT
+    data: float  # DATA: the 354 and the reply after the final dot
+    session: float  # the whole delivery, every server tried included
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """The relay's service account; the password is kept out of every repr."""
+
+    username: str
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class StepRecord:
+    """One command and its reply, as the status record shows it."""
+
+    command: str  # "connect", "EHLO", "HELO", "STARTTLS", "AUTH PLAIN", "MAIL FROM", ...
+    reply: Reply
+    ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class SessionResult:
+    """What one conversation did: its steps and the final reply for each recipient."""
+
+    host: str
+    address: str
+    steps: tuple[StepRecord, ...]
+    replies: dict[str, Reply]
+    greeted: bool  # the server said 2xx at connect: counts as a session (Postfix's session limit)
+    tls: bool  # the message, if sent, went over TLS
+    tls_failed: bool  # opportunistic TLS failed: this address may be retried without TLS
+
+
+async def run_session(
+    host: str,
+    address: str,
+    port: int,
+    message: OutboundMessage,
+    recipients: Sequence[str],
+    *,
+    tls: TlsPolicy | None,
+    helo: str,
+    timeouts: Timeouts,
+    credentials: Credentials | None,
+    deadline: float,
+) -> SessionResult:
+    """Run one SMTP session with `host` at `address`, returning every recipient's final reply.
+
+    `tls` None means plaintext (the retry after a failed opportunistic handshake); `deadline`
+    is an event-loop time after which the session is abandoned and unfinished recipients are
+    deferred. Credentials are only ever sent inside TLS.
+    """
+    conversation = _Conversation(host, address, message, recipients, helo, timeouts)
+    try:
+        async with asyncio.timeout_at(deadline):
+            await conversation.run(port, tls, credentials)
+    except TimeoutError:
+        conversation.abandon(replies.deadline_exceeded(host, conversation.step))
+    finally:
+        conversation.close()
+    return conversation.result()
+
+
+class _Conversation:
+    """The state of one session: the client, the steps so far, the replies decided so far."""
+
+    def __init__(
+        self,
+        host: str,
+        address: str,
+        message: OutboundMessage,
+        recipients: Sequence[str],
+        helo: str,
+        timeouts: Timeouts,
+    ) -> None:
+        self.host = host
+        self.address = address
+        self.message = message
+        self.recipients = list(recipients)
+        self.helo = helo
+        self.timeouts = timeouts
+        self.steps: list[StepRecord] = []
+        self.replies: dict[str, Reply] = {}
+        self.accepted: list[str] = []
+        self.step = Step.OPEN_SESSION
+        self.smtp: SMTP | None = None
+        self.greeted = False
+        self.tls_active = False
+        self.tls_failed = False
+        self.lost = False  # the last reply was made up because the server's never came
+
+    def result(self) -> SessionResult:
+        return SessionResult(
+            self.host,
+            self.address,
+            tuple(self.steps),
+            dict(self.replies),
+            self.greeted,
+            self.tls_active,
+            self.tls_failed,
+        )
+
+    def close(self) -> None:
+        if self.smtp is not None:
+            self.smtp.close()
+
+    def abandon(self, reply: Reply) -> None:
+        """Give `reply` to every recipient that has no final reply yet."""
+        if self.step is Step.DATA:
+            reply = Reply(reply.code, reply.enhanced, reply.text + _AMBIGUOUS, reply.step)
+        for recipient in self.recipients:
+            self.replies.setdefault(recipient, reply)
+
+    async def run(self, port: int, tls: TlsPolicy | None, credentials: Credentials | None) -> None:
+        if not await self.open(port, tls, credentials):
+            return
+        if not await self.mail_from():
+            await self.quit()
+            return
+        await self.rcpt_to_each()
+        if self.accepted:
+            await self.data()
+        await self.quit()
+
+    # Step 1: open the session.
+
+    async def open(self, port: int, tls: TlsPolicy | None, credentials: Credentials | None) -> bool:
+        implicit = tls is not None and tls.mode is TlsMode.IMPLICIT
+        started = time.perf_counter()
+        connected = await _connect(self.address, port, self.timeouts.connect)
+        if isinstance(connected, str):
+            self.record("connect", replies.no_answer(self.host, connected), started)
+            self.abandon(self.steps[-1].reply)
+            return False
+        self.smtp = SMTP(
+            hostname=self.host,
+            sock=connected,
+            use_tls=implicit,
+            start_tls=False,
+            tls_context=tls.context if tls is not None else None,
+            local_hostname=self.helo,
+            timeout=self.timeouts.command,
+        )
+        greeting = await self.call("connect", self.smtp.connect(), started, handshake=implicit)
+        if greeting.reply_class != 2:
+            return self.fail(greeting)
+        self.greeted = True
+        self.tls_active = implicit
+        if not await self.hello():
+            return False
+        if tls is not None and not implicit and not await self.starttls(tls):
+            return False
+        if tls is not None and tls.required and not self.tls_active:
+            return self.fail(replies.tls_unavailable(self.host), "STARTTLS")
+        return credentials is None or await self.authenticate(credentials)
+
+    async def hello(self) -> bool:
+        assert self.smtp is not None
+        ehlo = await self.call("EHLO", self.smtp.ehlo())
+        if ehlo.reply_class == 2:
+            return True
+        if not self.smtp.is_connected:
+            return self.fail(ehlo)
+        # RFC 5321 §3.2: a server that does not know EHLO answers 500/502; HELO still works.
+        helo = await self.call("HELO", self.smtp.helo())
+        return helo.reply_class == 2 or self.fail(helo)
+
+    async def starttls(self, tls: TlsPolicy) -> bool:
+        assert self.smtp is not None
+        if not self.smtp.supports_extension("starttls"):
+            return not tls.required or self.fail(replies.tls_unavailable(self.host), "STARTTLS")
+        started = time.perf_counter()
+        upgraded = await self.call(
+            "STARTTLS",
+            self.smtp.starttls(server_hostname=self.host, tls_context=tls.context),
+            started,
+            handshake=True,
+        )
+        if upgraded.reply_class != 2:
+            self.tls_failed = not tls.required
+            if upgraded.enhanced != "4.7.5":
+                refused = replies.tls_failed(self.host, f"STARTTLS refused: {upgraded}")
+                return self.fail(refused, "STARTTLS")
+            return self.fail(upgraded)
+        self.tls_active = True
+        # RFC 3207 §4.2: forget what the server said before TLS and ask again.
+        return await self.hello()
+
+    async def authenticate(self, credentials: Credentials) -> bool:
+        assert self.smtp is not None
+        if not self.tls_active:
+            return self.fail(replies.tls_unavailable(self.host), "AUTH")
+        methods = self.smtp.server_auth_methods
+        if "plain" in methods:
+            command, call = "AUTH PLAIN", self.smtp.auth_plain
+        elif "login" in methods:
+            command, call = "AUTH LOGIN", self.smtp.auth_login
+        else:
+            return self.fail(replies.auth_unavailable(self.host), "AUTH")
+        answer = await self.call(command, call(credentials.username, credentials.password))
+        if answer.reply_class == 2:
+            return True
+        # A refused login is the operator's to fix, never the recipient's fault: defer, as
+        # Postfix's smtp_sasl_auth_soft_bounce does, and keep the server's words.
+        refused = Reply(
+            Code.LOCAL_ERROR,
+            "4.7.0",
+            f"authentication as {credentials.username} failed: {answer}",
+            Step.OPEN_SESSION,
+        )
+        return self.fail(refused, command)
+
+    # Steps 3 to 6.
+
+    async def mail_from(self) -> bool:
+        assert self.smtp is not None
+        self.step = Step.MAIL_FROM
+        refusal = self.unsendable()
+        if refusal is not None:
+            return self.fail(refusal, "MAIL FROM")
+        options = []
+        if self.smtp.supports_extension("size"):
+            options.append(f"SIZE={self.message.size}")
+        if self.message.smtputf8:
+            options.append("SMTPUTF8")
+        if self.message.eight_bit and self.smtp.supports_extension("8bitmime"):
+            options.append("BODY=8BITMIME")
+        answer = await self.call(
+            "MAIL FROM",
+            self.smtp.mail(self.message.sender, options=options, encoding=self.encoding),
+        )
+        return answer.reply_class == 2 or self.fail(answer)
+
+    def unsendable(self) -> Reply | None:
+        """A reason this server cannot take this message at all, known before MAIL FROM."""
+        assert self.smtp is not None
+        limit = self.smtp.esmtp_extensions.get("size", "")
+        if limit.isdigit() and 0 < int(limit) < self.message.size:
+            return replies.message_too_big(self.host, self.message.size, int(limit))
+        if self.message.smtputf8 and not self.smtp.supports_extension("smtputf8"):
+            return replies.smtputf8_unavailable(self.host)
+        return None
+
+    async def rcpt_to_each(self) -> None:
+        assert self.smtp is not None
+        self.step = Step.RCPT_TO
+        for recipient in self.recipients:
+            answer = await self.call("RCPT TO", self.smtp.rcpt(recipient, encoding=self.encoding))
+            if answer.reply_class == 2:
+                self.accepted.append(recipient)
+                continue
+            self.replies[recipient] = answer
+            if not self.smtp.is_connected:
+                # A 421 or a dropped connection ends the session for everyone still waiting,
+                # the recipients already accepted included: no DATA will follow.
+                self.accepted.clear()
+                self.abandon(answer)
+                return
+
+    async def data(self) -> None:
+        assert self.smtp is not None
+        self.step = Step.DATA
+        answer = await self.call(
+            "DATA", self.smtp.data(self.message.data, timeout=self.timeouts.data)
+        )
+        if self.lost:
+            # RFC 5321 §6.1's duplicate-delivery window: the dot may have arrived unanswered.
+            answer = Reply(answer.code, answer.enhanced, answer.text + _AMBIGUOUS, answer.step)
+        for recipient in self.accepted:
+            self.replies[recipient] = answer
+
+    async def quit(self) -> None:
+        assert self.smtp is not None
+        self.step = Step.QUIT
+        if self.smtp.is_connected:
+            await self.call("QUIT", self.smtp.quit())
+
+    # Plumbing.
+
+    @property
+    def encoding(self) -> str:
+        return "utf-8" if self.message.smtputf8 else "ascii"
+
+    def fail(self, reply: Reply, command: str | None = None) -> bool:
+        """Apply a session-wide failure to everyone still waiting; always False.
+
+        `command` names a reply Mailroom decided itself, which no `call` has recorded yet.
+        """
+        if command is not None:
+            self.steps.append(StepRecord(command, reply, 0.0))
+        self.abandon(reply)
+        return False
+
+    def record(self, command: str, reply: Reply, started: float) -> None:
+        self.steps.append(StepRecord(command, reply, (time.perf_counter() - started) * 1000))
+
+    async def call(
+        self,
+        command: str,
+        awaitable: Awaitable[SMTPResponse],
+        started: float | None = None,
+        *,
+        handshake: bool = False,
+    ) -> Reply:
+        """Await one aiosmtplib call and record its reply, whatever happens."""
+        started = time.perf_counter() if started is None else started
+        self.lost = False
+        try:
+            response = await awaitable
+            answer = parse_reply(response.code, response.message, self.step)
+        except SMTPResponseException as exc:
+            answer = parse_reply(exc.code, exc.message, self.step)
+        except (SMTPException, OSError) as exc:
+            self.lost = True
+            answer = _translate(exc, self.host, self.step, handshake=handshake)
+        self.record(command, answer, started)
+        return answer
+
+
+async def _connect(address: str, port: int, timeout: float) -> socket.socket | str:
+    """Open a TCP connection ourselves, so TLS can check the host *name* we dialled by address."""
+    family = socket.AF_INET6 if ip_address(address).version == 6 else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        await asyncio.wait_for(
+            asyncio.get_running_loop().sock_connect(sock, (address, port)), timeout
+        )
+    except TimeoutError:
+        sock.close()
+        return f"connect to {address}:{port} timed out after {timeout:g} s"
+    except OSError as exc:
+        sock.close()
+        # asyncio's message ("Connect call failed") hides the reason; errno has it.
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        return f"connect to {address}:{port} failed: {reason}"
+    return sock
+
+
+def _translate(exc: SMTPException | OSError, host: str, step: Step, *, handshake: bool) -> Reply:
+    """Turn a failure with no server reply into the reply it stands for; most specific first."""
+    tls_error = _ssl_error(exc)
+    if tls_error is not None:
+        return replies.tls_failed(host, tls_error)
+    if handshake and isinstance(exc, SMTPServerDisconnected | SMTPTimeoutError | ConnectionError):
+        return replies.tls_failed(host, f"handshake did not complete ({exc})")
+    if isinstance(exc, SMTPConnectTimeoutError):
+        return replies.no_answer(host, "no greeting in time")
+    if isinstance(exc, SMTPTimeoutError | TimeoutError):
+        return replies.connection_dropped(host, step, "no reply in time")
+    if isinstance(exc, SMTPServerDisconnected | OSError):
+        return replies.connection_dropped(host, step, str(exc) or type(exc).__name__)
+    # The rest (an extension missing, a refused option) is the client's problem, not the peer's.
+    return Reply(Code.LOCAL_ERROR, "4.3.0", f"{host}: {exc}", step)
+
+
+def _ssl_error(exc: BaseException) -> str | None:
+    """The TLS failure behind `exc`, if there is one, as text that says why."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # exception chains are short; the bound guards against a cycle
+        if seen is None:
+            return None
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return f"certificate not trusted: {seen.verify_message}"
+        if isinstance(seen, ssl.SSLError):
+            return f"TLS error: {seen.reason or seen}"
+        seen = seen.__cause__ or seen.__context__
+    return None
