@@ -56,7 +56,7 @@ _ASCII_POLICY = policy.SMTP.clone(cte_type="7bit", refold_source="none", header_
 _UTF8_POLICY = _ASCII_POLICY.clone(utf8=True)
 _FOLD_AT = 78  # RFC 5322 §2.1.1: lines SHOULD stay within 78 characters
 _WORD = re.compile(r"[^ \t]+")
-_CHUNK = re.compile(r"[ \t]*[^ \t]+|[ \t]+$")  # one word with the whitespace before it
+_CHUNK = re.compile(r"[ \t]*[^ \t]+")  # one word with the whitespace before it
 _ATEXT = r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]"  # RFC 5322 §3.2.3
 _DOT_ATOM_TEXT = re.compile(rf"{_ATEXT}+(?:\.{_ATEXT}+)*")
 
@@ -174,8 +174,8 @@ def _mailbox(box: Mailbox) -> str:
 def _fold(name: str, value: str) -> str:
     """Fold a header value at whitespace only (RFC 5322 §2.2.3), aiming at 78 characters a line.
 
-    A word longer than that stays whole on a line of its own; the caller has checked that
-    every word fits within 998 octets.
+    A word longer than that stays whole on a line of its own; the caller has stripped the value
+    and checked that every word fits within 998 octets.
     """
     if len(name) + 2 + len(value) <= _FOLD_AT:
         return value
@@ -183,14 +183,9 @@ def _fold(name: str, value: str) -> str:
     line = ""
     width = len(name) + 2
     for chunk in _CHUNK.findall(value):
-        # Break only before whitespace that precedes a word: RFC 5322 §3.2.2 forbids a folded
-        # line made of whitespace alone.
-        if (
-            line
-            and width + len(line) + len(chunk) > _FOLD_AT
-            and chunk[0] in " \t"
-            and chunk.strip()
-        ):
+        # A break goes before the whitespace that precedes a word, so no folded line is made
+        # of whitespace alone (RFC 5322 §3.2.2); the value has no trailing whitespace.
+        if line and width + len(line) + len(chunk) > _FOLD_AT and chunk[0] in " \t":
             lines.append(line)
             line, width = chunk, 0
         else:

@@ -104,6 +104,7 @@ async def run_session(
         conversation.abandon(replies.deadline_exceeded(host, conversation.step))
     finally:
         conversation.close()
+        await asyncio.sleep(0)  # one loop turn lets the aborted transport release its socket
     return conversation.result()
 
 
@@ -130,6 +131,7 @@ class _Conversation:
         self.accepted: list[str] = []
         self.step = Step.OPEN_SESSION
         self.smtp: SMTP | None = None
+        self.transport: asyncio.Transport | None = None  # the one under TLS, if any
         self.greeted = False
         self.tls_active = False
         self.tls_failed = False
@@ -149,6 +151,10 @@ class _Conversation:
     def close(self) -> None:
         if self.smtp is not None:
             self.smtp.close()
+        # After QUIT or a failure nothing more is owed to the server, and a graceful TLS
+        # shutdown would hold the socket open for up to ssl_shutdown_timeout: abort instead.
+        if self.transport is not None:
+            self.transport.abort()
 
     def abandon(self, reply: Reply) -> None:
         """Give `reply` to every recipient that has no final reply yet."""
@@ -188,6 +194,8 @@ class _Conversation:
             timeout=self.timeouts.command,
         )
         greeting = await self.call("connect", self.smtp.connect(), started, handshake=implicit)
+        transport = self.smtp.transport
+        self.transport = transport if isinstance(transport, asyncio.Transport) else None
         if greeting.reply_class != 2:
             return self.fail(greeting)
         self.greeted = True

@@ -476,9 +476,7 @@ class _Connection:
             await self.drop(server)
         codes = [local.partition("-")[0] for local in locals_ if local.endswith("-data")]
         with self.change():
-            message.reply = next(
-                (DATA_REPLIES[c] for c in codes if c in DATA_REPLIES), ACCEPT_DATA
-            )
+            message.reply = next((DATA_REPLIES[c] for c in codes if c in DATA_REPLIES), ACCEPT_DATA)
         return message.reply
 
     async def handle_exception(self, error: Exception) -> str:

@@ -385,7 +385,7 @@ def test_any_display_name_round_trips_or_is_refused_cleanly(name: str) -> None:
     assert_wire_format(message.data)
     expected = " ".join(name.split())
     shown = f"{expected} <alice@example.org>" if expected else "alice@example.org"
-    if expected.isascii() and "=?" not in expected:
+    if expected.isascii() and not ("=?" in expected and "?=" in expected):
         assert parse(message.data)["To"].addresses[0].display_name == expected
     else:
         assert decoded(raw_header(message.data, "To")) == shown

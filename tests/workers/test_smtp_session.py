@@ -22,7 +22,9 @@ FAST = Timeouts(connect=2, command=2, data=2, session=10)
 BODY = b"From: app@example.test\r\nSubject: hi\r\nMessage-ID: <m1@mailroom.test>\r\n\r\nhello\r\n"
 
 
-def message(data: bytes = BODY, *, smtputf8: bool = False, sender: str = "app@example.test") -> OutboundMessage:
+def message(
+    data: bytes = BODY, *, smtputf8: bool = False, sender: str = "app@example.test"
+) -> OutboundMessage:
     return outbound("m1", sender, data, smtputf8=smtputf8)
 
 
