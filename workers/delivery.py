@@ -120,11 +120,17 @@ class DeliveryAgent:
         )
 
     async def deliver(
-        self, message: OutboundMessage, destination: str, recipients: Sequence[str]
+        self,
+        message: OutboundMessage,
+        destination: str,
+        recipients: Sequence[str],
+        *,
+        probe: bool = False,
     ) -> DeliveryReport:
         """Deliver `message` to `recipients`, all of `destination`; never raises for the network.
 
-        Returns one outcome per recipient, in the order given.
+        Returns one outcome per recipient, in the order given. A `probe` stops each session
+        after RCPT TO, so nothing is sent (`mailroom check`).
         """
         deadline = asyncio.get_running_loop().time() + self._timeouts.session
         started = time.perf_counter()
@@ -142,7 +148,9 @@ class DeliveryAgent:
                 break
             if asyncio.get_running_loop().time() >= deadline:
                 break
-            result = await self._converse(host, address, port, message, pending, deadline, attempts)
+            result = await self._converse(
+                host, address, port, message, pending, deadline, attempts, probe
+            )
             sessions += result.greeted
             last.update(result.replies)
             pending = [recipient for recipient in pending if try_next_host(last[recipient])]
@@ -168,6 +176,7 @@ class DeliveryAgent:
         recipients: list[str],
         deadline: float,
         attempts: list[Attempt],
+        probe: bool,
     ) -> SessionResult:
         """One conversation (appended to `attempts`), then a plaintext one if opportunistic
         TLS failed on it; returns the last."""
@@ -186,6 +195,7 @@ class DeliveryAgent:
                 timeouts=self._timeouts,
                 credentials=relay.credentials if relay is not None else None,
                 deadline=deadline,
+                probe=probe,
             )
             attempts.append(Attempt(at, host, address, result.steps))
             if not result.tls_failed or policy is None:

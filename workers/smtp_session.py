@@ -89,17 +89,19 @@ async def run_session(
     timeouts: Timeouts,
     credentials: Credentials | None,
     deadline: float,
+    probe: bool = False,
 ) -> SessionResult:
     """Run one SMTP session with `host` at `address`, returning every recipient's final reply.
 
     `tls` None means plaintext (the retry after a failed opportunistic handshake); `deadline`
     is an event-loop time after which the session is abandoned and unfinished recipients are
-    deferred. Credentials are only ever sent inside TLS.
+    deferred. Credentials are only ever sent inside TLS. A `probe` stops after RCPT TO (no
+    DATA; `mailroom check`), so each accepted recipient's reply is its RCPT reply.
     """
     conversation = _Conversation(host, address, message, recipients, helo, timeouts)
     try:
         async with asyncio.timeout_at(deadline):
-            await conversation.run(port, tls, credentials)
+            await conversation.run(port, tls, credentials, probe=probe)
     except TimeoutError:
         conversation.abandon(replies.deadline_exceeded(host, conversation.step))
     finally:
@@ -163,14 +165,18 @@ class _Conversation:
         for recipient in self.recipients:
             self.replies.setdefault(recipient, reply)
 
-    async def run(self, port: int, tls: TlsPolicy | None, credentials: Credentials | None) -> None:
+    async def run(
+        self, port: int, tls: TlsPolicy | None, credentials: Credentials | None, *, probe: bool
+    ) -> None:
         if not await self.open(port, tls, credentials):
             return
         if not await self.mail_from():
             await self.quit()
             return
-        await self.rcpt_to_each()
-        if self.accepted:
+        accepted = await self.rcpt_to_each()
+        if probe:
+            self.replies.update(accepted)
+        elif self.accepted:
             await self.data()
         await self.quit()
 
@@ -295,13 +301,16 @@ class _Conversation:
             return replies.smtputf8_unavailable(self.host)
         return None
 
-    async def rcpt_to_each(self) -> None:
+    async def rcpt_to_each(self) -> dict[str, Reply]:
+        """RCPT TO for every recipient; returns the replies of those accepted."""
         assert self.smtp is not None
         self.step = Step.RCPT_TO
+        accepted: dict[str, Reply] = {}
         for recipient in self.recipients:
             answer = await self.call("RCPT TO", self.smtp.rcpt(recipient, encoding=self.encoding))
             if answer.reply_class == 2:
                 self.accepted.append(recipient)
+                accepted[recipient] = answer
                 continue
             self.replies[recipient] = answer
             if not self.smtp.is_connected:
@@ -309,7 +318,8 @@ class _Conversation:
                 # the recipients already accepted included: no DATA will follow.
                 self.accepted.clear()
                 self.abandon(answer)
-                return
+                return {}
+        return accepted
 
     async def data(self) -> None:
         assert self.smtp is not None

@@ -283,3 +283,27 @@ async def test_silent_server_times_out_waiting_for_the_greeting(
 
     assert short(result.replies["a@x.test"]) == (421, "4.4.1", Step.OPEN_SESSION)
     assert server.connections == 1
+
+
+async def test_probe_stops_after_rcpt_without_sending(make_sink: MakeSink) -> None:
+    sink = make_sink("127.0.0.2")
+    loop = asyncio.get_running_loop()
+    result = await run_session(
+        "mx.test",
+        "127.0.0.2",
+        sink.port,
+        message(),
+        ["ok@x.test", "550-unknown@x.test"],
+        tls=None,
+        helo="client.mailroom.test",
+        timeouts=FAST,
+        credentials=None,
+        deadline=loop.time() + 10,
+        probe=True,
+    )
+
+    assert short(result.replies["ok@x.test"]) == (250, "2.1.5", Step.RCPT_TO)
+    assert short(result.replies["550-unknown@x.test"]) == (550, "5.1.1", Step.RCPT_TO)
+    assert "DATA" not in [step.command for step in result.steps]
+    assert codes(result)[-1] == ("QUIT", 221)
+    assert sink.received == []
