@@ -29,6 +29,16 @@ def assert_nothing_sent(sink: Sink) -> None:
     assert sink.received == []
 
 
+async def relay_session(
+    sink: Sink, tls: TlsMaterial, security: str = "starttls", ca_file: bool = True
+) -> SessionResult:
+    """One session to `sink` as the relay "relay.test", with the service account."""
+    policy = relay_policy(security, str(tls.ca_file) if ca_file else None)
+    return await session(
+        sink.port, ["a@x.test"], host="relay.test", tls=policy, credentials=ACCOUNT
+    )
+
+
 async def test_starttls_relay_verifies_then_authenticates_then_sends(
     make_sink: MakeSink, tls: TlsMaterial
 ) -> None:
@@ -37,13 +47,7 @@ async def test_starttls_relay_verifies_then_authenticates_then_sends(
         require_starttls=True,
         auth=(ACCOUNT.username, ACCOUNT.password),
     )
-    result = await session(
-        sink.port,
-        ["a@x.test"],
-        host="relay.test",
-        tls=relay_policy("starttls", str(tls.ca_file)),
-        credentials=ACCOUNT,
-    )
+    result = await relay_session(sink, tls)
 
     assert commands(result)[:5] == [
         ("connect", 220),
@@ -65,13 +69,7 @@ async def test_implicit_tls_relay(make_sink: MakeSink, tls: TlsMaterial) -> None
         implicit_tls_context=tls.server_context("relay.test"),
         auth=(ACCOUNT.username, ACCOUNT.password),
     )
-    result = await session(
-        sink.port,
-        ["a@x.test"],
-        host="relay.test",
-        tls=relay_policy("tls", str(tls.ca_file)),
-        credentials=ACCOUNT,
-    )
+    result = await relay_session(sink, tls, "tls")
 
     assert [c for c, _ in commands(result)][:3] == ["connect", "EHLO", "AUTH PLAIN"]
     assert result.replies["a@x.test"].code == 250
@@ -84,13 +82,7 @@ async def test_relay_without_starttls_gets_nothing_and_defers(
     make_sink: MakeSink, tls: TlsMaterial
 ) -> None:
     sink = make_sink(auth=(ACCOUNT.username, ACCOUNT.password), auth_require_tls=False)
-    result = await session(
-        sink.port,
-        ["a@x.test"],
-        host="relay.test",
-        tls=relay_policy("starttls", str(tls.ca_file)),
-        credentials=ACCOUNT,
-    )
+    result = await relay_session(sink, tls)
 
     reply = result.replies["a@x.test"]
     assert (reply.code, reply.enhanced, reply.step) == (451, "4.7.4", Step.OPEN_SESSION)
@@ -120,13 +112,7 @@ async def test_untrusted_relay_certificate_gets_nothing_and_defers(
     options = {"starttls_context": context} if security == "starttls" else {}
     implicit = {"implicit_tls_context": context} if security == "tls" else {}
     sink = make_sink(auth=(ACCOUNT.username, ACCOUNT.password), **options, **implicit)  # type: ignore[arg-type]
-    result = await session(
-        sink.port,
-        ["a@x.test"],
-        host="relay.test",
-        tls=relay_policy(security, str(tls.ca_file)),
-        credentials=ACCOUNT,
-    )
+    result = await relay_session(sink, tls, security)
 
     reply = result.replies["a@x.test"]
     assert (reply.code, reply.enhanced, reply.step) == (421, "4.7.5", Step.OPEN_SESSION)
@@ -154,13 +140,7 @@ async def test_refused_login_defers_and_says_why(make_sink: MakeSink, tls: TlsMa
     sink = make_sink(
         starttls_context=tls.server_context("relay.test"), auth=("svc-mailroom", "other")
     )
-    result = await session(
-        sink.port,
-        ["a@x.test"],
-        host="relay.test",
-        tls=relay_policy("starttls", str(tls.ca_file)),
-        credentials=ACCOUNT,
-    )
+    result = await relay_session(sink, tls)
 
     reply = result.replies["a@x.test"]
     assert (reply.code, reply.enhanced) == (451, "4.7.0")

@@ -1,0 +1,293 @@
+"""`mailroom check [--domain D] [--send-to ADDR] [--from ADDR] [--json]`: is this deployment able
+to deliver?
+
+Checks, in order: settings (already loaded by `tasks.cli.main`), Redis (PING), then one real
+delivery through the production engine (`workers.delivery`) to the relay, or to domain D's MX
+hosts: DNS, connect, TLS certificate, AUTH, MAIL FROM, RCPT. Without `--send-to` the session is a
+probe that stops after RCPT TO and sends no message, addressed to `postmaster` (RFC 5321
+§4.5.1 requires every domain to accept it). Every step is printed with its reply; the last line
+names the step that failed and why. Exit 0 when everything passed, 1 when a check failed, 2 for
+bad input. Secrets (the relay password, a Redis password) are never printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any, assert_never
+from urllib.parse import urlsplit
+
+import redis
+
+from settings import DeliveryMode, Settings
+from tasks.cli.errors import FAILED, OK, UsageError
+from tasks.message import build_message
+from tasks.notification import InvalidNotification, Notification, parse_mailbox
+from workers.delivery import DeliveryAgent, DeliveryReport
+from workers.envelope import OutboundMessage
+from workers.outcome import Bounced, Deferred, Delivered, Outcome
+from workers.smtp_session import StepRecord
+
+SUBJECT = "Mailroom check"
+_TEXT = (
+    "This is a test message sent by `mailroom check --send-to`.\n"
+    "It shows that Mailroom can deliver mail to this address; no reply is needed.\n"
+)
+_REDIS_TIMEOUT = 2.0
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the `check` command."""
+    parser = commands.add_parser(
+        "check",
+        help="check settings, Redis and the delivery path (relay or a domain's MX)",
+        description="Check settings, Redis, and the relay (or domain D's MX): DNS, connect, "
+        "TLS certificate, AUTH, MAIL FROM, RCPT. Sends a real message only with --send-to. "
+        "Exit 0 when every step passes, 1 when one fails (the last line says which and why).",
+    )
+    parser.add_argument("--domain", metavar="D", help="check the MX hosts of D (MX mode)")
+    parser.add_argument(
+        "--send-to", metavar="ADDR", help="send a real test message to ADDR (else stop at RCPT)"
+    )
+    parser.add_argument(
+        "--from",
+        dest="sender",
+        metavar="ADDR",
+        help="envelope sender (default: postmaster@MAILROOM_HELO_NAME)",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.set_defaults(run=run)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What the check delivers, worked out (and validated) before anything is contacted."""
+
+    destination: str  # a recipient domain, or "relay"
+    recipient: str
+    message: OutboundMessage
+    probe: bool  # stop after RCPT TO: nothing is sent
+
+
+@dataclass(frozen=True, slots=True)
+class RedisCheck:
+    """The result of PING against MAILROOM_REDIS_URL; `url` has no password."""
+
+    url: str
+    error: str | None
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    """Run the checks and print them; return 0 if all passed, 1 if one failed.
+
+    :raises UsageError: bad --domain/--send-to/--from, or no destination in MX mode.
+    """
+    plan = make_plan(settings, domain=args.domain, send_to=args.send_to, sender=args.sender)
+    redis_check = check_redis(settings.redis_url)
+    agent = DeliveryAgent.from_settings(settings)
+    report = asyncio.run(
+        agent.deliver(plan.message, plan.destination, [plan.recipient], probe=plan.probe)
+    )
+    [outcome] = report.outcomes
+    passed = redis_check.error is None and isinstance(outcome, Delivered)
+    secrets = _secrets(settings)
+    if args.json:
+        print(_scrub(json.dumps(as_json(settings, plan, redis_check, report, passed)), secrets))
+    else:
+        for line in as_lines(settings, plan, redis_check, report):
+            print(_scrub(line, secrets))
+    return OK if passed else FAILED
+
+
+def make_plan(
+    settings: Settings, *, domain: str | None, send_to: str | None, sender: str | None
+) -> Plan:
+    """Choose destination, recipient, sender and message from the options and the mode.
+
+    :raises UsageError: an invalid address or domain, MX mode with neither --domain nor
+        --send-to, or --send-to outside --domain in MX mode.
+    """
+    relay = settings.delivery is DeliveryMode.RELAY
+    if send_to is None and domain is None and not relay:
+        raise UsageError("check: --domain D (or --send-to ADDR) is required in MX mode")
+    postmaster = f"postmaster@{domain or settings.helo_name}"
+    fields = {
+        "sender": sender or f"postmaster@{settings.helo_name}",
+        "to": [send_to or postmaster],
+        "subject": SUBJECT,
+        "text": _TEXT,
+    }
+    # Problems are reported against what the operator typed (or the setting behind a default).
+    source = {
+        "sender": "--from" if sender else "MAILROOM_HELO_NAME (the default --from)",
+        "to[0]": "--send-to" if send_to else "--domain" if domain else "MAILROOM_HELO_NAME",
+        "--domain": "--domain",
+    }
+    try:
+        wanted = None if domain is None else parse_mailbox("--domain", postmaster).domain
+        notification = Notification.validate_dict(fields)
+        # The sender's domain makes a valid Message-ID even when the HELO name is an address
+        # literal, which build_message refuses.
+        message = build_message(
+            notification,
+            message_id=uuid.uuid4().hex,
+            helo_domain=notification.sender_mailbox.domain,
+            max_bytes=settings.max_message_bytes,
+        )
+    except InvalidNotification as exc:
+        field, _, problem = str(exc).partition(": ")
+        raise UsageError(f"check: {source.get(field, field)}: {problem}") from None
+    [mailbox] = notification.to_mailboxes
+    if not relay and wanted is not None and wanted != mailbox.domain:
+        raise UsageError(f"check: --send-to {mailbox.address} is not in --domain {domain}")
+    destination = "relay" if relay else mailbox.domain
+    return Plan(destination, mailbox.address, message, probe=send_to is None)
+
+
+def check_redis(url: str) -> RedisCheck:
+    """PING Redis at `url` (2 s timeouts); the error, if any, is one line without the password."""
+    shown = redact_url(url)
+    password = urlsplit(url).password
+    try:
+        client = redis.Redis.from_url(
+            url, socket_timeout=_REDIS_TIMEOUT, socket_connect_timeout=_REDIS_TIMEOUT
+        )
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except (redis.RedisError, OSError, ValueError) as exc:
+        detail = " ".join(str(exc).split()) or type(exc).__name__
+        return RedisCheck(shown, _scrub(detail, [password] if password else []))
+    return RedisCheck(shown, None)
+
+
+def redact_url(url: str) -> str:
+    """`url` with its password, if any, replaced by `***`."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user, _, host = parts.netloc.rpartition("@")
+    name = user.partition(":")[0]
+    return parts._replace(netloc=f"{name}:***@{host}").geturl()
+
+
+def as_lines(
+    settings: Settings, plan: Plan, redis_check: RedisCheck, report: DeliveryReport
+) -> list[str]:
+    """The human-readable report: one line per check and per SMTP step, then the verdict."""
+    mode = settings.delivery.value
+    if settings.delivery is DeliveryMode.RELAY:
+        mode += f" {settings.relay_host}:{settings.relay_port} ({settings.relay_security.value})"
+    lines = [f"{'settings':<12} ok    delivery={mode} helo={settings.helo_name}"]
+    if redis_check.error is None:
+        lines.append(f"{'redis':<12} ok    {redis_check.url}")
+    else:
+        lines.append(f"{'redis':<12} FAIL  {redis_check.url}: {redis_check.error}")
+    what = "probe, stops after RCPT TO" if plan.probe else "sends a test message"
+    lines.append(
+        f"{'delivery':<12} to    {plan.destination}: {plan.message.sender} -> "
+        f"{plan.recipient} ({what})"
+    )
+    lines.append(_step_line(report.resolution, plan.destination))
+    for attempt in report.attempts:
+        lines.extend(
+            _step_line(record, f"{attempt.host}[{attempt.address}]") for record in attempt.steps
+        )
+    [outcome] = report.outcomes
+    reply = outcome.reply
+    lines.append(f"result  {_result(outcome, plan.probe)}  {reply}")
+    failures = []
+    if redis_check.error is not None:
+        failures.append(f"FAILED at redis: {redis_check.error}")
+    if not isinstance(outcome, Delivered):
+        failures.append(f"FAILED at {reply.step}: {reply}")
+    return lines + (failures or ["OK"])
+
+
+def as_json(
+    settings: Settings,
+    plan: Plan,
+    redis_check: RedisCheck,
+    report: DeliveryReport,
+    passed: bool,
+) -> dict[str, Any]:
+    """The report as `--json` prints it: ok, settings, redis, steps, outcome."""
+    steps = [_step_json(report.resolution, plan.destination, "")]
+    for attempt in report.attempts:
+        steps.extend(_step_json(r, attempt.host, attempt.address) for r in attempt.steps)
+    [outcome] = report.outcomes
+    reply = outcome.reply
+    return {
+        "ok": passed,
+        "settings": {"ok": True, "delivery": settings.delivery.value, "helo": settings.helo_name},
+        "redis": {
+            "ok": redis_check.error is None,
+            "url": redis_check.url,
+            "error": redis_check.error,
+        },
+        "destination": plan.destination,
+        "sender": plan.message.sender,
+        "recipient": plan.recipient,
+        "probe": plan.probe,
+        "steps": steps,
+        "outcome": {
+            "result": _result(outcome, plan.probe),
+            "step": str(reply.step),
+            "code": reply.code,
+            "enhanced": reply.enhanced,
+            "text": reply.text,
+        },
+    }
+
+
+def _result(outcome: Outcome, probe: bool) -> str:
+    match outcome:
+        case Delivered():
+            return "accepted" if probe else "delivered"
+        case Deferred():
+            return "deferred"
+        case Bounced():
+            return "bounced"
+        case _:
+            assert_never(outcome)
+
+
+def _step_line(record: StepRecord, where: str) -> str:
+    reply = record.reply
+    detail = " ".join(part for part in (reply.enhanced, reply.text) if part)
+    return (
+        f"{reply.step:<12} {reply.code:<3}  {record.command:<10} {where}  "
+        f"{record.ms:.1f} ms  {detail}"
+    )
+
+
+def _step_json(record: StepRecord, host: str, address: str) -> dict[str, Any]:
+    reply = record.reply
+    return {
+        "step": str(reply.step),
+        "command": record.command,
+        "host": host,
+        "address": address,
+        "code": reply.code,
+        "enhanced": reply.enhanced,
+        "text": reply.text,
+        "ms": round(record.ms, 1),
+    }
+
+
+def _secrets(settings: Settings) -> list[str]:
+    found = [settings.relay_password.get_secret_value()] if settings.relay_password else []
+    if password := urlsplit(settings.redis_url).password:
+        found.append(password)
+    return [secret for secret in found if secret]
+
+
+def _scrub(text: str, secrets: list[str]) -> str:
+    """Belt and braces: no server reply or library message may echo a secret back to us."""
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
