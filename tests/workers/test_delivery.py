@@ -8,10 +8,6 @@ backup 127.0.0.4 (20); multi.test → one host with 127.0.0.6, 127.0.0.7, ::1; i
 
 from __future__ import annotations
 
-import socket
-from collections.abc import Iterator
-from contextlib import ExitStack
-
 import pytest
 
 from settings import Settings
@@ -27,26 +23,6 @@ from workers.reply import Step
 from workers.smtp_session import Credentials, Timeouts
 
 FAST = Timeouts(connect=1, command=2, data=2, session=10)
-MX_ADDRESSES = ("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5", "127.0.0.6", "127.0.0.7", "::1")
-
-
-@pytest.fixture
-def mx_port() -> Iterator[int]:
-    """A port free on every 127.0.0.x the zone names: the deployment's MAILROOM_MX_PORT."""
-    for _ in range(20):
-        with ExitStack() as stack:
-            probe = stack.enter_context(socket.socket())
-            probe.bind((MX_ADDRESSES[0], 0))
-            port = int(probe.getsockname()[1])
-            try:
-                for address in MX_ADDRESSES[1:]:
-                    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-                    stack.enter_context(socket.socket(family)).bind((address, port))
-            except OSError:
-                continue
-        yield port
-        return
-    raise RuntimeError("no port free on every MX address")
 
 
 def agent(dns_server: DnsServer, port: int, timeouts: Timeouts = FAST) -> DeliveryAgent:

@@ -1,0 +1,63 @@
+"""`mailroom dlq list|show|replay|purge`: inspect and repair the dead-letter queue."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+import redis
+
+from settings import Settings
+from tasks.api import Mailroom
+from tasks.cli.errors import FAILED, OK, UsageError
+from workers.dead_letters import DeadLetters
+
+
+def register(commands: argparse._SubParsersAction[Any]) -> None:
+    parser = commands.add_parser("dlq", help="inspect and repair the dead-letter queue")
+    actions = parser.add_subparsers(dest="dlq_action", metavar="ACTION", required=True)
+    listing = actions.add_parser("list", help="every dead delivery, newest first")
+    listing.add_argument("--json", action="store_true")
+    show = actions.add_parser("show", help="the dead deliveries of one message")
+    show.add_argument("id")
+    for name, text in (("replay", "deliver again with a fresh age"), ("purge", "forget them")):
+        action = actions.add_parser(name, help=f"{text}: message ids, or --all")
+        action.add_argument("ids", nargs="*", metavar="ID")
+        action.add_argument("--all", action="store_true")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    dead = DeadLetters(redis.Redis.from_url(settings.redis_url), ttl=int(settings.max_age))
+    action: str = args.dlq_action
+    if action == "list":
+        entries = dead.list()
+        print(json.dumps(entries) if args.json else "\n".join(_line(e) for e in entries))
+        return OK
+    if action == "show":
+        entries = dead.show(args.id)
+        if not entries:
+            print(f"mailroom: dlq show: no dead letter for message {args.id!r}", file=sys.stderr)
+            return FAILED
+        print(json.dumps(entries, indent=2))
+        return OK
+    if bool(args.ids) == bool(args.all):
+        raise UsageError(f"dlq {action}: give message ids or --all, not both or neither")
+    ids = [str(e["message_id"]) for e in dead.list()] if args.all else list(args.ids)
+    if action == "replay":
+        count = Mailroom(settings).replay(ids)
+        print(f"replayed {count} deliveries")
+        return OK
+    purged = sum(dead.purge(message_id) for message_id in ids)
+    print(f"purged {purged} dead letters")
+    return OK
+
+
+def _line(entry: dict[str, Any]) -> str:
+    first = entry["recipients"][0] if entry["recipients"] else {}
+    reply = " ".join(str(first.get(k, "")) for k in ("code", "enhanced", "reply")).strip()
+    count = len(entry["recipients"])
+    where = f"{entry['message_id']}  {entry['destination']}"
+    return f"{entry['at']}  {where}  {entry['reason']}  {count} rcpt  {reply}"

@@ -1,0 +1,30 @@
+"""`mailroom flower`: Flower for this deployment, on MAILROOM_FLOWER_LISTEN.
+
+Basic auth comes from MAILROOM_FLOWER_BASIC_AUTH and reaches Flower through its own environment
+variable, never the command line (which every local user can read in the process list). Settings
+already refuse a non-loopback address without it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from settings import Settings
+
+
+def register(commands: argparse._SubParsersAction[Any]) -> None:
+    parser = commands.add_parser("flower", help="Flower on MAILROOM_FLOWER_LISTEN")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    listen = settings.flower_listen
+    env = dict(os.environ)
+    if settings.flower_basic_auth is not None:
+        env["FLOWER_BASIC_AUTH"] = settings.flower_basic_auth.get_secret_value()
+    argv = [sys.executable, "-m", "celery", "-A", "tasks.celery_main", "flower"]
+    argv += [f"--address={listen.host}", f"--port={listen.port}"]
+    os.execve(sys.executable, argv, env)

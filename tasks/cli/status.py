@@ -1,0 +1,45 @@
+"""`mailroom status ID [--json]`: a message's state, its recipients, and every attempt's steps."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+import redis
+
+from settings import Settings
+from tasks.cli.errors import FAILED, OK
+from workers.status import StatusStore
+
+
+def register(commands: argparse._SubParsersAction[Any]) -> None:
+    parser = commands.add_parser("status", help="a message's state and its delivery attempts")
+    parser.add_argument("id", help="the message id that notify/send returned")
+    parser.add_argument("--json", action="store_true", help="print the status record as JSON")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    store = StatusStore(redis.Redis.from_url(settings.redis_url), ttl=1)
+    view = store.view(args.id)
+    if view is None:
+        print(f"mailroom: status: no message with id {args.id!r}", file=sys.stderr)
+        return FAILED
+    print(json.dumps(view, indent=2) if args.json else "\n".join(as_lines(view)))
+    return OK
+
+
+def as_lines(view: dict[str, Any]) -> list[str]:
+    """The status record for people: recipients first, then each attempt's steps."""
+    lines = [f"{view['id']}  {view['state']}"]
+    for r in view["recipients"]:
+        reply = " ".join(str(p) for p in (r.get("code"), r.get("enhanced"), r.get("reply")) if p)
+        lines.append(f"  {r['address']:<40} {r['state']:<10} {reply}")
+    for attempt in view["attempts"]:
+        lines.append(f"attempt {attempt['at']}  {attempt['destination']}  {attempt['host']}")
+        for s in attempt["steps"]:
+            code = f"{s['code']} {s['enhanced'] or '-':<7}"
+            lines.append(f"  {s['step']:<13} {code} {s['ms']:>8.1f} ms  {s['text']}")
+    return lines

@@ -1,0 +1,138 @@
+"""The worker's Celery app: the two tasks, and the per-process engine they adapt to.
+
+`mailroom.deliver(items)` carries `[message_id, destination, attempt]` triples of one shard and
+hands them to `workers.batch.BatchRunner`, which runs their SMTP sessions concurrently on the
+process's one event loop (`workers.runtime`) and records each outcome before the task returns,
+hence before it is acknowledged. `mailroom.notify(**fields)` is the intake for producers that are
+not Python; it runs `Mailroom.notify`. A worker bootstep runs the deferred sweeper in every worker
+process and stops it on shutdown; Celery's warm shutdown (SIGTERM) lets running tasks finish,
+and unstarted prefetched ones go back to the broker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+from celery import Celery, bootsteps
+
+from settings import Settings
+from tasks.api import Mailroom
+from tasks.app import make_celery
+from tasks.notification import InvalidNotification
+from tasks.routing import DELIVER_TASK, NOTIFY_TASK
+from workers.batch import BatchRunner, Item
+from workers.content import ContentStore
+from workers.dead_letters import DeadLetters
+from workers.deferred import DeferredSet
+from workers.delivery import DeliveryAgent
+from workers.disposition import Disposition
+from workers.leases import Leases
+from workers.runtime import runtime
+from workers.status import StatusStore
+from workers.sweeper import Sweeper
+
+log = logging.getLogger(__name__)
+
+_DAY = 86400
+_LEASE_MARGIN = 60.0  # seconds a lease outlives the session deadline
+
+
+class WorkerContext:
+    """Everything a worker process builds once from settings; rebuilt after a fork."""
+
+    def __init__(self, settings: Settings, app: Celery) -> None:
+        self.settings = settings
+        self.app = app
+        self._lock = threading.Lock()
+        self._pid = -1
+        self._runner: BatchRunner | None = None
+        self._producer: Mailroom | None = None
+        self._redis: redis.Redis | None = None
+
+    def client(self) -> redis.Redis:
+        self._ensure()
+        assert self._redis is not None
+        return self._redis
+
+    def runner(self) -> BatchRunner:
+        self._ensure()
+        assert self._runner is not None
+        return self._runner
+
+    def producer(self) -> Mailroom:
+        self._ensure()
+        assert self._producer is not None
+        return self._producer
+
+    def _ensure(self) -> None:
+        with self._lock:
+            if self._pid == os.getpid():
+                return
+            settings = self.settings
+            client = redis.Redis.from_url(settings.redis_url)
+            ttl = int(settings.max_age) + _DAY
+            status = StatusStore(client, ttl)
+            disposition = Disposition(
+                status,
+                DeferredSet(client),
+                DeadLetters(client, ttl),
+                delays=settings.retry_delays,
+                max_age=settings.max_age,
+            )
+            self._runner = BatchRunner(
+                agent=DeliveryAgent.from_settings(settings),
+                content=ContentStore(client, ttl),
+                status=status,
+                leases=Leases(client, settings.session_timeout + _LEASE_MARGIN),
+                disposition=disposition,
+                submit=runtime().submit,
+                max_age=settings.max_age,
+            )
+            self._producer = Mailroom(settings, client=client, app=self.app)
+            self._redis = client
+            self._pid = os.getpid()
+
+
+def create_app(settings: Settings) -> Celery:
+    """The worker's Celery app for `settings`, tasks and sweeper included."""
+    app = make_celery(settings)
+    context = WorkerContext(settings, app)
+
+    @app.task(name=DELIVER_TASK, shared=False, acks_late=True, reject_on_worker_lost=True)
+    def deliver(items: Sequence[Sequence[Any]]) -> str:
+        batch = [Item(str(m), str(d), int(a)) for m, d, a in items]
+        lines = context.runner().run(batch)
+        return "; ".join(lines)[:1000] or "nothing due"
+
+    @app.task(name=NOTIFY_TASK, shared=False, acks_late=True, reject_on_worker_lost=True)
+    def notify(**fields: Any) -> str:
+        try:
+            return context.producer().notify(**fields)
+        except InvalidNotification as exc:
+            # Retrying cannot fix bad input; say why where operators look (Flower, the log).
+            log.error("mailroom.notify refused: %s", exc)
+            return f"invalid: {exc}"
+
+    class SweeperStep(bootsteps.StartStopStep):
+        """Runs the deferred sweeper for as long as the worker runs."""
+
+        def __init__(self, parent: Any, **kwargs: Any) -> None:
+            super().__init__(parent, **kwargs)
+            self.sweeper: Sweeper | None = None
+
+        def start(self, parent: Any) -> None:
+            producer = context.producer()
+            self.sweeper = Sweeper(DeferredSet(context.client()), producer.enqueue)
+            self.sweeper.start()
+
+        def stop(self, parent: Any) -> None:
+            if self.sweeper is not None:
+                self.sweeper.stop()
+
+    app.steps["worker"].add(SweeperStep)
+    return app

@@ -1,0 +1,164 @@
+"""The queue pipeline end to end: producer → Redis → a real Celery worker → SMTP sink.
+
+Real redis-server (tests/support/redis_server.py), real dnsmasq serving the test zone
+(implicit.test → 127.0.0.5, mx.test → 127.0.0.2/.3/.4, missing.test → NXDOMAIN), aiosmtpd sinks
+scripted by recipient, and Celery's embedded worker on the threads pool.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import redis
+
+from tasks.api import Mailroom
+from tasks.routing import shard_of, shard_queue
+from tasks.worker_app import create_app
+from tests.support.dns_server import DnsServer
+from tests.support.redis_server import RedisServer
+from tests.support.smtp_sink import MakeSink
+from tests.tasks.pipeline_support import (
+    SHARDS,
+    make_settings,
+    queued_task_bodies,
+    running_worker,
+    wait_for,
+)
+from workers.status import StatusStore
+
+
+def fields(**overrides: Any) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "sender": "Billing <billing@example.test>",
+        "to": ["Zoë <zoe@implicit.test>"],
+        "subject": "Your invoice",
+        "text": "Hello Zoë",
+    }
+    values.update(overrides)
+    return values
+
+
+def state_of(client: redis.Redis, message_id: str) -> str | None:
+    view = StatusStore(client, ttl=60).view(message_id)
+    return None if view is None else str(view["state"])
+
+
+def test_notify_is_delivered_by_a_worker_and_recorded(
+    redis_server: RedisServer,
+    redis_client: redis.Redis,
+    dns_server: DnsServer,
+    mx_port: int,
+    make_sink: MakeSink,
+) -> None:
+    sink = make_sink("127.0.0.5", port=mx_port)
+    settings = make_settings(redis_server.url, dns_server, mx_port)
+    app = create_app(settings)
+    mailroom = Mailroom(settings, app=app)
+    message_id = mailroom.notify(**fields(bcc=["audit@implicit.test"]))
+
+    with running_worker(app):
+        wait_for(lambda: state_of(redis_client, message_id) == "delivered", what="delivery")
+
+    [received] = sink.messages
+    assert sorted(received.rcpt_tos) == ["audit@implicit.test", "zoe@implicit.test"]
+    assert received.message_id == f"<{message_id}@example.test>"
+    assert b"audit@" not in received.content  # Bcc never in the headers
+    view = StatusStore(redis_client, ttl=60).view(message_id)
+    assert view is not None
+    assert {r["address"]: r["state"] for r in view["recipients"]} == {
+        "audit@implicit.test": "delivered",
+        "zoe@implicit.test": "delivered",
+    }
+    [attempt] = view["attempts"]
+    assert attempt["host"] == "implicit.test"
+    assert [s["step"] for s in attempt["steps"]][:2] == ["resolve_mx", "open_session"]
+    assert attempt["steps"][-2]["step"] == "data"
+    assert attempt["steps"][-2]["code"] == 250
+
+
+def test_delivery_tasks_carry_ids_only(
+    redis_server: RedisServer, redis_client: redis.Redis, dns_server: DnsServer, mx_port: int
+) -> None:
+    settings = make_settings(redis_server.url, dns_server, mx_port)
+    message_id = Mailroom(settings).notify(
+        **fields(to=["zoe@implicit.test", "max@mx.test"], subject="Secret salary", text="s3cret body")
+    )
+
+    items = []
+    for destination in ("implicit.test", "mx.test"):
+        queue = shard_queue(shard_of(destination, SHARDS))
+        raw = b"".join(redis_client.lrange(queue, 0, -1))  # type: ignore[arg-type]
+        # Celery's own "origin" header is pid@host; no address, subject or body may appear.
+        for forbidden in (b"zoe@", b"max@", b"billing@", b"Secret", b"s3cret", b"Billing"):
+            assert forbidden not in raw, (queue, forbidden)
+        for message in queued_task_bodies(redis_client, queue):
+            args, kwargs, _ = message["decoded_body"]
+            assert kwargs == {}
+            items.extend(item for item in args[0] if item[1] == destination)
+    assert sorted(map(tuple, items)) == [(message_id, "implicit.test", 1), (message_id, "mx.test", 1)]
+
+
+def test_same_idempotency_key_returns_the_same_id_and_sends_once(
+    redis_server: RedisServer,
+    redis_client: redis.Redis,
+    dns_server: DnsServer,
+    mx_port: int,
+    make_sink: MakeSink,
+) -> None:
+    sink = make_sink("127.0.0.5", port=mx_port)
+    settings = make_settings(redis_server.url, dns_server, mx_port)
+    app = create_app(settings)
+    mailroom = Mailroom(settings, app=app)
+    first = mailroom.notify(**fields(idempotency_key="invoice-1"))
+    second = mailroom.notify(**fields(idempotency_key="invoice-1", subject="changed"))
+    third = mailroom.notify(**fields(idempotency_key="invoice-2"))
+
+    assert first == second != third
+    with running_worker(app):
+        wait_for(lambda: len(sink.messages) == 2, what="two messages")
+        wait_for(lambda: state_of(redis_client, third) == "delivered")
+    assert sorted(m.message_id or "" for m in sink.messages) == sorted(
+        f"<{i}@example.test>" for i in (first, third)
+    )
+
+
+def test_notify_many_puts_many_deliveries_in_one_task(
+    redis_server: RedisServer,
+    redis_client: redis.Redis,
+    dns_server: DnsServer,
+    mx_port: int,
+    make_sink: MakeSink,
+) -> None:
+    sink = make_sink("127.0.0.5", port=mx_port)
+    settings = make_settings(redis_server.url, dns_server, mx_port)
+    app = create_app(settings)
+    batch = [fields(subject=f"n{i}", to=[f"user{i}@implicit.test"]) for i in range(30)]
+    ids = Mailroom(settings, app=app).notify_many(batch)
+
+    assert len(set(ids)) == 30
+    queue = shard_queue(shard_of("implicit.test", SHARDS))
+    [task] = queued_task_bodies(redis_client, queue)
+    assert [item[0] for item in task["decoded_body"][0][0]] == ids
+    with running_worker(app):
+        wait_for(lambda: len(sink.messages) == 30, what="30 messages")
+    subjects = sorted(str(m.headers()["Subject"]) for m in sink.messages)
+    assert subjects == sorted(f"n{i}" for i in range(30))
+
+
+def test_intake_task_takes_json_keyword_arguments(
+    redis_server: RedisServer,
+    redis_client: redis.Redis,
+    dns_server: DnsServer,
+    mx_port: int,
+    make_sink: MakeSink,
+) -> None:
+    sink = make_sink("127.0.0.5", port=mx_port)
+    settings = make_settings(redis_server.url, dns_server, mx_port)
+    app = create_app(settings)
+    app.send_task("mailroom.notify", kwargs=fields(), queue="mailroom.intake")
+
+    with running_worker(app):
+        wait_for(lambda: len(sink.messages) == 1, what="the intake's message")
+    [message] = sink.messages
+    assert json.dumps(str(message.headers()["Subject"])) == '"Your invoice"'

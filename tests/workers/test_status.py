@@ -1,0 +1,380 @@
+"""workers/status.py against a real Redis: the record's shape, forward-only states, requeue."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+import pytest
+import redis
+
+from workers.reply import Code, Reply, Step
+from workers.status import (
+    ATTEMPTS_KEPT,
+    DeliveryState,
+    MessageState,
+    RecipientState,
+    StatusStore,
+    can_transition,
+    iso_time,
+    message_state,
+)
+
+TTL = 7200
+NOW = 1_700_000_000.123456  # more digits than Lua's cjson keeps (14), to catch rounding
+S = RecipientState
+
+OK = Reply(Code.OK, "2.0.0", "queued as 4Fxyz", Step.DATA)
+GREYLISTED = Reply(Code.LOCAL_ERROR, "4.7.1", "greylisted, try again later", Step.RCPT_TO)
+UNKNOWN = Reply(Code.MAILBOX_UNAVAILABLE, "5.1.1", "no such user", Step.RCPT_TO)
+
+RECIPIENTS = {
+    "a@example.org": "example.org",
+    "b@example.org": "example.org",
+    "c@example.net": "example.net",
+}
+
+
+def _attempt(destination: str, reply: Reply, at: float = NOW) -> dict[str, Any]:
+    return {
+        "at": iso_time(at),
+        "destination": destination,
+        "host": f"mx1.{destination}",
+        "steps": [
+            {
+                "step": str(reply.step),
+                "code": reply.code,
+                "enhanced": reply.enhanced,
+                "text": reply.text,
+                "ms": 1.5,
+            }
+        ],
+    }
+
+
+@pytest.fixture
+def store(redis_client: redis.Redis) -> StatusStore:
+    return StatusStore(redis_client, ttl=TTL)
+
+
+@pytest.fixture
+def message_id(store: StatusStore) -> str:
+    message_id = uuid.uuid4().hex
+    store.create(message_id, "app@example.com", RECIPIENTS, NOW)
+    return message_id
+
+
+def _states(store: StatusStore, message_id: str) -> dict[str, str]:
+    view = store.view(message_id)
+    assert view is not None
+    return {r["address"]: r["state"] for r in view["recipients"]}
+
+
+def test_new_message_view_has_the_status_json_shape(store: StatusStore, message_id: str) -> None:
+    assert store.view(message_id) == {
+        "id": message_id,
+        "state": "queued",
+        "recipients": [
+            {
+                "address": "a@example.org",
+                "destination": "example.org",
+                "state": "queued",
+                "code": None,
+                "enhanced": "",
+                "reply": "",
+            },
+            {
+                "address": "b@example.org",
+                "destination": "example.org",
+                "state": "queued",
+                "code": None,
+                "enhanced": "",
+                "reply": "",
+            },
+            {
+                "address": "c@example.net",
+                "destination": "example.net",
+                "state": "queued",
+                "code": None,
+                "enhanced": "",
+                "reply": "",
+            },
+        ],
+        "attempts": [],
+    }
+    assert store.exists(message_id)
+
+
+def test_recorded_attempt_shows_in_the_view(store: StatusStore, message_id: str) -> None:
+    attempt = _attempt("example.org", OK)
+    store.record(
+        message_id,
+        {"a@example.org": (S.DELIVERED, OK), "b@example.org": (S.DELIVERED, OK)},
+        [attempt],
+        None,
+    )
+    view = store.view(message_id)
+    assert view is not None
+    assert view["state"] == "in_progress"
+    assert view["attempts"] == [attempt]
+    assert set(view["attempts"][0]) == {"at", "destination", "host", "steps"}
+    assert set(view["attempts"][0]["steps"][0]) == {"step", "code", "enhanced", "text", "ms"}
+    assert view["recipients"][0] == {
+        "address": "a@example.org",
+        "destination": "example.org",
+        "state": "delivered",
+        "code": 250,
+        "enhanced": "2.0.0",
+        "reply": "queued as 4Fxyz",
+    }
+
+
+def test_unknown_message(store: StatusStore) -> None:
+    unknown = uuid.uuid4().hex
+    assert store.view(unknown) is None
+    assert not store.exists(unknown)
+    assert store.pending(unknown, "example.org") == []
+    assert store.delivery(unknown, "example.org") is None
+    store.record(unknown, {"a@example.org": (S.DELIVERED, OK)}, [_attempt("example.org", OK)], 2)
+    assert store.view(unknown) is None
+    assert not store.exists(unknown)
+
+
+def test_every_key_has_the_ttl(
+    store: StatusStore, message_id: str, redis_client: redis.Redis
+) -> None:
+    store.record(
+        message_id,
+        {"a@example.org": (S.DEFERRED, GREYLISTED)},
+        [_attempt("example.org", GREYLISTED)],
+        2,
+    )
+    for name in ("msg", "rcpt", "dlv", "attempts"):
+        assert 0 < redis_client.ttl(f"mailroom:{name}:{message_id}") <= TTL, name
+
+
+def test_pending_is_queued_and_deferred_of_that_destination(
+    store: StatusStore, message_id: str
+) -> None:
+    assert store.pending(message_id, "example.org") == ["a@example.org", "b@example.org"]
+    assert store.pending(message_id, "example.net") == ["c@example.net"]
+    assert store.pending(message_id, "example.com") == []
+    store.record(message_id, {"a@example.org": (S.DEFERRED, GREYLISTED)}, [], None)
+    assert store.pending(message_id, "example.org") == ["a@example.org", "b@example.org"]
+    store.record(message_id, {"b@example.org": (S.DELIVERED, OK)}, [], None)
+    assert store.pending(message_id, "example.org") == ["a@example.org"]
+    store.record(message_id, {"a@example.org": (S.BOUNCED, UNKNOWN)}, [], None)
+    assert store.pending(message_id, "example.org") == []
+    store.record(message_id, {"c@example.net": (S.EXPIRED, GREYLISTED)}, [], None)
+    assert store.pending(message_id, "example.net") == []
+
+
+def test_delivery_state_and_next_attempt(store: StatusStore, message_id: str) -> None:
+    assert store.delivery(message_id, "example.org") == DeliveryState(1, NOW)
+    assert store.delivery(message_id, "example.com") is None
+    store.record(message_id, {"a@example.org": (S.DEFERRED, GREYLISTED)}, [], 2)
+    store.record(message_id, {"a@example.org": (S.DEFERRED, GREYLISTED)}, [], 13)
+    # first_queued keeps every digit: the attempt counter is rewritten without re-encoding it.
+    assert store.delivery(message_id, "example.org") == DeliveryState(13, NOW)
+    assert store.delivery(message_id, "example.net") == DeliveryState(1, NOW)
+
+
+@pytest.mark.parametrize(
+    ("path", "refused"),
+    [
+        pytest.param([S.DELIVERED], S.DEFERRED, id="delivered-not-back-to-deferred"),
+        pytest.param([S.DEFERRED, S.DELIVERED], S.DEFERRED, id="deferred-delivered-not-deferred"),
+        pytest.param([S.BOUNCED], S.DELIVERED, id="bounced-not-delivered"),
+        pytest.param([S.EXPIRED], S.DEFERRED, id="expired-not-deferred"),
+        pytest.param([S.DEFERRED], S.QUEUED, id="deferred-not-back-to-queued"),
+        pytest.param([S.DELIVERED], S.BOUNCED, id="delivered-not-bounced"),
+        pytest.param([S.BOUNCED], S.EXPIRED, id="bounced-not-expired"),
+        pytest.param([], S.QUEUED, id="queued-not-queued-again"),
+    ],
+)
+def test_illegal_transitions_are_skipped_and_logged(
+    store: StatusStore,
+    message_id: str,
+    path: list[RecipientState],
+    refused: RecipientState,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    replies = {S.DELIVERED: OK, S.DEFERRED: GREYLISTED, S.BOUNCED: UNKNOWN, S.EXPIRED: GREYLISTED}
+    for state in path:
+        store.record(message_id, {"a@example.org": (state, replies[state])}, [], None)
+    before = store.view(message_id)
+    assert before is not None
+    with caplog.at_level(logging.WARNING, logger="workers.status"):
+        store.record(
+            message_id,
+            {"a@example.org": (refused, OK), "b@example.org": (S.DELIVERED, OK)},
+            [],
+            None,
+        )
+    after = store.view(message_id)
+    assert after is not None
+    assert after["recipients"][0] == before["recipients"][0]  # a@ unchanged
+    assert after["recipients"][1]["state"] == "delivered"  # b@ in the same call moved
+    current = path[-1] if path else S.QUEUED
+    assert [r.getMessage() for r in caplog.records] == [
+        f"message {message_id}: recipient a@example.org not moved from {current} to {refused}"
+    ]
+
+
+def test_deferred_again_updates_the_last_reply(store: StatusStore, message_id: str) -> None:
+    store.record(message_id, {"a@example.org": (S.DEFERRED, GREYLISTED)}, [], None)
+    busy = Reply(Code.MAILBOX_BUSY, "4.2.0", "mailbox busy", Step.RCPT_TO)
+    store.record(message_id, {"a@example.org": (S.DEFERRED, busy)}, [], None)
+    view = store.view(message_id)
+    assert view is not None
+    assert view["recipients"][0] | {} == {
+        "address": "a@example.org",
+        "destination": "example.org",
+        "state": "deferred",
+        "code": 450,
+        "enhanced": "4.2.0",
+        "reply": "mailbox busy",
+    }
+
+
+def test_unknown_address_is_skipped(
+    store: StatusStore, message_id: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="workers.status"):
+        store.record(message_id, {"z@example.org": (S.DELIVERED, OK)}, [], None)
+    assert "z@example.org" not in _states(store, message_id)
+    assert "unknown recipient" in caplog.text
+
+
+def test_reply_text_survives_lua_json(store: StatusStore, message_id: str) -> None:
+    text = 'Postfach voll – bitte später "erneut" versuchen: https://example.org/a\\b\ttab'
+    odd = Reply(Code.MAILBOX_BUSY, "", text, Step.RCPT_TO)
+    store.record(message_id, {"a@example.org": (S.DEFERRED, odd)}, [], None)
+    view = store.view(message_id)
+    assert view is not None
+    assert (view["recipients"][0]["reply"], view["recipients"][0]["enhanced"]) == (text, "")
+
+
+def test_requeue_puts_dead_recipients_of_one_destination_back(
+    store: StatusStore, message_id: str
+) -> None:
+    store.record(
+        message_id,
+        {"a@example.org": (S.BOUNCED, UNKNOWN), "b@example.org": (S.DELIVERED, OK)},
+        [],
+        None,
+    )
+    store.record(message_id, {"c@example.net": (S.EXPIRED, GREYLISTED)}, [], 4)
+    later = NOW + 1000.5
+    assert store.requeue(message_id, "example.org", later) == ["a@example.org"]
+    assert _states(store, message_id) == {
+        "a@example.org": "queued",
+        "b@example.org": "delivered",
+        "c@example.net": "expired",
+    }
+    assert store.delivery(message_id, "example.org") == DeliveryState(2, later)
+    assert store.requeue(message_id, "example.net", later) == ["c@example.net"]
+    assert store.delivery(message_id, "example.net") == DeliveryState(5, later)
+    assert store.pending(message_id, "example.org") == ["a@example.org"]
+    # Queued again, it moves forward as any queued recipient does.
+    store.record(message_id, {"a@example.org": (S.DELIVERED, OK)}, [], None)
+    assert _states(store, message_id)["a@example.org"] == "delivered"
+
+
+def test_requeue_with_nothing_dead_changes_nothing(store: StatusStore, message_id: str) -> None:
+    store.record(message_id, {"a@example.org": (S.DEFERRED, GREYLISTED)}, [], None)
+    assert store.requeue(message_id, "example.org", NOW + 5) == []
+    assert store.delivery(message_id, "example.org") == DeliveryState(1, NOW)
+    assert store.requeue(uuid.uuid4().hex, "example.org", NOW + 5) == []
+
+
+@pytest.mark.parametrize(
+    ("outcomes", "expected"),
+    [
+        pytest.param({}, MessageState.QUEUED, id="all-queued"),
+        pytest.param({"a": S.DEFERRED}, MessageState.IN_PROGRESS, id="one-deferred"),
+        pytest.param({"a": S.DELIVERED}, MessageState.IN_PROGRESS, id="one-final-rest-queued"),
+        pytest.param(
+            {"a": S.DELIVERED, "b": S.DELIVERED, "c": S.DEFERRED},
+            MessageState.IN_PROGRESS,
+            id="final-and-deferred",
+        ),
+        pytest.param(
+            {"a": S.DELIVERED, "b": S.DELIVERED, "c": S.DELIVERED},
+            MessageState.DELIVERED,
+            id="all-delivered",
+        ),
+        pytest.param(
+            {"a": S.DELIVERED, "b": S.BOUNCED, "c": S.EXPIRED},
+            MessageState.PARTIALLY_DELIVERED,
+            id="partially-delivered",
+        ),
+        pytest.param(
+            {"a": S.BOUNCED, "b": S.EXPIRED, "c": S.BOUNCED}, MessageState.FAILED, id="failed"
+        ),
+    ],
+)
+def test_message_state_is_derived_from_recipients(
+    store: StatusStore,
+    message_id: str,
+    outcomes: dict[str, RecipientState],
+    expected: MessageState,
+) -> None:
+    addresses = {"a": "a@example.org", "b": "b@example.org", "c": "c@example.net"}
+    replies = {S.DELIVERED: OK, S.DEFERRED: GREYLISTED, S.BOUNCED: UNKNOWN, S.EXPIRED: GREYLISTED}
+    store.record(
+        message_id,
+        {addresses[key]: (state, replies[state]) for key, state in outcomes.items()},
+        [],
+        None,
+    )
+    view = store.view(message_id)
+    assert view is not None
+    assert view["state"] == expected.value
+    states = [RecipientState(r["state"]) for r in view["recipients"]]
+    assert message_state(states) is expected
+
+
+def test_transition_table() -> None:
+    onward = {S.DEFERRED, S.DELIVERED, S.BOUNCED, S.EXPIRED}
+    for current in RecipientState:
+        allowed = {new for new in RecipientState if can_transition(current, new)}
+        expected = onward if current in {S.QUEUED, S.DEFERRED} else set()
+        assert allowed == expected, current
+
+
+def test_attempts_are_capped_keeping_the_newest(store: StatusStore, message_id: str) -> None:
+    attempts = [_attempt("example.org", GREYLISTED, at=NOW + n) for n in range(ATTEMPTS_KEPT + 30)]
+    for start in range(0, len(attempts), 40):
+        store.record(message_id, {}, attempts[start : start + 40], None)
+    view = store.view(message_id)
+    assert view is not None
+    assert ATTEMPTS_KEPT == 100
+    assert view["attempts"] == attempts[-ATTEMPTS_KEPT:]
+
+
+def test_create_on_a_pipeline_waits_for_the_caller(
+    store: StatusStore, redis_client: redis.Redis
+) -> None:
+    message_id = uuid.uuid4().hex
+    pipe = redis_client.pipeline(transaction=True)
+    store.create(message_id, "app@example.com", {"x@example.org": "example.org"}, NOW, pipe=pipe)
+    assert not store.exists(message_id)
+    pipe.execute()
+    assert store.pending(message_id, "example.org") == ["x@example.org"]
+
+
+def test_mark_enqueued(store: StatusStore, message_id: str, redis_client: redis.Redis) -> None:
+    assert not store.is_enqueued(message_id)
+    assert store.mark_enqueued(message_id)
+    assert store.is_enqueued(message_id)
+    unknown = uuid.uuid4().hex
+    assert not store.mark_enqueued(unknown)
+    assert not store.is_enqueued(unknown)
+    assert redis_client.exists(f"mailroom:msg:{unknown}") == 0
+
+
+def test_create_needs_recipients(store: StatusStore) -> None:
+    with pytest.raises(ValueError, match="recipient"):
+        store.create(uuid.uuid4().hex, "app@example.com", {}, NOW)

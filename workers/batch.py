@@ -1,0 +1,140 @@
+"""Run one batch of deliveries: the work of one `mailroom.deliver` task, minus Celery.
+
+Every item is checked before any network traffic: a stale attempt number (its retry is already
+scheduled), nothing pending (a redelivered task whose recipients are done), or a lease held by a
+live worker means skip. The rest run concurrently on the process's event loop, and each is
+disposed of as soon as its own session ends, not when the whole batch does, so a delivered
+recipient is marked long before the task is acknowledged.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from concurrent.futures import Future, as_completed
+from dataclasses import dataclass
+from typing import Any
+
+from workers.content import ContentStore
+from workers.delivery import DeliveryAgent, DeliveryReport
+from workers.disposition import Disposition, Summary
+from workers.leases import Leases
+from workers.outcome import Deferred
+from workers.reply import Code, Reply, Step
+from workers.smtp_session import StepRecord
+from workers.status import StatusStore
+
+log = logging.getLogger(__name__)
+
+Submit = Callable[[Coroutine[Any, Any, DeliveryReport]], "Future[DeliveryReport]"]
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One delivery a task carries: ids and a counter, never an address or a body."""
+
+    message_id: str
+    destination: str
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Running:
+    item: Item
+    first_queued: float
+    recipients: tuple[str, ...]
+    lease: str
+
+
+class BatchRunner:
+    """Runs batches; one per worker process."""
+
+    def __init__(
+        self,
+        *,
+        agent: DeliveryAgent,
+        content: ContentStore,
+        status: StatusStore,
+        leases: Leases,
+        disposition: Disposition,
+        submit: Submit,
+        max_age: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._agent = agent
+        self._content = content
+        self._status = status
+        self._leases = leases
+        self._disposition = disposition
+        self._submit = submit
+        self._max_age = max_age
+        self._clock = clock
+
+    def run(self, items: Sequence[Item]) -> list[str]:
+        """Deliver every item that is due; returns one summary line per item handled."""
+        futures: dict[Future[DeliveryReport], _Running] = {}
+        lines = []
+        for item in items:
+            running = self._claim(item)
+            if running is None:
+                continue
+            message = self._content.get(item.message_id)
+            if message is None:
+                lines.append(self._finish(running, _content_gone(running)))
+                continue
+            coroutine = self._agent.deliver(message, item.destination, running.recipients)
+            futures[self._submit(coroutine)] = running
+        for future in as_completed(futures):
+            running = futures[future]
+            try:
+                report = future.result()
+            except Exception:
+                # A bug, not a delivery outcome: keep the mail, retry it later, say so.
+                item = running.item
+                log.exception("delivery %s|%s failed", item.message_id, item.destination)
+                report = _internal_error(running)
+            lines.append(self._finish(running, report))
+        return lines
+
+    def _claim(self, item: Item) -> _Running | None:
+        state = self._status.delivery(item.message_id, item.destination)
+        if state is None or state.attempt != item.attempt:
+            return None
+        recipients = self._status.pending(item.message_id, item.destination)
+        if not recipients:
+            return None
+        lease = self._leases.take(item.message_id, item.destination)
+        if lease is None:
+            log.info("delivery %s|%s is held by another worker", item.message_id, item.destination)
+            return None
+        return _Running(item, state.first_queued, tuple(recipients), lease)
+
+    def _finish(self, running: _Running, report: DeliveryReport) -> str:
+        item = running.item
+        now = self._clock()
+        try:
+            summary: Summary = self._disposition.apply(
+                item.message_id, item.attempt, running.first_queued, report, now
+            )
+        finally:
+            self._leases.release(item.message_id, item.destination, running.lease)
+        return f"{item.message_id} {item.destination}: {summary}"
+
+
+def _internal_error(running: _Running) -> DeliveryReport:
+    text = "internal error in Mailroom; see the worker log"
+    reply = Reply(Code.LOCAL_ERROR, "4.3.0", text, Step.OPEN_SESSION)
+    return _all(running, reply)
+
+
+def _content_gone(running: _Running) -> DeliveryReport:
+    # The content outlives MAX_AGE by a day; its absence means the message is past its age.
+    text = "message content expired before delivery"
+    reply = Reply(Code.LOCAL_ERROR, "4.4.7", text, Step.OPEN_SESSION)
+    return _all(running, reply)
+
+
+def _all(running: _Running, reply: Reply) -> DeliveryReport:
+    outcomes = tuple(Deferred(recipient, reply) for recipient in running.recipients)
+    return DeliveryReport(running.item.destination, outcomes, StepRecord("-", reply, 0.0), ())

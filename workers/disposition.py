@@ -1,0 +1,169 @@
+"""Apply one delivery's report: mark delivered, schedule a retry or expire, dead-letter bounces.
+
+The queue manager half of Postfix (`qmgr_defer.c`, `qmgr_bounce.c`) and KumoMTA's expiry:
+Delivered recipients are marked at once; Deferred ones get their next due time from
+`retry_schedule` and wait in the deferred set, or turn `expired` once MAX_AGE has passed (keeping
+the last reply the server gave); Bounced and expired recipients go to the dead-letter queue.
+
+Write order is what makes a crash at any point safe. The deferred entry and the dead letter are
+written before the status record, whose write also advances the delivery's attempt number: a task
+redelivered after the status write finds its attempt stale and skips (the retry is already
+scheduled); one redelivered before it runs the attempt again, and its deferral lands on the same
+deferred member, so nothing is scheduled twice and nothing is lost.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from workers.dead_letters import DeadLetters
+from workers.deferred import DeferredSet
+from workers.delivery import Attempt, DeliveryReport
+from workers.outcome import Bounced, Deferred, Delivered, Outcome
+from workers.reply import Reply
+from workers.retry_schedule import next_due
+from workers.smtp_session import StepRecord
+from workers.status import RecipientState, StatusStore
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """What one delivery came to, for the task's result line and the logs."""
+
+    delivered: int = 0
+    deferred: int = 0
+    bounced: int = 0
+    expired: int = 0
+    last: str = ""  # the last non-2xx reply, e.g. "451 4.7.1 greylisted"
+
+    def __str__(self) -> str:
+        counts = ", ".join(
+            f"{n} {name}"
+            for name, n in (
+                ("delivered", self.delivered),
+                ("deferred", self.deferred),
+                ("bounced", self.bounced),
+                ("expired", self.expired),
+            )
+            if n
+        )
+        return f"{counts} {self.last}".strip() or "nothing to do"
+
+
+class Disposition:
+    """Applies delivery reports to the status record, the deferred set and the DLQ."""
+
+    def __init__(
+        self,
+        status: StatusStore,
+        deferred: DeferredSet,
+        dead_letters: DeadLetters,
+        *,
+        delays: Sequence[int],
+        max_age: float,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._status = status
+        self._deferred = deferred
+        self._dead = dead_letters
+        self._delays = tuple(delays)
+        self._max_age = max_age
+        self._rng = rng or random.Random()
+
+    def apply(
+        self, message_id: str, attempt: int, first_queued: float, report: DeliveryReport, now: float
+    ) -> Summary:
+        """Record `report`, attempt number `attempt` of the delivery queued at `first_queued`."""
+        deferred = [o for o in report.outcomes if isinstance(o, Deferred)]
+        due = None
+        if deferred:
+            retry_after = max((o.retry_after or 0.0 for o in deferred), default=0.0) or None
+            due = next_due(
+                attempt=attempt,
+                first_queued=first_queued,
+                now=now,
+                delays=self._delays,
+                max_age=self._max_age,
+                retry_after=retry_after,
+                rng=self._rng,
+            )
+        states = {o.recipient: (_state(o, expired=due is None), o.reply) for o in report.outcomes}
+        if due is not None:
+            self._deferred.defer(message_id, report.destination, attempt + 1, due)
+        for reason in (RecipientState.BOUNCED, RecipientState.EXPIRED):
+            dead = [_dead_recipient(a, r) for a, (s, r) in states.items() if s is reason]
+            if dead:
+                self._dead.add(message_id, report.destination, reason.value, dead, now)
+        self._status.record(
+            message_id,
+            states,
+            attempts_json(report),
+            next_attempt=attempt + 1 if due is not None else None,
+        )
+        return _summary(states)
+
+
+def _state(outcome: Outcome, *, expired: bool) -> RecipientState:
+    match outcome:
+        case Delivered():
+            return RecipientState.DELIVERED
+        case Bounced():
+            return RecipientState.BOUNCED
+        case Deferred():
+            return RecipientState.EXPIRED if expired else RecipientState.DEFERRED
+
+
+def _dead_recipient(address: str, reply: Reply) -> dict[str, Any]:
+    return {"address": address, "code": reply.code, "enhanced": reply.enhanced, "reply": reply.text}
+
+
+def _summary(states: dict[str, tuple[RecipientState, Reply]]) -> Summary:
+    count = dict.fromkeys(RecipientState, 0)
+    last = ""
+    for state, reply in states.values():
+        count[state] += 1
+        if reply.reply_class != 2:
+            last = str(reply)
+    return Summary(
+        delivered=count[RecipientState.DELIVERED],
+        deferred=count[RecipientState.DEFERRED],
+        bounced=count[RecipientState.BOUNCED],
+        expired=count[RecipientState.EXPIRED],
+        last=last,
+    )
+
+
+def attempts_json(report: DeliveryReport) -> list[dict[str, Any]]:
+    """The report's attempts in the status record's shape; the MX look-up opens the first."""
+    attempts = list(report.attempts) or [
+        Attempt(datetime.now(UTC), "", "", ())  # the look-up failed: no server was tried
+    ]
+    shaped = []
+    for index, attempt in enumerate(attempts):
+        steps = ((report.resolution,) if index == 0 else ()) + attempt.steps
+        shaped.append(
+            {
+                "at": attempt.at.isoformat(),
+                "destination": report.destination,
+                "host": attempt.host,
+                "address": attempt.address,
+                "steps": [_step_json(step) for step in steps],
+            }
+        )
+    return shaped
+
+
+def _step_json(step: StepRecord) -> dict[str, Any]:
+    reply = step.reply
+    return {
+        "step": reply.step.value,
+        "command": step.command,
+        "code": int(reply.code),
+        "enhanced": reply.enhanced,
+        "text": reply.text,
+        "ms": round(step.ms, 1),
+    }

@@ -1,0 +1,45 @@
+"""Who is delivering a (message, destination) right now: an expiring lease in Redis.
+
+kombu's Redis transport hands an unacknowledged task to another worker once it is older than the
+visibility timeout, even while the first worker is still running it. A delivery therefore takes
+a lease before its session and skips when another live worker holds one; the lease expires on
+its own when its holder dies, so a crashed worker never blocks a delivery for longer than the
+lease's TTL (a little above the session deadline, which settings keep below the visibility
+timeout).
+
+Key: `mailroom:lease:{message_id}|{destination}` → holder token, with PX expiry.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import redis
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class Leases:
+    """Take and release per-delivery leases."""
+
+    def __init__(self, client: redis.Redis, ttl: float) -> None:
+        self._redis = client
+        self._ttl_ms = int(ttl * 1000)
+        self._release = client.register_script(_RELEASE)
+
+    def take(self, message_id: str, destination: str) -> str | None:
+        """Return a token when the lease was free, or None when another holder has it."""
+        token = uuid.uuid4().hex
+        taken = self._redis.set(_key(message_id, destination), token, nx=True, px=self._ttl_ms)
+        return token if taken else None
+
+    def release(self, message_id: str, destination: str, token: str) -> None:
+        """Give the lease back, unless it expired and somebody else holds it now."""
+        self._release(keys=[_key(message_id, destination)], args=[token])
+
+
+def _key(message_id: str, destination: str) -> str:
+    return f"mailroom:lease:{message_id}|{destination}"

@@ -1,0 +1,383 @@
+"""Each message's status record, and the one place recipient states change.
+
+A recipient's state only moves forward: queued → deferred | delivered | bounced | expired,
+deferred → the same four, and delivered, bounced and expired are final. The one way back is
+`requeue` (an operator replaying dead letters), which turns bounced or expired recipients of one
+destination into queued ones with a fresh age. Transitions are checked inside Redis (Lua), so
+two workers recording at once cannot move a state backwards; an illegal one is skipped and
+logged. The message's own state is derived from its recipients' (`message_state`).
+
+Keys (every one EXPIREs after `ttl`, refreshed on each write):
+    mailroom:msg:{id}        hash {created: UNIX time, sender, enqueued: "1" once on its queues}
+    mailroom:rcpt:{id}       hash address → JSON {"destination","state","code","enhanced","reply"}
+    mailroom:dlv:{id}        hash destination → JSON {"attempt": int, "first_queued": UNIX time}
+    mailroom:attempts:{id}   list of attempt JSON objects, the newest 100 kept
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import redis
+from redis.client import Pipeline
+
+from workers.reply import Reply
+
+ATTEMPTS_KEPT = 100
+
+_log = logging.getLogger(__name__)
+
+
+class RecipientState(StrEnum):
+    """Where one recipient of a message stands."""
+
+    QUEUED = "queued"  # not tried yet (or replayed from the dead-letter queue)
+    DEFERRED = "deferred"  # tried, failed transiently, due again later
+    DELIVERED = "delivered"  # a server accepted it: final
+    BOUNCED = "bounced"  # permanent failure: final, dead-lettered
+    EXPIRED = "expired"  # still failing when MAX_AGE ran out: final, dead-lettered
+
+
+class MessageState(StrEnum):
+    """A message's state, derived from its recipients' states."""
+
+    QUEUED = "queued"  # every recipient queued
+    IN_PROGRESS = "in_progress"  # some recipient tried and not final, or a mix not yet final
+    DELIVERED = "delivered"  # every recipient delivered
+    PARTIALLY_DELIVERED = "partially_delivered"  # all final, some delivered, some not
+    FAILED = "failed"  # all final, none delivered
+
+
+FINAL_STATES = frozenset({RecipientState.DELIVERED, RecipientState.BOUNCED, RecipientState.EXPIRED})
+_ONWARD = frozenset({RecipientState.DEFERRED, *FINAL_STATES})
+TRANSITIONS: Mapping[RecipientState, frozenset[RecipientState]] = {
+    RecipientState.QUEUED: _ONWARD,
+    RecipientState.DEFERRED: _ONWARD,
+    RecipientState.DELIVERED: frozenset(),
+    RecipientState.BOUNCED: frozenset(),
+    RecipientState.EXPIRED: frozenset(),
+}
+_REQUEUEABLE = (RecipientState.BOUNCED, RecipientState.EXPIRED)
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryState:
+    """The schedule of one delivery (message, destination): attempts made and its age."""
+
+    attempt: int  # the attempt the next delivery task carries (1 for the first)
+    first_queued: float  # UNIX time it was queued (or replayed): MAX_AGE counts from here
+
+
+def can_transition(current: RecipientState, new: RecipientState) -> bool:
+    """Whether `record` lets a recipient move from `current` to `new`."""
+    return new in TRANSITIONS[current]
+
+
+def message_state(states: Iterable[RecipientState]) -> MessageState:
+    """The message state that a message whose recipients are in `states` is in."""
+    seen = set(states)
+    if seen <= {RecipientState.QUEUED}:
+        return MessageState.QUEUED
+    if not seen <= FINAL_STATES:
+        return MessageState.IN_PROGRESS
+    if seen == {RecipientState.DELIVERED}:
+        return MessageState.DELIVERED
+    if RecipientState.DELIVERED in seen:
+        return MessageState.PARTIALLY_DELIVERED
+    return MessageState.FAILED
+
+
+def iso_time(timestamp: float) -> str:
+    """A UNIX time as ISO-8601 in UTC with milliseconds, as status and dead letters show it."""
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
+
+
+def _lua_transitions() -> str:
+    rows = (
+        f"{current}={{{','.join(f'{new}=true' for new in sorted(targets))}}}"
+        for current, targets in TRANSITIONS.items()
+    )
+    return "{" + ",".join(rows) + "}"
+
+
+# KEYS: msg, rcpt, dlv, attempts. ARGV: ttl, attempts kept, next attempt ("" for none), the
+# number n of attempt records, n attempt JSONs, then (address, state, code, enhanced, reply)
+# per recipient. Returns the refused moves as a flat list: address, current state, new state.
+# dlv's "attempt" is replaced textually: decoding and re-encoding with cjson would round
+# first_queued to 14 digits.
+_RECORD = f"""
+if redis.call('EXISTS', KEYS[1]) == 0 then return {{}} end
+local allowed = {_lua_transitions()}
+local n = tonumber(ARGV[4])
+local refused, destinations = {{}}, {{}}
+for i = 5 + n, #ARGV, 5 do
+  local address, state = ARGV[i], ARGV[i + 1]
+  local current = redis.call('HGET', KEYS[2], address)
+  if not current then
+    table.insert(refused, address); table.insert(refused, ''); table.insert(refused, state)
+  else
+    local rec = cjson.decode(current)
+    destinations[rec.destination] = true
+    if allowed[rec.state] and allowed[rec.state][state] then
+      rec.state, rec.code = state, tonumber(ARGV[i + 2])
+      rec.enhanced, rec.reply = ARGV[i + 3], ARGV[i + 4]
+      redis.call('HSET', KEYS[2], address, cjson.encode(rec))
+    else
+      table.insert(refused, address); table.insert(refused, rec.state); table.insert(refused, state)
+    end
+  end
+end
+if ARGV[3] ~= '' then
+  for destination in pairs(destinations) do
+    local current = redis.call('HGET', KEYS[3], destination)
+    if current then
+      local updated = string.gsub(current, '"attempt":%d+', '"attempt":' .. ARGV[3], 1)
+      redis.call('HSET', KEYS[3], destination, updated)
+    end
+  end
+end
+for i = 5, 4 + n do redis.call('RPUSH', KEYS[4], ARGV[i]) end
+redis.call('LTRIM', KEYS[4], -tonumber(ARGV[2]), -1)
+for _, key in ipairs(KEYS) do redis.call('EXPIRE', key, ARGV[1]) end
+return refused
+"""
+
+# KEYS: msg, rcpt, dlv, attempts. ARGV: destination, now (JSON number), ttl.
+# Returns the addresses put back to queued.
+_REQUEUE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
+local entries = redis.call('HGETALL', KEYS[2])
+local requeued = {}
+for i = 1, #entries, 2 do
+  local rec = cjson.decode(entries[i + 1])
+  if rec.destination == ARGV[1] and (rec.state == 'bounced' or rec.state == 'expired') then
+    rec.state = 'queued'
+    redis.call('HSET', KEYS[2], entries[i], cjson.encode(rec))
+    table.insert(requeued, entries[i])
+  end
+end
+if #requeued > 0 then
+  local attempt = 1
+  local current = redis.call('HGET', KEYS[3], ARGV[1])
+  if current then attempt = cjson.decode(current).attempt + 1 end
+  redis.call('HSET', KEYS[3], ARGV[1],
+    string.format('{"attempt":%d,"first_queued":%s}', attempt, ARGV[2]))
+  for _, key in ipairs(KEYS) do redis.call('EXPIRE', key, ARGV[3]) end
+end
+return requeued
+"""
+
+
+# KEYS: msg. Marks an existing record only, so an expired one is not brought back without a TTL.
+_MARK_ENQUEUED = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'enqueued', '1')
+return 1
+"""
+
+
+def _dumps(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class StatusStore:
+    """Reads and writes status records; the only writer of recipient states."""
+
+    def __init__(self, redis: redis.Redis, ttl: int) -> None:
+        if ttl <= 0:
+            raise ValueError(f"status ttl must be a positive number of seconds, got {ttl}")
+        self._redis = redis
+        self._ttl = ttl
+        self._record = redis.register_script(_RECORD)
+        self._requeue = redis.register_script(_REQUEUE)
+        self._mark_enqueued = redis.register_script(_MARK_ENQUEUED)
+
+    @staticmethod
+    def _keys(message_id: str) -> list[str]:
+        return [
+            f"mailroom:msg:{message_id}",
+            f"mailroom:rcpt:{message_id}",
+            f"mailroom:dlv:{message_id}",
+            f"mailroom:attempts:{message_id}",
+        ]
+
+    def create(
+        self,
+        message_id: str,
+        sender: str,
+        recipients: Mapping[str, str],
+        now: float,
+        pipe: Pipeline | None = None,
+    ) -> None:
+        """Record a new message: every recipient (address → destination) queued, attempt 1.
+
+        With `pipe`, the commands are queued on the caller's pipeline and run when the caller
+        executes it.
+
+        :raises ValueError: no recipients, or `now` not finite.
+        """
+        if not recipients:
+            raise ValueError("a message needs at least one recipient")
+        if not math.isfinite(now):
+            raise ValueError(f"now must be finite, got {now}")
+        msg, rcpt, dlv, _ = keys = self._keys(message_id)
+        target = self._redis.pipeline(transaction=True) if pipe is None else pipe
+        target.delete(*keys)
+        target.hset(msg, mapping={"created": repr(now), "sender": sender})
+        target.hset(
+            rcpt,
+            mapping={
+                address: _dumps(
+                    {
+                        "destination": destination,
+                        "state": RecipientState.QUEUED.value,
+                        "code": None,
+                        "enhanced": "",
+                        "reply": "",
+                    }
+                )
+                for address, destination in recipients.items()
+            },
+        )
+        target.hset(
+            dlv,
+            mapping={
+                destination: _dumps({"attempt": 1, "first_queued": now})
+                for destination in set(recipients.values())
+            },
+        )
+        for key in (msg, rcpt, dlv):
+            target.expire(key, self._ttl)
+        if pipe is None:
+            target.execute()
+
+    def exists(self, message_id: str) -> bool:
+        """Whether a status record exists (and has not expired) for `message_id`."""
+        return bool(self._redis.exists(self._keys(message_id)[0]))
+
+    def mark_enqueued(self, message_id: str) -> bool:
+        """Note that the message's deliveries are on their queues; False for an unknown id."""
+        return bool(self._mark_enqueued(keys=self._keys(message_id)[:1]))
+
+    def is_enqueued(self, message_id: str) -> bool:
+        """Whether `mark_enqueued` was called for this (existing) message."""
+        return self._redis.hget(self._keys(message_id)[0], "enqueued") in (b"1", "1")
+
+    def _recipients(self, message_id: str) -> dict[str, dict[str, Any]]:
+        entries = self._redis.hgetall(self._keys(message_id)[1])
+        return {_text(address): json.loads(value) for address, value in entries.items()}
+
+    def pending(self, message_id: str, destination: str) -> list[str]:
+        """Addresses of `destination` still queued or deferred, sorted; [] for an unknown id."""
+        waiting = {RecipientState.QUEUED, RecipientState.DEFERRED}
+        return sorted(
+            address
+            for address, record in self._recipients(message_id).items()
+            if record["destination"] == destination and record["state"] in waiting
+        )
+
+    def delivery(self, message_id: str, destination: str) -> DeliveryState | None:
+        """The schedule of one delivery, or None when the message or destination is unknown."""
+        value = self._redis.hget(self._keys(message_id)[2], destination)
+        if value is None:
+            return None
+        record = json.loads(value)
+        return DeliveryState(int(record["attempt"]), float(record["first_queued"]))
+
+    def record(
+        self,
+        message_id: str,
+        outcome_by_address: Mapping[str, tuple[RecipientState, Reply]],
+        attempt_json: Sequence[Mapping[str, Any]],
+        next_attempt: int | None,
+    ) -> None:
+        """Apply one delivery's results in one atomic step.
+
+        Sets each address's state and last reply (code, enhanced code, text) where the move is
+        allowed (`can_transition`), appends the attempt records (the newest 100 are kept), and,
+        when `next_attempt` is given, sets the attempt counter of the recipients' destination.
+        Refused moves and unknown addresses are skipped and logged. Does nothing for an unknown
+        or expired message.
+        """
+        arguments: list[str | int] = [
+            self._ttl,
+            ATTEMPTS_KEPT,
+            "" if next_attempt is None else int(next_attempt),
+            len(attempt_json),
+        ]
+        arguments += [_dumps(attempt) for attempt in attempt_json]
+        for address, (state, reply) in outcome_by_address.items():
+            arguments += [address, RecipientState(state).value, int(reply.code), reply.enhanced]
+            arguments.append(reply.text)
+        refused = self._record(keys=self._keys(message_id), args=arguments)
+        for i in range(0, len(refused), 3):
+            address, current, new = (_text(value) for value in refused[i : i + 3])
+            _log.warning(
+                "message %s: recipient %s not moved from %s to %s",
+                message_id,
+                address,
+                current or "(unknown recipient)",
+                new,
+            )
+
+    def requeue(self, message_id: str, destination: str, now: float) -> list[str]:
+        """Put the bounced and expired recipients of one delivery back to queued.
+
+        The delivery gets a fresh `first_queued` (= `now`) and its attempt counter goes up by
+        one. Returns the addresses requeued, sorted ([] when there were none).
+        """
+        if not math.isfinite(now):
+            raise ValueError(f"now must be finite, got {now}")
+        requeued = self._requeue(
+            keys=self._keys(message_id), args=[destination, repr(now), self._ttl]
+        )
+        return sorted(_text(address) for address in requeued)
+
+    def view(self, message_id: str) -> dict[str, Any] | None:
+        """The record in the shape of `mailroom status --json`, or None for an unknown id.
+
+        Recipients are sorted by address; attempts are oldest first.
+        """
+        msg, rcpt, _, attempts = self._keys(message_id)
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.exists(msg)
+        pipe.hgetall(rcpt)
+        pipe.lrange(attempts, 0, -1)
+        found, entries, attempt_values = pipe.execute()
+        if not found:
+            return None
+        recipients = sorted(
+            (
+                {"address": _text(address), **json.loads(value)}
+                for address, value in entries.items()
+            ),
+            key=lambda record: str(record["address"]),
+        )
+        state = message_state(RecipientState(record["state"]) for record in recipients)
+        return {
+            "id": message_id,
+            "state": state.value,
+            "recipients": [
+                {
+                    "address": record["address"],
+                    "destination": record["destination"],
+                    "state": record["state"],
+                    "code": record["code"],
+                    "enhanced": record["enhanced"],
+                    "reply": record["reply"],
+                }
+                for record in recipients
+            ],
+            "attempts": [json.loads(value) for value in attempt_values],
+        }

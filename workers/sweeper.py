@@ -1,0 +1,76 @@
+"""Move due deferred deliveries back to their shard queues, from inside every worker process.
+
+Every worker runs one sweeper thread; the deferred set's atomic claim (`DeferredSet.claim_due`)
+makes sure two sweepers never release the same entry, and `recover` puts back entries whose
+sweeper died between claiming and enqueuing, so nothing is lost and nothing waits for ever. The
+sweeper gets an `enqueue` callable and never imports Celery (rq's `scheduler.py` does the same
+with its `ScheduledJobRegistry`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+from workers.deferred import DeferredSet
+
+log = logging.getLogger(__name__)
+
+Enqueue = Callable[[Sequence[tuple[str, str, int]]], None]
+
+
+class Sweeper:
+    """A daemon thread that claims due entries every `interval` seconds and enqueues them."""
+
+    def __init__(
+        self,
+        deferred: DeferredSet,
+        enqueue: Enqueue,
+        *,
+        interval: float = 1.0,
+        batch: int = 500,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._deferred = deferred
+        self._enqueue = enqueue
+        self._interval = interval
+        self._batch = batch
+        self._clock = clock
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def sweep_once(self) -> int:
+        """Claim, enqueue and release every entry due now; returns how many moved."""
+        now = self._clock()
+        self._deferred.recover(now)
+        moved = 0
+        while True:
+            claimed = self._deferred.claim_due(now, limit=self._batch)
+            if not claimed:
+                return moved
+            self._enqueue(claimed)
+            self._deferred.release(claimed)
+            moved += len(claimed)
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="mailroom-sweeper", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                moved = self.sweep_once()
+                if moved:
+                    log.info("moved %d due deferred deliveries back to their queues", moved)
+            except Exception:
+                # Redis restarting or a broker hiccup: try again next round, never die.
+                log.exception("sweeping the deferred set failed")
+            self._stop.wait(self._interval)
