@@ -117,7 +117,7 @@ def _unsafe_non_ascii(text: str) -> str | None:
     return None
 
 
-def _a_label_domain(domain: str) -> str:
+def a_label_domain(domain: str) -> str:
     """Return `domain` as lower-case A-labels; raise ValueError with the reason it is invalid."""
     if not domain:
         raise ValueError("empty domain")
@@ -188,7 +188,7 @@ def parse_mailbox(field: str, value: str) -> Mailbox:
             raise ValueError(f"local part contains U+{ord(bad):04X}")
         if len(local.encode()) > MAX_LOCAL_OCTETS:
             raise ValueError(f"local part longer than {MAX_LOCAL_OCTETS} octets")
-        ascii_domain = _a_label_domain(domain)
+        ascii_domain = a_label_domain(domain)
         domain = ascii_domain if local.isascii() else idna.decode(ascii_domain)
         if len(f"{local}@{domain}".encode()) > MAX_ADDRESS_OCTETS:
             raise ValueError(f"longer than {MAX_ADDRESS_OCTETS} octets")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 
-from tasks.notification import _a_label_domain
+from tasks.notification import a_label_domain
 
 INTAKE_QUEUE = "mailroom.intake"
 DELIVER_TASK = "mailroom.deliver"
@@ -39,7 +39,7 @@ def destination_of(address: str, mode: str) -> str:
     if not at:
         raise ValueError(f"{address!r} has no '@'")
     try:
-        return _a_label_domain(domain)
+        return a_label_domain(domain)
     except ValueError as exc:
         raise ValueError(f"{address!r}: {exc}") from None
 
@@ -50,21 +50,29 @@ def _key(destination: str) -> int:
     return int.from_bytes(digest, "big")
 
 
-def shard_of(destination: str, shards: int) -> int:
-    """The shard number, in range(shards), that serves `destination`.
+def jump_hash(key: int, buckets: int) -> int:
+    """Lamping & Veach's jump consistent hash of the 64-bit `key` into range(buckets).
 
-    :raises ValueError: when `shards` is below 1.
+    :raises ValueError: when `buckets` is below 1.
     """
-    if shards < 1:
-        raise ValueError(f"shards must be at least 1, not {shards}")
-    key = _key(destination)
+    if buckets < 1:
+        raise ValueError(f"buckets must be at least 1, not {buckets}")
+    key &= _MASK64
     bucket, jump = -1, 0
-    while jump < shards:
+    while jump < buckets:
         bucket = jump
         key = (key * _LCG_MULTIPLIER + 1) & _MASK64
         # Floats as in the paper's C++ (double), so the sequence matches other implementations.
         jump = int((bucket + 1) * (float(1 << 31) / float((key >> 33) + 1)))
     return bucket
+
+
+def shard_of(destination: str, shards: int) -> int:
+    """The shard number, in range(shards), that serves `destination`.
+
+    :raises ValueError: when `shards` is below 1.
+    """
+    return jump_hash(_key(destination), shards)
 
 
 def shard_queue(shard: int) -> str:
@@ -85,7 +93,7 @@ def parse_shards(spec: str, shards: int) -> list[int]:
         is not a number or range, a reversed range, a number not below `shards`.
     """
     if not spec.strip():
-        raise ValueError("--shards: is empty")
+        raise ValueError("--shards: empty (expected numbers and ranges, e.g. 0-3,7)")
     chosen: set[int] = set()
     for raw in spec.split(","):
         item = raw.strip()

@@ -4,24 +4,54 @@ Celery task threads, the CLI and the sweeper are synchronous; the network module
 `Runtime.submit`/`run` hand a coroutine to the process's one loop, so many task threads keep many
 SMTP sessions in flight on it. The loop starts lazily on first use and belongs to the PID that
 started it: after `os.fork()` the child starts its own on first use (the parent's loop thread
-does not exist there). `stop()` cancels what is pending and joins the thread; the next use
-starts a fresh loop.
+does not exist there). `stop()` cancels what is pending, closes the loop and joins the thread;
+the next use starts a fresh loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
 import threading
-import time
 import weakref
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-_THREAD_NAME = "mailroom-runtime"
+THREAD_NAME = "mailroom-runtime"
+_DEFAULT_GRACE = 10.0  # seconds cancelled tasks get to finish when the loop stops
+_CLOSE_MARGIN = 1.0  # seconds stop() allows, past its timeout, for the loop to close
+
+
+class _LoopThread(threading.Thread):
+    """Runs one loop until it stops, then cancels what is left and closes it, as asyncio.run does.
+
+    The cleanup lives here, after `run_forever` returns, so it happens however the loop was
+    stopped, and callbacks queued just before the stop still run (their tasks get cancelled).
+    """
+
+    def __init__(self) -> None:
+        super().__init__(name=THREAD_NAME, daemon=True)
+        self.loop = asyncio.new_event_loop()
+        self.grace = _DEFAULT_GRACE
+
+    def run(self) -> None:
+        loop = self.loop
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_forever()
+            tasks = asyncio.all_tasks(loop)
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                # A task that ignores cancellation must not hold up shutdown for ever.
+                loop.run_until_complete(asyncio.wait(tasks, timeout=self.grace))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            loop.close()
 
 
 class Runtime:
@@ -29,8 +59,7 @@ class Runtime:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._thread: _LoopThread | None = None
         self._pid = os.getpid()
         _instances.add(self)
 
@@ -38,7 +67,7 @@ class Runtime:
     def loop(self) -> asyncio.AbstractEventLoop:
         """The running loop of this process, started if need be."""
         with self._lock:
-            return self._started()
+            return self._started().loop
 
     def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
         """Schedule `coro` on the loop; the returned future holds its result or exception.
@@ -46,9 +75,9 @@ class Runtime:
         Cancelling the future cancels the coroutine.
         """
         with self._lock:
-            # Scheduled under the lock so stop() can't stop the loop between the two steps,
-            # which would leave a future that never completes.
-            return asyncio.run_coroutine_threadsafe(coro, self._started())
+            # Scheduled under the lock, so stop() (which takes it first) never stops a loop
+            # between our choosing it and queueing onto it.
+            return asyncio.run_coroutine_threadsafe(coro, self._started().loop)
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run `coro` on the loop and wait for its result (or exception).
@@ -58,7 +87,9 @@ class Runtime:
         :raises concurrent.futures.CancelledError: when `stop()` cancelled it.
         :raises RuntimeError: when called from the loop's own thread, where it would deadlock.
         """
-        self._refuse_loop_thread("run")
+        if self._in_loop_thread():
+            coro.close()  # never awaited otherwise, and Python would warn about that
+            raise RuntimeError("Runtime.run() called from the runtime's own loop thread")
         future = self.submit(coro)
         try:
             return future.result(timeout)
@@ -67,66 +98,46 @@ class Runtime:
             raise TimeoutError(f"coroutine did not finish within {timeout} s") from None
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Cancel pending tasks, stop the loop and join its thread, waiting at most `timeout` s.
+        """Cancel pending tasks, stop and close the loop, and join its thread.
+
+        Cancelled tasks get `timeout` seconds to finish; the loop then closes (at most a second
+        later). The next use of the runtime starts a fresh loop.
 
         :raises RuntimeError: when called from the loop's own thread.
         """
-        self._refuse_loop_thread("stop")
+        if self._in_loop_thread():
+            raise RuntimeError("Runtime.stop() called from the runtime's own loop thread")
         with self._lock:
-            loop, thread = self._loop, self._thread
-            self._loop = self._thread = None
-            if loop is None or thread is None or self._pid != os.getpid():
+            thread, self._thread = self._thread, None
+            if thread is None or self._pid != os.getpid():
                 return
-        deadline = time.monotonic() + timeout
-        try:
-            drained = asyncio.run_coroutine_threadsafe(_cancel_pending(), loop)
-            drained.result(timeout)
-        except (TimeoutError, RuntimeError):
-            pass  # a task that ignores cancellation must not hold up shutdown for ever
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(max(0.0, deadline - time.monotonic()))
+        thread.grace = timeout
+        with contextlib.suppress(RuntimeError):  # the loop was stopped and closed already
+            thread.loop.call_soon_threadsafe(thread.loop.stop)
+        thread.join(timeout + _CLOSE_MARGIN)
 
-    def _started(self) -> asyncio.AbstractEventLoop:
-        """The loop, started if absent, dead, or inherited across a fork; the lock is held."""
+    def _started(self) -> _LoopThread:
+        """The loop thread, started if absent, dead, or inherited across a fork; lock held."""
         if self._pid != os.getpid() or (self._thread is not None and not self._thread.is_alive()):
-            # A dead thread (someone stopped the loop behind our back) would leave every
-            # future pending for ever; a fresh loop is the only useful answer.
-            self._loop = self._thread = None
+            # A dead thread (its loop stopped behind our back) would leave every future
+            # pending for ever; a fresh loop is the only useful answer.
+            self._thread = None
             self._pid = os.getpid()
-        if self._loop is None:
-            loop = asyncio.new_event_loop()
-            thread = threading.Thread(target=_serve, args=(loop,), name=_THREAD_NAME, daemon=True)
+        if self._thread is None:
+            thread = _LoopThread()
             thread.start()
-            self._loop, self._thread = loop, thread
-        return self._loop
+            self._thread = thread
+        return self._thread
 
     def _forget(self) -> None:
         """Drop the state of another process's loop (after a fork); never touch that loop."""
         self._lock = threading.Lock()
-        self._loop = self._thread = None
+        self._thread = None
         self._pid = os.getpid()
 
-    def _refuse_loop_thread(self, method: str) -> None:
-        if self._thread is not None and self._thread is threading.current_thread():
-            raise RuntimeError(f"Runtime.{method}() called from the runtime's own loop thread")
-
-
-def _serve(loop: asyncio.AbstractEventLoop) -> None:
-    asyncio.set_event_loop(loop)
-    try:
-        loop.run_forever()
-    finally:
-        loop.close()
-
-
-async def _cancel_pending() -> None:
-    current = asyncio.current_task()
-    tasks = [task for task in asyncio.all_tasks() if task is not current]
-    for task in tasks:
-        task.cancel()
-    if tasks:
-        await asyncio.wait(tasks)
-    await asyncio.get_running_loop().shutdown_asyncgens()
+    def _in_loop_thread(self) -> bool:
+        # Waiting on the loop from its own thread would block the loop for ever.
+        return self._thread is not None and self._thread is threading.current_thread()
 
 
 _instances: weakref.WeakSet[Runtime] = weakref.WeakSet()

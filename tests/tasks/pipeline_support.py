@@ -75,7 +75,7 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 15.0, what: str = "
 def queued_task_bodies(client: redis.Redis, queue: str) -> list[dict[str, Any]]:
     """The Celery messages waiting in `queue`: kombu's envelope with its body decoded."""
     messages = []
-    for raw in client.lrange(queue, 0, -1):  # type: ignore[union-attr]
+    for raw in client.lrange(queue, 0, -1):
         envelope = json.loads(raw)
         body = envelope["body"]
         if envelope["properties"].get("body_encoding") == "base64":

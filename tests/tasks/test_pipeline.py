@@ -82,10 +82,12 @@ def test_delivery_tasks_carry_ids_only(
 ) -> None:
     settings = make_settings(redis_server.url, dns_server, mx_port)
     message_id = Mailroom(settings).notify(
-        **fields(to=["zoe@implicit.test", "max@mx.test"], subject="Secret salary", text="s3cret body")
+        **fields(
+            to=["zoe@implicit.test", "max@mx.test"], subject="Secret salary", text="s3cret body"
+        )
     )
 
-    items = []
+    items: list[list[Any]] = []
     for destination in ("implicit.test", "mx.test"):
         queue = shard_queue(shard_of(destination, SHARDS))
         raw = b"".join(redis_client.lrange(queue, 0, -1))  # type: ignore[arg-type]
@@ -96,7 +98,10 @@ def test_delivery_tasks_carry_ids_only(
             args, kwargs, _ = message["decoded_body"]
             assert kwargs == {}
             items.extend(item for item in args[0] if item[1] == destination)
-    assert sorted(map(tuple, items)) == [(message_id, "implicit.test", 1), (message_id, "mx.test", 1)]
+    assert sorted(map(tuple, items)) == [
+        (message_id, "implicit.test", 1),
+        (message_id, "mx.test", 1),
+    ]
 
 
 def test_same_idempotency_key_returns_the_same_id_and_sends_once(

@@ -1,0 +1,158 @@
+"""`mailroom send`, `status`, `queues`, `dlq` and `worker` as an operator runs them.
+
+The real CLI runs in a subprocess against a real redis-server; bad input must give one line on
+stderr, exit status 2 and nothing enqueued (Redis stays empty).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.support.redis_server import RedisServer
+from tests.tasks.test_cli import Run, run_mailroom
+from workers.dead_letters import DeadLetters
+from workers.reply import Reply, Step
+
+
+def env(server: RedisServer) -> dict[str, str]:
+    return {"MAILROOM_REDIS_URL": server.url, "MAILROOM_SHARDS": "4"}
+
+
+def send(server: RedisServer, tmp_path: Path, *args: str) -> Run:
+    return run_mailroom("send", *args, env=env(server), cwd=tmp_path)
+
+
+GOOD = ("--from", "app@example.test", "--to", "a@one.test", "--subject", "Hi", "--text", "body")
+
+
+def test_send_prints_the_id_and_status_shows_it_queued(
+    redis_server: RedisServer, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    sent = send(redis_server, tmp_path, *GOOD, "--cc", "b@two.test", "--json")
+    assert sent.status == 0, sent.stderr
+    message_id = json.loads(sent.stdout)["id"]
+
+    status = run_mailroom("status", message_id, "--json", env=env(redis_server), cwd=tmp_path)
+    assert status.status == 0, status.stderr
+    record = json.loads(status.stdout)
+    assert record["id"] == message_id
+    assert record["state"] == "queued"
+    assert [(r["address"], r["destination"], r["state"]) for r in record["recipients"]] == [
+        ("a@one.test", "one.test", "queued"),
+        ("b@two.test", "two.test", "queued"),
+    ]
+    human = run_mailroom("status", message_id, env=env(redis_server), cwd=tmp_path)
+    assert human.stdout.splitlines()[0] == f"{message_id}  queued"
+
+    queues = run_mailroom("queues", "--json", env=env(redis_server), cwd=tmp_path)
+    depths = json.loads(queues.stdout)
+    assert sum(depths["shards"].values()) >= 1
+    assert set(depths["shards"]) == {f"mailroom.shard.{k}" for k in range(4)}
+    assert (depths["intake"], depths["deferred"], depths["dead"]) == (0, 0, 0)
+
+
+def test_send_reads_the_body_from_a_file(
+    redis_server: RedisServer, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    body = tmp_path / "body.txt"
+    body.write_text("from a file\n", encoding="utf-8")
+    args = ("--from", "app@example.test", "--to", "a@one.test", "--subject", "Hi")
+    sent = send(redis_server, tmp_path, *args, "--text-file", str(body), "--header", "X-Job: 7")
+    assert sent.status == 0, sent.stderr
+    assert len(sent.stdout.strip()) == 32
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (("--from", "app@example.test", "--subject", "Hi", "--text", "b"), ("recipient",)),
+        (
+            ("--from", "app@example.test", "--to", "bob@", "--subject", "Hi", "--text", "b"),
+            ("to[0]",),
+        ),
+        (("--from", "nobody", "--to", "a@one.test", "--subject", "Hi", "--text", "b"), ("sender",)),
+        ((*GOOD[:6], "--subject", "a\nBcc: x@evil.test", "--text", "b"), ("subject",)),
+        ((*GOOD, "--header", "no colon here"), ("--header",)),
+        ((*GOOD, "--text-file", "/nonexistent"), ("not allowed with",)),
+        ((*GOOD[:6], "--text-file", "/nonexistent/body.txt"), ("--text-file",)),
+        (("--to", "a@one.test", "--subject", "Hi", "--text", "b"), ("--from",)),
+        ((*GOOD, "--bogus"), ("--bogus",)),
+    ],
+)
+def test_bad_send_input_is_one_line_exit_2_and_nothing_enqueued(
+    redis_server: RedisServer,
+    redis_client: redis.Redis,
+    tmp_path: Path,
+    args: tuple[str, ...],
+    words: tuple[str, ...],
+) -> None:
+    sent = send(redis_server, tmp_path, *args)
+
+    assert sent.status == 2
+    assert sent.stdout == ""
+    [line] = sent.stderr_lines
+    assert line.startswith("mailroom: ")
+    for word in words:
+        assert word in line
+    assert redis_client.dbsize() == 0
+
+
+def test_status_of_an_unknown_id_is_one_line_exit_1(
+    redis_server: RedisServer, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    run = run_mailroom("status", "0" * 32, env=env(redis_server), cwd=tmp_path)
+    assert run.status == 1
+    [line] = run.stderr_lines
+    assert "no message" in line
+
+
+def test_dlq_list_show_and_purge(
+    redis_server: RedisServer, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    dead = DeadLetters(redis_client, ttl=3600)
+    reply = Reply(550, "5.1.1", "unknown user", Step.RCPT_TO)
+    recipient = {"address": "x@one.test", "code": 550, "enhanced": "5.1.1", "reply": reply.text}
+    dead.add("a" * 32, "one.test", "bounced", [recipient], now=1_000_000.0)
+
+    listed = run_mailroom("dlq", "list", "--json", env=env(redis_server), cwd=tmp_path)
+    [entry] = json.loads(listed.stdout)
+    assert (entry["message_id"], entry["destination"], entry["reason"]) == (
+        "a" * 32,
+        "one.test",
+        "bounced",
+    )
+    assert entry["recipients"][0]["address"] == "x@one.test"
+    assert entry["at"].startswith("1970-01-12T13:46:40")
+    shown = run_mailroom("dlq", "show", "a" * 32, env=env(redis_server), cwd=tmp_path)
+    assert json.loads(shown.stdout)[0]["reason"] == "bounced"
+    missing = run_mailroom("dlq", "show", "b" * 32, env=env(redis_server), cwd=tmp_path)
+    assert missing.status == 1
+    assert len(missing.stderr_lines) == 1
+    neither = run_mailroom("dlq", "purge", env=env(redis_server), cwd=tmp_path)
+    assert neither.status == 2
+    assert len(neither.stderr_lines) == 1
+    purged = run_mailroom("dlq", "purge", "--all", env=env(redis_server), cwd=tmp_path)
+    assert purged.stdout.strip() == "purged 1 dead letters"
+    assert dead.count() == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (("--shards", "9"), ("9", "4")),
+        (("--shards", "x"), ("'x'",)),
+        (("--concurrency", "0"), ("--concurrency",)),
+    ],
+)
+def test_bad_worker_options_are_one_line(
+    redis_server: RedisServer, tmp_path: Path, args: tuple[str, ...], words: tuple[str, ...]
+) -> None:
+    run = run_mailroom("worker", *args, env=env(redis_server), cwd=tmp_path)
+    assert run.status == 2
+    [line] = run.stderr_lines
+    for word in words:
+        assert word in line
