@@ -34,8 +34,12 @@ def make_celery(settings: Settings) -> Celery:
         task_default_queue=INTAKE_QUEUE,
         task_create_missing_queues=True,
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
-        worker_hijack_root_logger=False,
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout,
+            # kombu scans for a dead worker's unacknowledged tasks on every 10th idle poll by
+            # default (about every 100 s); every poll brings the hand-over near the timeout.
+            "unacked_restore_throttle": 1,
+        },
         enable_utc=True,
     )
     return app

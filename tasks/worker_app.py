@@ -77,9 +77,10 @@ class WorkerContext:
             client = redis.Redis.from_url(settings.redis_url)
             ttl = int(settings.max_age) + _DAY
             status = StatusStore(client, ttl)
+            deferred = DeferredSet(client)
             disposition = Disposition(
                 status,
-                DeferredSet(client),
+                deferred,
                 DeadLetters(client, ttl),
                 delays=settings.retry_delays,
                 max_age=settings.max_age,
@@ -88,7 +89,17 @@ class WorkerContext:
                 agent=DeliveryAgent.from_settings(settings),
                 content=ContentStore(client, ttl),
                 status=status,
-                leases=Leases(client, settings.session_timeout + _LEASE_MARGIN),
+                # Above the session deadline, below the visibility timeout: a dead worker's
+                # lease is gone by the time kombu hands its task to another worker, so the
+                # delivery runs then instead of being parked until the lease expires.
+                leases=Leases(
+                    client,
+                    min(
+                        settings.session_timeout + _LEASE_MARGIN,
+                        (settings.session_timeout + settings.visibility_timeout) / 2,
+                    ),
+                ),
+                deferred=deferred,
                 disposition=disposition,
                 submit=runtime().submit,
                 max_age=settings.max_age,
@@ -133,6 +144,8 @@ def create_app(settings: Settings) -> Celery:
         def stop(self, parent: Any) -> None:
             if self.sweeper is not None:
                 self.sweeper.stop()
+
+        terminate = stop  # a cold shutdown (what start_worker does) calls terminate, not stop
 
     app.steps["worker"].add(SweeperStep)
     return app

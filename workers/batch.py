@@ -1,10 +1,15 @@
 """Run one batch of deliveries: the work of one `mailroom.deliver` task, minus Celery.
 
 Every item is checked before any network traffic: a stale attempt number (its retry is already
-scheduled), nothing pending (a redelivered task whose recipients are done), or a lease held by a
-live worker means skip. The rest run concurrently on the process's event loop, and each is
-disposed of as soon as its own session ends, not when the whole batch does, so a delivered
-recipient is marked long before the task is acknowledged.
+scheduled) or nothing pending (a redelivered task whose recipients are done) means skip. A lease
+held by another worker means that worker may still be delivering it (kombu hands a task to a
+second worker after the visibility timeout even while the first runs it), or may have died: the
+item is parked in the deferred set until the lease expires, so it is never dropped; if the holder
+finished, the parked copy finds its attempt stale or nothing pending and skips.
+
+The rest run concurrently on the process's event loop, and each is disposed of as soon as its
+own session ends, not when the whole batch does, so a delivered recipient is marked long before
+the task is acknowledged.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from workers.content import ContentStore
+from workers.deferred import DeferredSet
 from workers.delivery import DeliveryAgent, DeliveryReport
 from workers.disposition import Disposition, Summary
 from workers.leases import Leases
@@ -57,6 +63,7 @@ class BatchRunner:
         content: ContentStore,
         status: StatusStore,
         leases: Leases,
+        deferred: DeferredSet,
         disposition: Disposition,
         submit: Submit,
         max_age: float,
@@ -66,6 +73,7 @@ class BatchRunner:
         self._content = content
         self._status = status
         self._leases = leases
+        self._deferred = deferred
         self._disposition = disposition
         self._submit = submit
         self._max_age = max_age
@@ -106,7 +114,16 @@ class BatchRunner:
             return None
         lease = self._leases.take(item.message_id, item.destination)
         if lease is None:
-            log.info("delivery %s|%s is held by another worker", item.message_id, item.destination)
+            wait = self._leases.remaining(item.message_id, item.destination)
+            self._deferred.defer(
+                item.message_id, item.destination, item.attempt, self._clock() + wait
+            )
+            log.info(
+                "delivery %s|%s is leased; parked for %.0f s",
+                item.message_id,
+                item.destination,
+                wait,
+            )
             return None
         return _Running(item, state.first_queued, tuple(recipients), lease)
 

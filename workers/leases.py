@@ -36,6 +36,11 @@ class Leases:
         taken = self._redis.set(_key(message_id, destination), token, nx=True, px=self._ttl_ms)
         return token if taken else None
 
+    def remaining(self, message_id: str, destination: str) -> float:
+        """Seconds until the current lease expires (0 when there is none)."""
+        milliseconds = int(self._redis.pttl(_key(message_id, destination)))
+        return max(milliseconds, 0) / 1000
+
     def release(self, message_id: str, destination: str, token: str) -> None:
         """Give the lease back, unless it expired and somebody else holds it now."""
         self._release(keys=[_key(message_id, destination)], args=[token])
