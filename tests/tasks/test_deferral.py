@@ -10,12 +10,9 @@ from typing import Any
 
 import redis
 
-from tasks.api import Mailroom
-from tasks.worker_app import create_app
-from tests.support.dns_server import DnsServer
-from tests.support.redis_server import RedisServer
 from tests.support.smtp_sink import MakeSink
-from tests.tasks.pipeline_support import make_settings, running_worker, wait_for
+from tests.tasks.conftest import Deploy
+from tests.tasks.pipeline_support import running_worker, wait_for
 from workers.dead_letters import DeadLetters
 from workers.deferred import DeferredSet
 from workers.status import StatusStore
@@ -36,16 +33,14 @@ def states(client: redis.Redis, message_id: str) -> dict[str, str]:
 
 
 def test_deferred_recipient_is_retried_by_the_sweeper_then_expires_into_the_dlq(
-    redis_server: RedisServer,
     redis_client: redis.Redis,
-    dns_server: DnsServer,
     mx_port: int,
+    deploy: Deploy,
     make_sink: MakeSink,
 ) -> None:
     sink = make_sink("127.0.0.5", port=mx_port)
-    settings = make_settings(redis_server.url, dns_server, mx_port, max_age=3)
-    app = create_app(settings)
-    message_id = Mailroom(settings, app=app).notify(**notification("451-greylist@implicit.test"))
+    _settings, app, mailroom = deploy(max_age=3)
+    message_id = mailroom.notify(**notification("451-greylist@implicit.test"))
 
     with running_worker(app):
         wait_for(
@@ -74,16 +69,14 @@ def test_deferred_recipient_is_retried_by_the_sweeper_then_expires_into_the_dlq(
 
 
 def test_bounce_is_dead_lettered_and_the_others_delivered(
-    redis_server: RedisServer,
     redis_client: redis.Redis,
-    dns_server: DnsServer,
     mx_port: int,
+    deploy: Deploy,
     make_sink: MakeSink,
 ) -> None:
     sink = make_sink("127.0.0.5", port=mx_port)
-    settings = make_settings(redis_server.url, dns_server, mx_port)
-    app = create_app(settings)
-    message_id = Mailroom(settings, app=app).notify(
+    _settings, app, mailroom = deploy()
+    message_id = mailroom.notify(
         **notification("550-unknown@implicit.test", "ok@implicit.test", "x@missing.test")
     )
 
@@ -103,15 +96,12 @@ def test_bounce_is_dead_lettered_and_the_others_delivered(
 
 
 def test_replay_delivers_an_expired_message_with_a_fresh_age(
-    redis_server: RedisServer,
     redis_client: redis.Redis,
-    dns_server: DnsServer,
     mx_port: int,
+    deploy: Deploy,
     make_sink: MakeSink,
 ) -> None:
-    settings = make_settings(redis_server.url, dns_server, mx_port, max_age=1)
-    app = create_app(settings)
-    mailroom = Mailroom(settings, app=app)
+    _settings, app, mailroom = deploy(max_age=1)
     message_id = mailroom.notify(**notification("a@implicit.test"))
     status = StatusStore(redis_client, ttl=60)
     first = status.delivery(message_id, "implicit.test")

@@ -12,15 +12,11 @@ from typing import Any
 
 import redis
 
-from tasks.api import Mailroom
 from tasks.routing import shard_of, shard_queue
-from tasks.worker_app import create_app
-from tests.support.dns_server import DnsServer
-from tests.support.redis_server import RedisServer
 from tests.support.smtp_sink import MakeSink
+from tests.tasks.conftest import Deploy
 from tests.tasks.pipeline_support import (
     SHARDS,
-    make_settings,
     queued_task_bodies,
     running_worker,
     wait_for,
@@ -45,16 +41,13 @@ def state_of(client: redis.Redis, message_id: str) -> str | None:
 
 
 def test_notify_is_delivered_by_a_worker_and_recorded(
-    redis_server: RedisServer,
     redis_client: redis.Redis,
-    dns_server: DnsServer,
     mx_port: int,
+    deploy: Deploy,
     make_sink: MakeSink,
 ) -> None:
     sink = make_sink("127.0.0.5", port=mx_port)
-    settings = make_settings(redis_server.url, dns_server, mx_port)
-    app = create_app(settings)
-    mailroom = Mailroom(settings, app=app)
+    _settings, app, mailroom = deploy()
     message_id = mailroom.notify(**fields(bcc=["audit@implicit.test"]))
 
     with running_worker(app):
@@ -77,11 +70,9 @@ def test_notify_is_delivered_by_a_worker_and_recorded(
     assert attempt["steps"][-2]["code"] == 250
 
 
-def test_delivery_tasks_carry_ids_only(
-    redis_server: RedisServer, redis_client: redis.Redis, dns_server: DnsServer, mx_port: int
-) -> None:
-    settings = make_settings(redis_server.url, dns_server, mx_port)
-    message_id = Mailroom(settings).notify(
+def test_delivery_tasks_carry_ids_only(redis_client: redis.Redis, deploy: Deploy) -> None:
+    _settings, _app, mailroom = deploy()
+    message_id = mailroom.notify(
         **fields(
             to=["zoe@implicit.test", "max@mx.test"], subject="Secret salary", text="s3cret body"
         )
@@ -105,16 +96,13 @@ def test_delivery_tasks_carry_ids_only(
 
 
 def test_same_idempotency_key_returns_the_same_id_and_sends_once(
-    redis_server: RedisServer,
     redis_client: redis.Redis,
-    dns_server: DnsServer,
     mx_port: int,
+    deploy: Deploy,
     make_sink: MakeSink,
 ) -> None:
     sink = make_sink("127.0.0.5", port=mx_port)
-    settings = make_settings(redis_server.url, dns_server, mx_port)
-    app = create_app(settings)
-    mailroom = Mailroom(settings, app=app)
+    _settings, app, mailroom = deploy()
     first = mailroom.notify(**fields(idempotency_key="invoice-1"))
     second = mailroom.notify(**fields(idempotency_key="invoice-1", subject="changed"))
     third = mailroom.notify(**fields(idempotency_key="invoice-2"))
@@ -129,17 +117,15 @@ def test_same_idempotency_key_returns_the_same_id_and_sends_once(
 
 
 def test_notify_many_puts_many_deliveries_in_one_task(
-    redis_server: RedisServer,
     redis_client: redis.Redis,
-    dns_server: DnsServer,
     mx_port: int,
+    deploy: Deploy,
     make_sink: MakeSink,
 ) -> None:
     sink = make_sink("127.0.0.5", port=mx_port)
-    settings = make_settings(redis_server.url, dns_server, mx_port)
-    app = create_app(settings)
+    _settings, app, mailroom = deploy()
     batch = [fields(subject=f"n{i}", to=[f"user{i}@implicit.test"]) for i in range(30)]
-    ids = Mailroom(settings, app=app).notify_many(batch)
+    ids = mailroom.notify_many(batch)
 
     assert len(set(ids)) == 30
     queue = shard_queue(shard_of("implicit.test", SHARDS))
@@ -152,15 +138,13 @@ def test_notify_many_puts_many_deliveries_in_one_task(
 
 
 def test_intake_task_takes_json_keyword_arguments(
-    redis_server: RedisServer,
     redis_client: redis.Redis,
-    dns_server: DnsServer,
     mx_port: int,
+    deploy: Deploy,
     make_sink: MakeSink,
 ) -> None:
     sink = make_sink("127.0.0.5", port=mx_port)
-    settings = make_settings(redis_server.url, dns_server, mx_port)
-    app = create_app(settings)
+    _settings, app, _mailroom = deploy()
     app.send_task("mailroom.notify", kwargs=fields(), queue="mailroom.intake")
 
     with running_worker(app):
