@@ -32,6 +32,8 @@ from workers.deferred import DeferredSet
 from workers.delivery import DeliveryAgent
 from workers.disposition import Disposition
 from workers.leases import Leases
+from workers.profiles import traffic
+from workers.rate_limits import Limiter
 from workers.runtime import runtime
 from workers.status import StatusStore
 from workers.sweeper import Sweeper
@@ -85,24 +87,29 @@ class WorkerContext:
                 delays=settings.retry_delays,
                 max_age=settings.max_age,
             )
+            # Above the session deadline, below the visibility timeout: a dead worker's
+            # leases are gone by the time kombu hands its task to another worker, so the
+            # delivery runs then instead of being parked until the lease expires.
+            lease_ttl = min(
+                settings.session_timeout + _LEASE_MARGIN,
+                (settings.session_timeout + settings.visibility_timeout) / 2,
+            )
+            limits = traffic(settings)
             self._runner = BatchRunner(
                 agent=DeliveryAgent.from_settings(settings),
                 content=ContentStore(client, ttl),
                 status=status,
-                # Above the session deadline, below the visibility timeout: a dead worker's
-                # lease is gone by the time kombu hands its task to another worker, so the
-                # delivery runs then instead of being parked until the lease expires.
-                leases=Leases(
-                    client,
-                    min(
-                        settings.session_timeout + _LEASE_MARGIN,
-                        (settings.session_timeout + settings.visibility_timeout) / 2,
-                    ),
-                ),
+                leases=Leases(client, lease_ttl),
                 deferred=deferred,
                 disposition=disposition,
                 submit=runtime().submit,
                 max_age=settings.max_age,
+                limiter=Limiter(
+                    client,
+                    rates=limits.rates,
+                    connections=limits.connections,
+                    lease_ttl=lease_ttl,
+                ),
             )
             self._producer = Mailroom(settings, client=client, app=self.app)
             self._redis = client
@@ -138,7 +145,8 @@ def create_app(settings: Settings) -> Celery:
 
         def start(self, parent: Any) -> None:
             producer = context.producer()
-            self.sweeper = Sweeper(DeferredSet(context.client()), producer.enqueue)
+            # Every 0.2 s: deliveries parked for a rate slot leave on time, keeping the spacing.
+            self.sweeper = Sweeper(DeferredSet(context.client()), producer.enqueue, interval=0.2)
             self.sweeper.start()
 
         def stop(self, parent: Any) -> None:

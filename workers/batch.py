@@ -7,6 +7,10 @@ second worker after the visibility timeout even while the first runs it), or may
 item is parked in the deferred set until the lease expires, so it is never dropped; if the holder
 finished, the parked copy finds its attempt stale or nothing pending and skips.
 
+Then the cluster-wide gate (`workers.rate_limits`): a delivery over its destination's rate or
+connection cap is deferred to the time the limiter names, without opening a connection or
+waiting in a worker slot. A receiver's throttling reply slows the whole destination down.
+
 The rest run concurrently on the process's event loop, and each is disposed of as soon as its
 own session ends, not when the whole batch does, so a delivered recipient is marked long before
 the task is acknowledged.
@@ -18,7 +22,7 @@ import logging
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import Future, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from workers.content import ContentStore
@@ -27,6 +31,7 @@ from workers.delivery import DeliveryAgent, DeliveryReport
 from workers.disposition import Disposition, Summary
 from workers.leases import Leases
 from workers.outcome import Deferred
+from workers.rate_limits import Granted, Limiter, Throttled, is_throttling
 from workers.reply import Code, Reply, Step
 from workers.smtp_session import StepRecord
 from workers.status import StatusStore
@@ -45,12 +50,16 @@ class Item:
     attempt: int
 
 
+_UNCAPPED = Granted(None)
+
+
 @dataclass(frozen=True, slots=True)
 class _Running:
     item: Item
     first_queued: float
     recipients: tuple[str, ...]
     lease: str
+    granted: Granted = _UNCAPPED
 
 
 class BatchRunner:
@@ -67,6 +76,7 @@ class BatchRunner:
         disposition: Disposition,
         submit: Submit,
         max_age: float,
+        limiter: Limiter | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._agent = agent
@@ -77,6 +87,7 @@ class BatchRunner:
         self._disposition = disposition
         self._submit = submit
         self._max_age = max_age
+        self._limiter = limiter
         self._clock = clock
 
     def run(self, items: Sequence[Item]) -> list[str]:
@@ -87,6 +98,11 @@ class BatchRunner:
             running = self._claim(item)
             if running is None:
                 continue
+            gate = self._gate(running)
+            if isinstance(gate, Throttled):
+                lines.append(self._finish(running, _throttled(running, gate)))
+                continue
+            running = replace(running, granted=gate)
             message = self._content.get(item.message_id)
             if message is None:
                 lines.append(self._finish(running, _content_gone(running)))
@@ -127,9 +143,19 @@ class BatchRunner:
             return None
         return _Running(item, state.first_queued, tuple(recipients), lease)
 
+    def _gate(self, running: _Running) -> Granted | Throttled:
+        if self._limiter is None:
+            return _UNCAPPED
+        item = running.item
+        return self._limiter.acquire(item.destination, f"{item.message_id}|{item.destination}")
+
     def _finish(self, running: _Running, report: DeliveryReport) -> str:
         item = running.item
         now = self._clock()
+        if self._limiter is not None:
+            self._limiter.release(item.destination, running.granted)
+            if any(_slows_down(outcome.reply) for outcome in report.outcomes):
+                self._limiter.penalize(item.destination)
         try:
             summary: Summary = self._disposition.apply(
                 item.message_id, item.attempt, running.first_queued, report, now
@@ -137,6 +163,20 @@ class BatchRunner:
         finally:
             self._leases.release(item.message_id, item.destination, running.lease)
         return f"{item.message_id} {item.destination}: {summary}"
+
+
+def _slows_down(reply: Reply) -> bool:
+    """A receiver's own throttling reply (never Mailroom's synthetic ones)."""
+    return reply.step is not Step.GATE and is_throttling(reply.code, reply.enhanced)
+
+
+def _throttled(running: _Running, gate: Throttled) -> DeliveryReport:
+    destination = running.item.destination
+    wait = f"next slot in {gate.retry_after:.1f} s"
+    text = f"throttled by Mailroom: {gate.reason} limit of {destination}, {wait}"
+    reply = Reply(Code.LOCAL_ERROR, "4.4.5", text, Step.GATE)
+    outcomes = tuple(Deferred(r, reply, gate.retry_after) for r in running.recipients)
+    return DeliveryReport(destination, outcomes, StepRecord("gate", reply, 0.0), ())
 
 
 def _internal_error(running: _Running) -> DeliveryReport:

@@ -24,6 +24,7 @@ from settings import DeliveryMode, Settings
 from workers.envelope import OutboundMessage
 from workers.mx import MxResolver, Target, resolve_host
 from workers.outcome import Outcome, classify, try_next_host
+from workers.profiles import traffic
 from workers.reply import Code, Reply, Step, not_attempted
 from workers.smtp_session import Credentials, SessionResult, StepRecord, Timeouts, run_session
 from workers.tls_policy import TlsPolicy, opportunistic_policy, relay_policy
@@ -73,6 +74,7 @@ class DeliveryAgent:
         mx_tls: TlsPolicy | None = None,
         max_addresses: int = 5,
         max_sessions: int = 2,
+        max_recipients: int | None = None,
     ) -> None:
         self._resolver = resolver
         self._mx_port = mx_port
@@ -82,6 +84,7 @@ class DeliveryAgent:
         self._mx_tls = mx_tls or opportunistic_policy()
         self._max_addresses = max_addresses
         self._max_sessions = max_sessions
+        self._max_recipients = max_recipients
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DeliveryAgent:
@@ -117,6 +120,7 @@ class DeliveryAgent:
             relay=relay,
             helo=settings.helo_name,
             timeouts=timeouts,
+            max_recipients=traffic(settings).max_recipients,
         )
 
     async def deliver(
@@ -130,8 +134,26 @@ class DeliveryAgent:
         """Deliver `message` to `recipients`, all of `destination`; never raises for the network.
 
         Returns one outcome per recipient, in the order given. A `probe` stops each session
-        after RCPT TO, so nothing is sent (`mailroom check`).
+        after RCPT TO, so nothing is sent (`mailroom check`). With `max_recipients` (a relay
+        profile's limit), the recipients are sent in that many per message, one after another.
         """
+        unique = list(dict.fromkeys(recipients))
+        size = self._max_recipients or len(unique) or 1
+        parts = [
+            await self._deliver(message, destination, unique[start : start + size], probe)
+            for start in range(0, len(unique), size)
+        ] or [await self._deliver(message, destination, [], probe)]
+        outcomes = {o.recipient: o for part in parts for o in part.outcomes}
+        return DeliveryReport(
+            destination,
+            tuple(outcomes[recipient] for recipient in recipients),
+            parts[0].resolution,
+            tuple(attempt for part in parts for attempt in part.attempts),
+        )
+
+    async def _deliver(
+        self, message: OutboundMessage, destination: str, recipients: list[str], probe: bool
+    ) -> DeliveryReport:
         deadline = asyncio.get_running_loop().time() + self._timeouts.session
         started = time.perf_counter()
         targets = await self._targets(destination)

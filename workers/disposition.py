@@ -5,6 +5,10 @@ Delivered recipients are marked at once; Deferred ones get their next due time f
 `retry_schedule` and wait in the deferred set, or turn `expired` once MAX_AGE has passed (keeping
 the last reply the server gave); Bounced and expired recipients go to the dead-letter queue.
 
+A throttled delivery (the cluster's rate limit or connection cap said "not yet", before any
+connection) is no attempt: it keeps its attempt number, is deferred to exactly the time the
+limiter named, and leaves no attempt record; it still ages, so MAX_AGE can expire it.
+
 Write order is what makes a crash at any point safe. The deferred entry and the dead letter are
 written before the status record, whose write also advances the delivery's attempt number: a task
 redelivered after the status write finds its attempt stale and skips (the retry is already
@@ -24,7 +28,7 @@ from workers.dead_letters import DeadLetters
 from workers.deferred import DeferredSet
 from workers.delivery import Attempt, DeliveryReport
 from workers.outcome import Bounced, Deferred, Delivered, Outcome
-from workers.reply import Reply
+from workers.reply import Reply, Step
 from workers.retry_schedule import next_due
 from workers.smtp_session import StepRecord
 from workers.status import RecipientState, StatusStore
@@ -79,6 +83,7 @@ class Disposition:
     ) -> Summary:
         """Record `report`, attempt number `attempt` of the delivery queued at `first_queued`."""
         deferred = [o for o in report.outcomes if isinstance(o, Deferred)]
+        throttled = is_throttled(report)
         due = None
         if deferred:
             retry_after = max((o.retry_after or 0.0 for o in deferred), default=0.0) or None
@@ -92,8 +97,14 @@ class Disposition:
                 rng=self._rng,
             )
         states = {o.recipient: (_state(o, expired=due is None), o.reply) for o in report.outcomes}
+        next_attempt = attempt if throttled else attempt + 1
         if due is not None:
-            self._deferred.defer(message_id, report.destination, attempt + 1, due)
+            self._deferred.defer(message_id, report.destination, next_attempt, due)
+        if throttled:
+            if due is not None:
+                return _summary(states)  # no attempt, no state change: only a later slot
+            # Expired while throttled: keep the last reply a server gave, if one ever did.
+            states = self._last_server_replies(message_id, states)
         for reason in (RecipientState.BOUNCED, RecipientState.EXPIRED):
             dead = [_dead_recipient(a, r) for a, (s, r) in states.items() if s is reason]
             if dead:
@@ -101,10 +112,33 @@ class Disposition:
         self._status.record(
             message_id,
             states,
-            attempts_json(report),
-            next_attempt=attempt + 1 if due is not None else None,
+            [] if throttled else attempts_json(report),
+            next_attempt=next_attempt if due is not None and not throttled else None,
         )
         return _summary(states)
+
+    def _last_server_replies(
+        self, message_id: str, states: dict[str, tuple[RecipientState, Reply]]
+    ) -> dict[str, tuple[RecipientState, Reply]]:
+        view = self._status.view(message_id)
+        known = {r["address"]: r for r in (view or {}).get("recipients", []) if r.get("code")}
+        kept = {}
+        for address, (state, gate) in states.items():
+            last = known.get(address)
+            server = None
+            if last is not None:
+                server = Reply(
+                    int(last["code"]), str(last["enhanced"]), str(last["reply"]), gate.step
+                )
+            kept[address] = (state, server or gate)
+        return kept
+
+
+def is_throttled(report: DeliveryReport) -> bool:
+    """Whether the gate stopped this delivery before any connection (no attempt was made)."""
+    return not report.attempts and all(
+        isinstance(o, Deferred) and o.reply.step is Step.GATE for o in report.outcomes
+    )
 
 
 def _state(outcome: Outcome, *, expired: bool) -> RecipientState:

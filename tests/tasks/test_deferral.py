@@ -56,7 +56,9 @@ def test_deferred_recipient_is_retried_by_the_sweeper_then_expires_into_the_dlq(
         451,
         "4.7.1",
     )
-    assert len(record["attempts"]) >= 3  # first try, then retries moved back by the sweeper
+    # The first try, then at least one retry moved back by the sweeper (the 4.7.1 also slows
+    # the destination down, so fewer retries fit in MAX_AGE than RETRY_DELAYS alone allow).
+    assert len(record["attempts"]) >= 2
     assert len([s for s in sink.sessions if s.rcpt_to]) == len(record["attempts"])
     [dead] = DeadLetters(redis_client, ttl=60).list()
     assert (dead["message_id"], dead["destination"], dead["reason"]) == (

@@ -1,0 +1,255 @@
+"""Cluster-wide gate before a delivery: per-destination rate (GCRA) and connection cap, in Redis.
+
+One Lua script decides atomically on Redis `TIME`, the only clock: the destination's connection
+cap (expiring leases, so a killed worker frees its slots after the lease TTL), then its rate (GCRA
+without burst: one send every T = per_seconds / count). A caller told to wait holds a reservation
+for its slot, so a delivery deferred to exactly that slot does not race everybody else again; a
+throttled delivery never holds a connection. `penalize` slows a destination down after a receiver's
+throttling reply (1 s spacing, doubling up to 60 s) until the penalty key expires. Destinations are
+case-insensitive; a destination's own entry wins over `*`, and neither means unlimited.
+
+Keys (times in microseconds of Redis TIME):
+    mailroom:rate:tat:{destination}               GCRA theoretical arrival time, PX until it passes
+    mailroom:rate:resv:{destination}:{delivery}   reserved slot of one delivery, PX slot + 60 s
+    mailroom:rate:slow:{destination}              penalty interval in ms, PX 120 s from last penalty
+    mailroom:rate:conn:{destination}              zset member lease token, score lease expiry
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TypeVar
+
+import redis
+
+from settings import Rate
+from workers.reply import Code
+
+WILDCARD = "*"
+_V = TypeVar("_V")
+_MICROS = 1_000_000
+# RFC 5321 does not name 432; Microsoft uses "432 4.3.2" for its concurrency throttling.
+_CODE_432 = 432
+_FOUR_SEVEN_THROTTLING = (Code.MAILBOX_BUSY, Code.LOCAL_ERROR, Code.INSUFFICIENT_STORAGE)
+_CONNECTION_RETRY_MIN = 0.2
+_CONNECTION_RETRY_MAX = 1.0
+
+# KEYS: conn zset, tat, slow, reservation.
+# ARGV: cap (0 = uncapped), token, lease ttl µs, interval µs (0 = unlimited), most wait reserved µs,
+#       reservation tolerance µs, reservation grace ms.
+# Returns {granted 0|1, wait µs, reason}. Numbers are written with %.0f: tostring() would print
+# 1.7e+15 and lose the microseconds.
+_ACQUIRE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local cap = tonumber(ARGV[1])
+local lease_us = tonumber(ARGV[3])
+local interval = tonumber(ARGV[4])
+local ahead = tonumber(ARGV[5])
+local tolerance = tonumber(ARGV[6])
+local grace_ms = tonumber(ARGV[7])
+local function num(x) return string.format('%.0f', x) end
+
+if cap > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', num(now))
+  if redis.call('ZCARD', KEYS[1]) >= cap then
+    local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+    return {0, tonumber(first[2]) - now, 'connections'}
+  end
+end
+
+local slow = redis.call('GET', KEYS[3])
+if slow then interval = math.max(interval, tonumber(slow) * 1000) end
+
+local granted = false
+local slot = redis.call('GET', KEYS[4])
+if slot and interval > 0 then
+  slot = tonumber(slot)
+  if slot > now + tolerance then return {0, slot - now, 'rate'} end
+  redis.call('DEL', KEYS[4])
+  granted = true
+elseif slot then
+  redis.call('DEL', KEYS[4])
+end
+
+if not granted and interval > 0 then
+  local tat = tonumber(redis.call('GET', KEYS[2]) or '0')
+  local start = math.max(tat, now)
+  local wait = start - now
+  if wait > ahead then return {0, wait, 'rate'} end
+  local next_tat = start + interval
+  redis.call('SET', KEYS[2], num(next_tat), 'PX', math.ceil((next_tat - now) / 1000) + 1000)
+  if wait > 0 then
+    redis.call('SET', KEYS[4], num(start), 'PX', math.ceil(wait / 1000) + grace_ms)
+    return {0, wait, 'rate'}
+  end
+end
+
+if cap > 0 then
+  redis.call('ZADD', KEYS[1], num(now + lease_us), ARGV[2])
+  local keep_ms = math.ceil(lease_us / 1000) + 1000
+  if redis.call('PTTL', KEYS[1]) < keep_ms then redis.call('PEXPIRE', KEYS[1], keep_ms) end
+end
+return {1, 0, ''}
+"""
+
+# KEYS: slow, tat. ARGV: first interval ms, most ms, ttl ms. Returns the new interval in ms.
+# The throttled send happened just now, so the next one waits a full interval from now.
+_PENALIZE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local current = redis.call('GET', KEYS[1])
+local ms = tonumber(ARGV[1])
+if current then ms = math.min(tonumber(current) * 2, tonumber(ARGV[2])) end
+redis.call('SET', KEYS[1], string.format('%.0f', ms), 'PX', ARGV[3])
+local tat = tonumber(redis.call('GET', KEYS[2]) or '0')
+local next_tat = math.max(tat, now + ms * 1000)
+redis.call('SET', KEYS[2], string.format('%.0f', next_tat), 'PX',
+           math.ceil((next_tat - now) / 1000) + 1000)
+return ms
+"""
+
+
+class ThrottleReason(StrEnum):
+    """Which limit said "not yet"."""
+
+    RATE = "rate"  # the destination's rate (configured or after a penalty)
+    CONNECTIONS = "connections"  # the destination's connection cap is full
+
+
+@dataclass(frozen=True, slots=True)
+class Granted:
+    """Go ahead; `lease` is the connection lease to release after the session (None: uncapped)."""
+
+    lease: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Throttled:
+    """Not now: try again in `retry_after` seconds; nothing is held except a rate reservation."""
+
+    retry_after: float
+    reason: ThrottleReason
+
+
+def is_throttling(code: int, enhanced: str) -> bool:
+    """Whether a receiver's reply asks Mailroom to slow down (a reason to `penalize`).
+
+    421 always; 450, 451 and 452 with an RFC 3463 X.7.x (security or policy) enhanced code;
+    432 with 4.3.2 (Microsoft's "too many concurrent connections").
+    """
+    if code == Code.SERVICE_UNAVAILABLE:
+        return True
+    if code in _FOUR_SEVEN_THROTTLING:
+        return enhanced.startswith("4.7.")
+    return code == _CODE_432 and enhanced == "4.3.2"
+
+
+class Limiter:
+    """The cluster-wide gate: `acquire` before a session, `release` after it, `penalize`."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        rates: Mapping[str, Rate],
+        connections: Mapping[str, int],
+        lease_ttl: float,
+        slowdown_ttl: float = 120.0,
+        slowdown_first: float = 1.0,
+        slowdown_max: float = 60.0,
+        max_reservation_ahead: float = 3600.0,
+        reservation_tolerance: float = 0.05,
+        reservation_grace: float = 60.0,
+    ) -> None:
+        """Limits are keyed by destination (case-insensitive) or `*`; times are in seconds.
+
+        `lease_ttl` must outlast a session: a lease older than that frees its connection slot.
+        A wait longer than `max_reservation_ahead` is answered without reserving a slot.
+
+        :raises ValueError: a non-positive TTL or cap.
+        """
+        if lease_ttl <= 0 or slowdown_ttl <= 0:
+            raise ValueError("lease_ttl and slowdown_ttl must be positive")
+        if any(cap < 1 for cap in connections.values()):
+            raise ValueError("connection caps must be at least 1")
+        self._redis = client
+        self._rates = {key.lower(): rate for key, rate in rates.items()}
+        self._connections = {key.lower(): cap for key, cap in connections.items()}
+        self._lease_us = _micros(lease_ttl)
+        self._slowdown = (int(slowdown_first * 1000), int(slowdown_max * 1000))
+        self._slowdown_ttl_ms = max(1, int(slowdown_ttl * 1000))
+        self._ahead_us = _micros(max_reservation_ahead)
+        self._tolerance_us = _micros(reservation_tolerance)
+        self._grace_ms = int(reservation_grace * 1000)
+        self._acquire = client.register_script(_ACQUIRE)
+        self._penalize = client.register_script(_PENALIZE)
+
+    def acquire(self, destination: str, delivery_key: str) -> Granted | Throttled:
+        """Ask to open a session to `destination` for the delivery named `delivery_key`.
+
+        Returns `Granted` (release it after the session) or `Throttled` with `retry_after`
+        seconds; a rate wait reserves the slot at now + retry_after for this `delivery_key`, and
+        the next `acquire` with the same key at (or up to 50 ms before) that time takes it.
+        """
+        name = destination.lower()
+        rate = _lookup(self._rates, name)
+        cap = _lookup(self._connections, name) or 0
+        token = uuid.uuid4().hex
+        keys = [
+            f"mailroom:rate:conn:{name}",
+            f"mailroom:rate:tat:{name}",
+            f"mailroom:rate:slow:{name}",
+            f"mailroom:rate:resv:{name}:{delivery_key}",
+        ]
+        args: list[int | str] = [
+            cap,
+            token,
+            self._lease_us,
+            0 if rate is None else _micros(rate.interval),
+            self._ahead_us,
+            self._tolerance_us,
+            self._grace_ms,
+        ]
+        granted, wait_us, reason = self._acquire(keys=keys, args=args)
+        if int(granted):
+            return Granted(token if cap else None)
+        wait = int(wait_us) / _MICROS
+        if _text(reason) == ThrottleReason.CONNECTIONS:
+            retry = min(max(wait, _CONNECTION_RETRY_MIN), _CONNECTION_RETRY_MAX)
+            return Throttled(retry, ThrottleReason.CONNECTIONS)
+        return Throttled(wait, ThrottleReason.RATE)
+
+    def release(self, destination: str, granted: Granted) -> None:
+        """Give back the connection lease of a finished session (nothing to do when uncapped)."""
+        if granted.lease is not None:
+            self._redis.zrem(f"mailroom:rate:conn:{destination.lower()}", granted.lease)
+
+    def penalize(self, destination: str) -> float:
+        """Slow `destination` down after a throttling reply; returns the new spacing in seconds.
+
+        The first penalty spaces sends 1 s apart, each further one while the penalty lives
+        doubles it (at most 60 s); the penalty lapses `slowdown_ttl` after the last one.
+        """
+        name = destination.lower()
+        first, most = self._slowdown
+        keys = [f"mailroom:rate:slow:{name}", f"mailroom:rate:tat:{name}"]
+        interval_ms = self._penalize(keys=keys, args=[first, most, self._slowdown_ttl_ms])
+        return int(interval_ms) / 1000
+
+
+def _lookup(table: Mapping[str, _V], destination: str) -> _V | None:
+    if destination in table:
+        return table[destination]
+    return table.get(WILDCARD)
+
+
+def _micros(seconds: float) -> int:
+    return round(seconds * _MICROS)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
