@@ -16,7 +16,7 @@ Replies are scripted by the recipient's local part (KumoMTA's sink convention):
   `disconnect-data@`                  the data is received, then the connection is dropped
 Sink-wide options (`SinkOptions`, defaults in `SinkConfig`) cover SIZE, SMTPUTF8, 8BITMIME, a
 refused EHLO, STARTTLS (working, required, or broken), implicit TLS, AUTH PLAIN/LOGIN and a
-scripted reply to MAIL FROM.
+scripted reply to MAIL FROM (in every session, or only the first N).
 
 Everything is recorded, per connection, in `SessionRecord`s: commands, EHLO/HELO name, TLS, AUTH
 attempts with the credentials received (even those refused for want of TLS), MAIL FROM and
@@ -24,7 +24,9 @@ RCPT TO with options and replies, and every message that reached the final dot. 
 (`sessions`, `messages`, `received`, `auth_attempts`, `errors`) are thread-safe and return copies.
 A reply is recorded before it is sent, so what a client was told is already there when it has
 the answer; for what comes later (a session's `closed`), use `wait_until` (`wait_until_async` in
-async tests: a blocking wait would stop the test's own loop, client included).
+async tests: a blocking wait would stop the test's own loop, client included). Times are
+`time.monotonic()` of the test process: a session's `opened_at` and `closed_at`, a message's
+`accepted_at`; `peak_concurrent_sessions()` says how many connections were ever open at once.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import re
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -99,6 +102,7 @@ class SinkOptions(TypedDict, total=False):
     auth_require_tls: bool
     auth_required: bool
     mail_from_reply: str | None
+    mail_from_reply_first: int | None
     slow_seconds: float
     idle_timeout: float
 
@@ -122,6 +126,7 @@ class SinkConfig:
     auth_require_tls: bool = True  # AUTH only announced and allowed once TLS is active
     auth_required: bool = False  # refuse MAIL FROM (530) until AUTH succeeded
     mail_from_reply: str | None = None  # e.g. "451 4.3.0 try later": reply to every MAIL FROM
+    mail_from_reply_first: int | None = None  # only sessions 1..N get mail_from_reply; None: all
     slow_seconds: float = 5.0  # delay of slow-rcpt@ and slow-data@
     idle_timeout: float = 300.0  # aiosmtpd closes a connection idle that long
 
@@ -171,6 +176,7 @@ class ReceivedMessage:
     content: bytes
     tls: bool
     reply: str | None  # None: the sink dropped the connection instead of answering
+    accepted_at: float | None = None  # time.monotonic() when the 250 was recorded
 
     @property
     def accepted(self) -> bool:
@@ -206,6 +212,8 @@ class SessionRecord:
     rcpt_to: list[RcptCommand] = field(default_factory=list)
     messages: list[ReceivedMessage] = field(default_factory=list)
     closed: bool = False  # the connection has ended
+    opened_at: float = 0.0  # time.monotonic() when the connection was made
+    closed_at: float | None = None  # time.monotonic() when it ended; None while open
 
 
 class Sink:
@@ -292,6 +300,23 @@ class Sink:
         """The messages the sink accepted (250 after the final dot): what was delivered."""
         return [message for message in self.received if message.accepted]
 
+    def peak_concurrent_sessions(self) -> int:
+        """The most connections that were open at the same moment, among those recorded.
+
+        A connection that ends at the instant another one opens is not counted with it.
+        """
+        # At equal times a close (-1) sorts before an open (+1).
+        sessions = self.sessions
+        events = sorted(
+            [(record.opened_at, 1) for record in sessions]
+            + [(record.closed_at, -1) for record in sessions if record.closed_at is not None]
+        )
+        peak = current = 0
+        for _, change in events:
+            current += change
+            peak = max(peak, current)
+        return peak
+
     @property
     def auth_attempts(self) -> list[AuthAttempt]:
         """Every AUTH command of every session, with the credentials it carried."""
@@ -331,7 +356,7 @@ class Sink:
     def _new_record(self, peer: tuple[str, int]) -> SessionRecord:
         with self._change():
             self._connections += 1
-            record = SessionRecord(number=self._connections, peer=peer)
+            record = SessionRecord(number=self._connections, peer=peer, opened_at=time.monotonic())
             if self._recording:
                 self._sessions.append(record)
             return record
@@ -433,7 +458,10 @@ class _Connection:
     ) -> str:
         if self.config.auth_required and not session.authenticated:
             return AUTH_REQUIRED
-        if self.config.mail_from_reply is not None:
+        first = self.config.mail_from_reply_first
+        if self.config.mail_from_reply is not None and (
+            first is None or self.record.number <= first
+        ):
             return self.config.mail_from_reply
         envelope.mail_from = address
         envelope.mail_options.extend(options)
@@ -477,6 +505,8 @@ class _Connection:
         codes = [local.partition("-")[0] for local in locals_ if local.endswith("-data")]
         with self.change():
             message.reply = next((DATA_REPLIES[c] for c in codes if c in DATA_REPLIES), ACCEPT_DATA)
+            if message.accepted:
+                message.accepted_at = time.monotonic()
         return message.reply
 
     async def handle_exception(self, error: Exception) -> str:
@@ -544,6 +574,7 @@ class _SinkSMTP(SMTP):
             self.connection.live.discard(self)
             with self.connection.change() as record:
                 record.closed = True
+                record.closed_at = time.monotonic()
 
     def abort(self) -> None:
         """Drop the connection at once, TLS or not."""
