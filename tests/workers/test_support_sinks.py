@@ -453,3 +453,26 @@ def test_refused_port_refuses(make_refused_port: MakeRefusedPort) -> None:
     port = make_refused_port("127.0.0.6")
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.6", port), timeout=5)
+
+
+def test_peak_concurrent_sessions_counts_overlapping_connections(make_sink: MakeSink) -> None:
+    sink = make_sink()
+    with client(sink) as first, client(sink) as second:
+        first.noop()
+        second.noop()
+    with client(sink) as third:
+        third.noop()
+    assert sink.wait_until(lambda: all(s.closed for s in sink.sessions))
+    assert len(sink.sessions) == 3
+    assert sink.peak_concurrent_sessions() == 2
+
+
+def test_mail_from_reply_first_applies_to_the_first_sessions_only(make_sink: MakeSink) -> None:
+    sink = make_sink(mail_from_reply="451 4.7.0 rate limited", mail_from_reply_first=1)
+    with client(sink) as smtp, pytest.raises(smtplib.SMTPSenderRefused):
+        smtp.sendmail(SENDER, ["ok@x.test"], MESSAGE)
+    with client(sink) as smtp:
+        smtp.sendmail(SENDER, ["ok@x.test"], MESSAGE)
+    [accepted] = sink.messages
+    assert accepted.accepted_at is not None
+    assert sink.sessions[0].mail_from[0].reply == "451 4.7.0 rate limited"
