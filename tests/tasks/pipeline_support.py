@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -23,6 +25,8 @@ from tasks.routing import INTAKE_QUEUE, all_shard_queues
 from tests.support.dns_server import DnsServer
 
 SHARDS = 4
+REPO = Path(__file__).resolve().parents[2]
+_TIMEOUTS = ("connect_timeout", "command_timeout", "data_timeout", "session_timeout")
 
 
 def make_settings(redis_url: str, dns: DnsServer, mx_port: int, **overrides: Any) -> Settings:
@@ -83,3 +87,22 @@ def queued_task_bodies(client: redis.Redis, queue: str) -> list[dict[str, Any]]:
         envelope["decoded_body"] = json.loads(body)
         messages.append(envelope)
     return messages
+
+
+def worker_env(settings: Settings) -> dict[str, str]:
+    """The environment of a `mailroom worker` subprocess running the test deployment `settings`."""
+    [nameserver] = settings.dns_nameservers
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "PYTHONPATH": str(REPO),
+        "MAILROOM_REDIS_URL": settings.redis_url,
+        "MAILROOM_SHARDS": str(settings.shards),
+        "MAILROOM_MX_PORT": str(settings.mx_port),
+        "MAILROOM_DNS_NAMESERVERS": f"{nameserver.ip}:{nameserver.port}",
+        "MAILROOM_HELO_NAME": settings.helo_name,
+        "MAILROOM_RETRY_DELAYS": ",".join(str(delay) for delay in settings.retry_delays),
+        "MAILROOM_MAX_AGE": str(settings.max_age),
+        "MAILROOM_VISIBILITY_TIMEOUT": str(settings.visibility_timeout),
+    }
+    env.update({f"MAILROOM_{name.upper()}": str(getattr(settings, name)) for name in _TIMEOUTS})
+    return env

@@ -39,12 +39,12 @@ from tests.tasks.pipeline_support import (
     queued_task_bodies,
     running_worker,
     wait_for,
+    worker_env,
 )
 from workers.status import StatusStore
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[2]
 SLOW = 1.5  # seconds the sink waits before answering a slow-data@ final dot
 VISIBILITY = 6  # MAILROOM_VISIBILITY_TIMEOUT of these tests
 SLOW_RCPT = "slow-data@implicit.test"
@@ -135,24 +135,6 @@ class Deployment:
             f"unacked tasks: {self.client.hlen('unacked')}, deferred: "
             f"{self.client.zcard('mailroom:deferred')}"
         )
-
-
-def worker_env(settings: Settings) -> dict[str, str]:
-    """The environment of a worker subprocess: the test deployment as MAILROOM_* variables."""
-    [nameserver] = settings.dns_nameservers
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "PYTHONPATH": str(REPO),
-        "MAILROOM_REDIS_URL": settings.redis_url,
-        "MAILROOM_SHARDS": str(settings.shards),
-        "MAILROOM_MX_PORT": str(settings.mx_port),
-        "MAILROOM_DNS_NAMESERVERS": f"{nameserver.ip}:{nameserver.port}",
-        "MAILROOM_HELO_NAME": settings.helo_name,
-        "MAILROOM_RETRY_DELAYS": "1",
-        "MAILROOM_MAX_AGE": "3600",
-    }
-    env.update({f"MAILROOM_{name.upper()}": str(value) for name, value in TIMEOUTS.items()})
-    return env
 
 
 @pytest.fixture

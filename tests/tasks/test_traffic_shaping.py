@@ -35,12 +35,11 @@ from tasks.api import Mailroom
 from tests.support.dns_server import DnsServer
 from tests.support.redis_server import RedisServerFactory
 from tests.support.smtp_sink import MakeSink, Sink
-from tests.tasks.pipeline_support import make_settings, wait_for
+from tests.tasks.pipeline_support import make_settings, wait_for, worker_env
 from workers.status import StatusStore
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[2]
 SENDER = "app@example.test"
 LIMITED = "implicit.test"  # no MX record: its A record, 127.0.0.5, is the one host
 OPEN_HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")  # mx.test's MX hosts
@@ -154,24 +153,6 @@ class Cluster:
         except AssertionError as exc:
             states = {i: self.status(i)["state"] for i in pending}
             raise AssertionError(f"{exc}\nnot delivered: {states}") from None
-
-
-def worker_env(settings: Settings) -> dict[str, str]:
-    """The environment of a worker subprocess: the test deployment as MAILROOM_* variables."""
-    [nameserver] = settings.dns_nameservers
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "PYTHONPATH": str(REPO),
-        "MAILROOM_REDIS_URL": settings.redis_url,
-        "MAILROOM_SHARDS": str(settings.shards),
-        "MAILROOM_MX_PORT": str(settings.mx_port),
-        "MAILROOM_DNS_NAMESERVERS": f"{nameserver.ip}:{nameserver.port}",
-        "MAILROOM_HELO_NAME": settings.helo_name,
-        "MAILROOM_RETRY_DELAYS": "1",
-        "MAILROOM_MAX_AGE": "3600",
-    }
-    env.update({f"MAILROOM_{name.upper()}": str(value) for name, value in TIMEOUTS.items()})
-    return env
 
 
 @pytest.fixture
