@@ -26,8 +26,6 @@ def make_celery(settings: Settings) -> Celery:
         task_ignore_result=True,
         task_acks_late=True,
         task_reject_on_worker_lost=True,
-        # A failed or timed-out task must not be acknowledged: its deliveries would be lost.
-        task_acks_on_failure_or_timeout=False,
         worker_prefetch_multiplier=1,
         worker_send_task_events=True,
         task_send_sent_event=True,

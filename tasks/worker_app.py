@@ -11,14 +11,16 @@ and unstarted prefetched ones go back to the broker.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import redis
 from celery import Celery, bootsteps
+from celery.exceptions import Reject
 
 from settings import Settings
 from tasks.api import Mailroom
@@ -116,6 +118,23 @@ class WorkerContext:
             self._pid = os.getpid()
 
 
+@contextlib.contextmanager
+def _requeue_when_redis_fails() -> Iterator[None]:
+    """Give the task back to the broker when Redis fails under it.
+
+    Celery rejects a failed late-acknowledged task without requeueing it, which would drop its
+    deliveries. A Redis error is the store's or broker's outage, not the task's fault: requeue.
+    If even the requeue cannot reach Redis, the message stays unacknowledged and kombu restores
+    it after the visibility timeout. Any other exception is a bug and fails the task visibly
+    (Flower, the log) rather than loop as a poison message.
+    """
+    try:
+        yield
+    except redis.RedisError as exc:
+        log.warning("Redis failed during a task; handing it back: %s", exc)
+        raise Reject(str(exc), requeue=True) from exc
+
+
 def create_app(settings: Settings) -> Celery:
     """The worker's Celery app for `settings`, tasks and sweeper included."""
     app = make_celery(settings)
@@ -124,13 +143,15 @@ def create_app(settings: Settings) -> Celery:
     @app.task(name=DELIVER_TASK, shared=False, acks_late=True, reject_on_worker_lost=True)
     def deliver(items: Sequence[Sequence[Any]]) -> str:
         batch = [Item(str(m), str(d), int(a)) for m, d, a in items]
-        lines = context.runner().run(batch)
+        with _requeue_when_redis_fails():
+            lines = context.runner().run(batch)
         return "; ".join(lines)[:1000] or "nothing due"
 
     @app.task(name=NOTIFY_TASK, shared=False, acks_late=True, reject_on_worker_lost=True)
     def notify(**fields: Any) -> str:
         try:
-            return context.producer().notify(**fields)
+            with _requeue_when_redis_fails():
+                return context.producer().notify(**fields)
         except InvalidNotification as exc:
             # Retrying cannot fix bad input; say why where operators look (Flower, the log).
             log.error("mailroom.notify refused: %s", exc)
