@@ -8,6 +8,7 @@ from settings.errors import SettingsError, env_name
 from settings.parsing import Listen, Nameserver, Rate
 from settings.settings import (
     DeliveryMode,
+    LogLevel,
     RelayProfile,
     RelaySecurity,
     Settings,
@@ -18,6 +19,7 @@ from settings.settings import (
 __all__ = [
     "DeliveryMode",
     "Listen",
+    "LogLevel",
     "Nameserver",
     "Rate",
     "RelayProfile",

@@ -55,6 +55,13 @@ class RelayProfile(StrEnum):
     OFFICE365 = "office365"  # 3 connections, 30 messages a minute, 500 recipients a message
 
 
+class LogLevel(StrEnum):
+    DEBUG = "debug"  # every library's chatter, for chasing a problem
+    INFO = "info"  # one line per delivery attempt, plus start-up and shutdown
+    WARNING = "warning"  # only what needs an operator's attention
+    ERROR = "error"  # only failures
+
+
 class SubmissionTls(StrEnum):
     STARTTLS = "starttls"  # clients upgrade with STARTTLS before AUTH
     TLS = "tls"  # implicit TLS listener
@@ -65,6 +72,7 @@ _WORDS: dict[str, type[StrEnum]] = {
     "relay_security": RelaySecurity,
     "relay_profile": RelayProfile,
     "submission_tls": SubmissionTls,
+    "log_level": LogLevel,
 }
 _Port = Annotated[int, Field(ge=1, le=65535)]
 _Positive = Annotated[int, Field(gt=0)]
@@ -113,6 +121,7 @@ class Settings(BaseSettings):
     data_timeout: _Timeout = 600
     session_timeout: _Timeout = 600
     dns_timeout: _Timeout = 10
+    log_level: LogLevel = LogLevel.INFO
     # Operator-facing listeners.
     flower_listen: Annotated[Listen, NoDecode] = Listen("127.0.0.1", 5555)
     flower_basic_auth: SecretStr | None = None

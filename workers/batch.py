@@ -25,6 +25,7 @@ from concurrent.futures import Future, as_completed
 from dataclasses import dataclass, replace
 from typing import Any
 
+from workers.attempt_log import log_attempts
 from workers.content import ContentStore
 from workers.deferred import DeferredSet
 from workers.delivery import DeliveryAgent, DeliveryReport
@@ -152,6 +153,7 @@ class BatchRunner:
     def _finish(self, running: _Running, report: DeliveryReport) -> str:
         item = running.item
         now = self._clock()
+        log_attempts(item.message_id, item.attempt, report)
         if self._limiter is not None:
             self._limiter.release(item.destination, running.granted)
             if any(_slows_down(outcome.reply) for outcome in report.outcomes):

@@ -47,12 +47,26 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         raise UsageError(f"dlq {action}: give message ids or --all, not both or neither")
     ids = [str(e["message_id"]) for e in dead.list()] if args.all else list(args.ids)
     if action == "replay":
-        count = Mailroom(settings).replay(ids)
+        count = _replay_with_progress(Mailroom(settings), ids)
         print(f"replayed {count} deliveries")
         return OK
     purged = sum(dead.purge(message_id) for message_id in ids)
     print(f"purged {purged} dead letters")
     return OK
+
+
+_PROGRESS_EVERY = 200  # messages between progress lines on stderr
+
+
+def _replay_with_progress(mailroom: Mailroom, ids: list[str]) -> int:
+    """Replay `ids` in chunks, telling stderr how far it got when there are many."""
+    count = 0
+    for start in range(0, len(ids), _PROGRESS_EVERY):
+        count += mailroom.replay(ids[start : start + _PROGRESS_EVERY])
+        if len(ids) > _PROGRESS_EVERY:
+            done = min(start + _PROGRESS_EVERY, len(ids))
+            print(f"dlq replay: {done}/{len(ids)} messages, {count} deliveries", file=sys.stderr)
+    return count
 
 
 def _line(entry: dict[str, Any]) -> str:

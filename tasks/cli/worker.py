@@ -22,7 +22,9 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     parser.add_argument(
         "--concurrency", type=_positive, default=8, help="batches in flight at once (default 8)"
     )
-    parser.add_argument("--loglevel", default="INFO", help="Celery log level (default INFO)")
+    parser.add_argument(
+        "--loglevel", help="log level for this worker (default: MAILROOM_LOG_LEVEL, info)"
+    )
     parser.set_defaults(run=run)
 
 
@@ -37,7 +39,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     queues = ",".join([INTAKE_QUEUE, *(shard_queue(k) for k in shards)])
     app = create_app(settings)
     argv = ["worker", "--pool=threads", f"--concurrency={args.concurrency}", f"--queues={queues}"]
-    argv += [f"--loglevel={args.loglevel}", f"--hostname=mailroom-{os.getpid()}@%h"]
+    level = (args.loglevel or settings.log_level.value).upper()
+    argv += [f"--loglevel={level}", f"--hostname=mailroom-{os.getpid()}@%h"]
     argv += ["--without-mingle", "--without-gossip"]
     try:
         app.worker_main(argv)  # returns only by SystemExit

@@ -85,6 +85,7 @@ DEFAULTS: dict[str, object] = {
     "data_timeout": 600.0,
     "session_timeout": 600.0,
     "dns_timeout": 10.0,
+    "log_level": "info",
 }
 
 
@@ -244,6 +245,7 @@ BAD_VALUES = [
     ({"RELAY_HOST": "smtp.example.com:587"}, "RELAY_HOST", "without a port"),
     ({"DELIVERY": "relay"}, "RELAY_HOST", "required when MAILROOM_DELIVERY=relay"),
     ({"RELAY_SECURITY": "ssl"}, "RELAY_SECURITY", "must be one of starttls, tls (got 'ssl')"),
+    ({"LOG_LEVEL": "loud"}, "LOG_LEVEL", "must be one of debug, info, warning, error (got 'loud')"),
     ({"RELAY_PROFILE": "gmail"}, "RELAY_PROFILE", "must be one of none, office365"),
     ({"SUBMISSION_TLS": "none"}, "SUBMISSION_TLS", "must be one of starttls, tls"),
     ({"RATE_LIMITS": "30/m"}, "RATE_LIMITS", "must be a JSON object"),

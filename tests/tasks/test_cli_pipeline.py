@@ -156,3 +156,23 @@ def test_bad_worker_options_are_one_line(
     [line] = run.stderr_lines
     for word in words:
         assert word in line
+
+
+def test_replaying_many_dead_letters_reports_progress(
+    redis_server: RedisServer, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    dead = DeadLetters(redis_client, ttl=3600)
+    recipient = {"address": "x@one.test", "code": 550, "enhanced": "5.1.1", "reply": "unknown"}
+    for n in range(450):
+        dead.add(f"{n:032x}", "one.test", "bounced", [recipient], now=1_000_000.0 + n)
+
+    run = run_mailroom("dlq", "replay", "--all", env=env(redis_server), cwd=tmp_path)
+
+    assert run.status == 0, run.stderr
+    assert run.stderr_lines == [
+        "dlq replay: 200/450 messages, 0 deliveries",
+        "dlq replay: 400/450 messages, 0 deliveries",
+        "dlq replay: 450/450 messages, 0 deliveries",
+    ]
+    assert run.stdout.strip() == "replayed 0 deliveries"  # no status records: nothing to requeue
+    assert dead.count() == 0
