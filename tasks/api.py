@@ -70,7 +70,7 @@ class Mailroom:
         """
         prepared = [self._prepare(index, n) for index, n in enumerate(notifications)]
         ids: list[str] = []
-        batches: dict[int, list[list[Any]]] = defaultdict(list)
+        items: list[tuple[str, str, int]] = []
         enqueued: list[str] = []
         for notification, fresh_id, message in prepared:
             existing = self._claim_key(notification, fresh_id)
@@ -85,12 +85,10 @@ class Mailroom:
                     message if message_id == fresh_id else self._build(notification, message_id)
                 )
                 self._store(stored, destinations)
-            for destination in sorted(set(destinations.values())):
-                shard = shard_of(destination, self._settings.shards)
-                batches[shard].append([message_id, destination, 1])
+            items += [(message_id, d, 1) for d in sorted(set(destinations.values()))]
             ids.append(message_id)
             enqueued.append(message_id)
-        self._enqueue(batches)
+        self.enqueue(items)
         for message_id in enqueued:
             self._status.mark_enqueued(message_id)
         return ids
