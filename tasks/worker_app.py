@@ -34,6 +34,7 @@ from workers.deferred import DeferredSet
 from workers.delivery import DeliveryAgent
 from workers.disposition import Disposition
 from workers.leases import Leases
+from workers.metrics import MetricsRecorder
 from workers.profiles import traffic
 from workers.rate_limits import Limiter
 from workers.runtime import runtime
@@ -88,6 +89,7 @@ class WorkerContext:
                 DeadLetters(client, ttl),
                 delays=settings.retry_delays,
                 max_age=settings.max_age,
+                metrics=MetricsRecorder(client),
             )
             # Above the session deadline, below the visibility timeout: a dead worker's
             # leases are gone by the time kombu hands its task to another worker, so the

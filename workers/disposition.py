@@ -13,13 +13,15 @@ Write order is what makes a crash at any point safe. The deferred entry and the 
 written before the status record, whose write also advances the delivery's attempt number: a task
 redelivered after the status write finds its attempt stale and skips (the retry is already
 scheduled); one redelivered before it runs the attempt again, and its deferral lands on the same
-deferred member, so nothing is scheduled twice and nothing is lost.
+deferred member, so nothing is scheduled twice and nothing is lost. The cluster's metrics
+(`workers.metrics`), when given a recorder, are counted last.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -27,6 +29,7 @@ from typing import Any
 from workers.dead_letters import DeadLetters
 from workers.deferred import DeferredSet
 from workers.delivery import Attempt, DeliveryReport
+from workers.metrics import MetricsRecorder
 from workers.outcome import Bounced, Deferred, Delivered, Outcome
 from workers.reply import Reply, Step
 from workers.retry_schedule import next_due
@@ -70,6 +73,7 @@ class Disposition:
         delays: Sequence[int],
         max_age: float,
         rng: random.Random | None = None,
+        metrics: MetricsRecorder | None = None,
     ) -> None:
         self._status = status
         self._deferred = deferred
@@ -77,6 +81,7 @@ class Disposition:
         self._delays = tuple(delays)
         self._max_age = max_age
         self._rng = rng or random.Random()
+        self._metrics = metrics
 
     def apply(
         self, message_id: str, attempt: int, first_queued: float, report: DeliveryReport, now: float
@@ -102,6 +107,7 @@ class Disposition:
             self._deferred.defer(message_id, report.destination, next_attempt, due)
         if throttled:
             if due is not None:
+                self._count(report, {}, throttled)
                 return _summary(states)  # no attempt, no state change: only a later slot
             # Expired while throttled: keep the last reply a server gave, if one ever did.
             states = self._last_server_replies(message_id, states)
@@ -115,7 +121,15 @@ class Disposition:
             [] if throttled else attempts_json(report),
             next_attempt=next_attempt if due is not None and not throttled else None,
         )
+        self._count(report, Counter(state for state, _ in states.values()), throttled)
         return _summary(states)
+
+    def _count(
+        self, report: DeliveryReport, outcomes: Mapping[RecipientState, int], throttled: bool
+    ) -> None:
+        # Last, after every store write: a crash before it loses a count, never a delivery.
+        if self._metrics is not None:
+            self._metrics.delivery(report, outcomes, throttled=throttled)
 
     def _last_server_replies(
         self, message_id: str, states: dict[str, tuple[RecipientState, Reply]]
