@@ -10,9 +10,12 @@ from __future__ import annotations
 import base64
 import json
 import os
+import signal
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -106,3 +109,32 @@ def worker_env(settings: Settings) -> dict[str, str]:
     }
     env.update({f"MAILROOM_{name.upper()}": str(getattr(settings, name)) for name in _TIMEOUTS})
     return env
+
+
+_EXIT_TIMEOUT = 20.0
+
+
+@dataclass
+class WorkerProcess:
+    """One `mailroom worker` subprocess, leader of its own process group."""
+
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL the worker's process group (a crash); waits until it is gone."""
+        if self.running():
+            os.killpg(self.pid, signal.SIGKILL)
+        self.process.wait(timeout=_EXIT_TIMEOUT)
+
+    def terminate(self) -> None:
+        """SIGTERM the worker (Celery's warm shutdown), without waiting."""
+        if self.running():
+            os.kill(self.pid, signal.SIGTERM)

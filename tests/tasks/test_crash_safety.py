@@ -12,8 +12,6 @@ the next worker that starts after it (kombu scans for them when a worker starts 
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -35,6 +33,7 @@ from tests.support.redis_server import RedisServer, RedisServerFactory
 from tests.support.smtp_sink import MakeSink, Sink
 from tests.tasks.pipeline_support import (
     SHARDS,
+    WorkerProcess,
     make_settings,
     queued_task_bodies,
     running_worker,
@@ -60,30 +59,7 @@ TIMEOUTS: dict[str, Any] = {
 }
 
 
-@dataclass
-class Worker:
-    """One `mailroom worker` subprocess, leader of its own process group."""
-
-    process: subprocess.Popen[bytes]
-    log: Path
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def running(self) -> bool:
-        return self.process.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL the worker's process group (a crash); waits until it is gone."""
-        if self.running():
-            os.killpg(self.pid, signal.SIGKILL)
-        self.process.wait(timeout=_EXIT_TIMEOUT)
-
-    def terminate(self) -> None:
-        """SIGTERM the worker (Celery's warm shutdown), without waiting."""
-        if self.running():
-            os.kill(self.pid, signal.SIGTERM)
+Worker = WorkerProcess
 
 
 StartWorker = Callable[[], Worker]

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -35,7 +33,7 @@ from tasks.api import Mailroom
 from tests.support.dns_server import DnsServer
 from tests.support.redis_server import RedisServerFactory
 from tests.support.smtp_sink import MakeSink, Sink
-from tests.tasks.pipeline_support import make_settings, wait_for, worker_env
+from tests.tasks.pipeline_support import WorkerProcess, make_settings, wait_for, worker_env
 from workers.status import StatusStore
 
 pytestmark = pytest.mark.slow
@@ -60,28 +58,10 @@ LEASE_TTL = min(
     (TIMEOUTS["session_timeout"] + TIMEOUTS["visibility_timeout"]) / 2,
 )
 _READY_TIMEOUT = 30.0
-_EXIT_TIMEOUT = 20.0
 
 
-@dataclass
-class Worker:
-    """One `mailroom worker` subprocess, leader of its own process group."""
-
-    process: subprocess.Popen[bytes]
-    log: Path
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def running(self) -> bool:
-        return self.process.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL the worker's process group (a crash); waits until it is gone."""
-        if self.running():
-            os.killpg(self.pid, signal.SIGKILL)
-        self.process.wait(timeout=_EXIT_TIMEOUT)
+class Worker(WorkerProcess):
+    """A worker subprocess of the cluster, with what these tests read from its log."""
 
     def delivered(self, destination: str) -> int:
         """How many single deliveries to `destination` this worker's log shows as delivered.
