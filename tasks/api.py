@@ -31,14 +31,13 @@ from tasks.app import make_celery
 from tasks.message import build_message
 from tasks.notification import InvalidNotification, Notification
 from tasks.routing import DELIVER_TASK, destination_of, shard_of, shard_queue
-from workers.content import ContentStore
+from workers.content import ContentStore, record_ttl
 from workers.dead_letters import DeadLetters
 from workers.deferred import DeferredSet
 from workers.envelope import OutboundMessage
 from workers.status import StatusStore
 
 MAX_BATCH = 100  # deliveries per mailroom.deliver task
-_DAY = 86400
 
 
 class Mailroom:
@@ -50,7 +49,7 @@ class Mailroom:
         self._settings = settings
         self._redis = client or redis.Redis.from_url(settings.redis_url)
         self._app = app or make_celery(settings)
-        ttl = int(settings.max_age) + _DAY
+        ttl = record_ttl(settings.max_age)
         self._content = ContentStore(self._redis, ttl)
         self._status = StatusStore(self._redis, ttl)
         self._dead = DeadLetters(self._redis, ttl)

@@ -28,7 +28,7 @@ from tasks.app import make_celery
 from tasks.notification import InvalidNotification
 from tasks.routing import DELIVER_TASK, NOTIFY_TASK
 from workers.batch import BatchRunner, Item
-from workers.content import ContentStore
+from workers.content import ContentStore, record_ttl
 from workers.dead_letters import DeadLetters
 from workers.deferred import DeferredSet
 from workers.delivery import DeliveryAgent
@@ -43,7 +43,6 @@ from workers.sweeper import Sweeper
 
 log = logging.getLogger(__name__)
 
-_DAY = 86400
 _LEASE_MARGIN = 60.0  # seconds a lease outlives the session deadline
 
 
@@ -80,7 +79,7 @@ class WorkerContext:
                 return
             settings = self.settings
             client = redis.Redis.from_url(settings.redis_url)
-            ttl = int(settings.max_age) + _DAY
+            ttl = record_ttl(settings.max_age)
             status = StatusStore(client, ttl)
             deferred = DeferredSet(client)
             disposition = Disposition(
@@ -107,7 +106,6 @@ class WorkerContext:
                 deferred=deferred,
                 disposition=disposition,
                 submit=runtime().submit,
-                max_age=settings.max_age,
                 limiter=Limiter(
                     client,
                     rates=limits.rates,

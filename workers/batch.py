@@ -76,7 +76,6 @@ class BatchRunner:
         deferred: DeferredSet,
         disposition: Disposition,
         submit: Submit,
-        max_age: float,
         limiter: Limiter | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -87,7 +86,6 @@ class BatchRunner:
         self._deferred = deferred
         self._disposition = disposition
         self._submit = submit
-        self._max_age = max_age
         self._limiter = limiter
         self._clock = clock
 

@@ -1,8 +1,9 @@
 """The claim check: each message's content stored once in Redis, read back by its id.
 
 Tasks, the deferred set and the dead-letter queue carry ids only; a worker turns a message id
-back into the `OutboundMessage` here. Content expires with the message (the caller passes
-`ttl` = MAX_AGE plus a day), so nothing is left behind once every delivery is over.
+back into the `OutboundMessage` here. Content expires with the message (`record_ttl`: MAX_AGE
+plus a day, for content, status records and dead letters alike), so nothing is left behind once
+every delivery is over.
 
 Keys:
     mailroom:content:{message_id}   hash {sender: UTF-8, data: the RFC 5322 bytes,
@@ -17,6 +18,12 @@ from redis.client import Pipeline
 from workers.envelope import OutboundMessage, outbound
 
 _PREFIX = "mailroom:content:"
+_DAY = 86400
+
+
+def record_ttl(max_age: float) -> int:
+    """Seconds a message's records live: MAX_AGE, plus a day to read how it ended."""
+    return int(max_age) + _DAY
 
 
 def content_key(message_id: str) -> str:

@@ -12,6 +12,7 @@ import redis
 from settings import Settings
 from tasks.api import Mailroom
 from tasks.cli.errors import FAILED, OK, UsageError
+from workers.content import record_ttl
 from workers.dead_letters import DeadLetters
 
 
@@ -30,7 +31,7 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    dead = DeadLetters(redis.Redis.from_url(settings.redis_url), ttl=int(settings.max_age))
+    dead = DeadLetters(redis.Redis.from_url(settings.redis_url), record_ttl(settings.max_age))
     action: str = args.dlq_action
     if action == "list":
         entries = dead.list()

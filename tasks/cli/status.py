@@ -11,6 +11,7 @@ import redis
 
 from settings import Settings
 from tasks.cli.errors import FAILED, OK
+from workers.content import record_ttl
 from workers.status import StatusStore
 
 
@@ -22,7 +23,7 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    store = StatusStore(redis.Redis.from_url(settings.redis_url), ttl=1)
+    store = StatusStore(redis.Redis.from_url(settings.redis_url), record_ttl(settings.max_age))
     view = store.view(args.id)
     if view is None:
         print(f"mailroom: status: no message with id {args.id!r}", file=sys.stderr)

@@ -42,7 +42,6 @@ def runner(client: redis.Redis) -> BatchRunner:
             status, deferred, DeadLetters(client, 3600), delays=(60,), max_age=3600
         ),
         submit=runtime().submit,
-        max_age=3600,
         clock=lambda: NOW,
     )
 
