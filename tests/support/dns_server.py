@@ -49,6 +49,8 @@ import dns.query
 import dns.rcode
 import pytest
 
+from tests.support.lifecycle import StartStop
+
 LOOPBACK = "127.0.0.1"
 _START_TIMEOUT = 10.0
 _LOG_TIMEOUT = 5.0
@@ -223,7 +225,7 @@ class _ServfailUpstream:
         self._socket.close()
 
 
-class DnsServer:
+class DnsServer(StartStop):
     """dnsmasq serving one `Zone` on 127.0.0.1; `start()` returns once it answers."""
 
     def __init__(self, zone: Zone, workdir: Path) -> None:
@@ -347,18 +349,6 @@ class DnsServer:
             if time.monotonic() > deadline:
                 raise AssertionError(f"dnsmasq never logged the sentinel query {sentinel}")
             time.sleep(0.01)
-
-    def __enter__(self) -> DnsServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def _parse(line: str) -> Query | None:

@@ -20,10 +20,11 @@ import socket
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
-from types import TracebackType
 from typing import BinaryIO, Protocol, Self
 
 import pytest
+
+from tests.support.lifecycle import StartStop
 
 _POLL_SECONDS = 0.05
 
@@ -43,7 +44,7 @@ def refused_port(host: str = "127.0.0.1", port: int = 0) -> Iterator[int]:
         yield int(sock.getsockname()[1])
 
 
-class RawServer:
+class RawServer(StartStop):
     """A threaded TCP server: one accept thread, one thread per connection running `serve`."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
@@ -90,17 +91,6 @@ class RawServer:
         if self._listener is not None:
             self._listener.close()
             self._listener = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def serve(self, conn: socket.socket, lines: list[str]) -> None:
         """Talk to one client; `lines` is where `readline` records what it sent."""

@@ -23,10 +23,11 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 
 import pytest
 import redis
+
+from tests.support.lifecycle import StartStop
 
 LOOPBACK = "127.0.0.1"
 _START_TIMEOUT = 10.0
@@ -56,7 +57,7 @@ def _free_port() -> int:
         return port
 
 
-class RedisServer:
+class RedisServer(StartStop):
     """One redis-server process; `start()` returns once it answers PING."""
 
     def __init__(self, workdir: Path, port: int | None = None, appendonly: bool = False) -> None:
@@ -166,18 +167,6 @@ class RedisServer:
     def kill(self) -> None:
         """Kill the server with SIGKILL (a crash) and wait; safe to call twice."""
         self._end(signal.SIGKILL)
-
-    def __enter__(self) -> RedisServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 @dataclass

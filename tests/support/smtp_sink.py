@@ -47,12 +47,13 @@ from dataclasses import dataclass, field
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesHeaderParser
-from types import TracebackType
 from typing import Any, AnyStr, NoReturn, Protocol, Self, TypedDict, Unpack
 
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session, TLSSetupException
+
+from tests.support.lifecycle import StartStop
 
 ACCEPT_MAIL = "250 2.1.0 sender ok"
 ACCEPT_RCPT = "250 2.1.5 recipient ok"
@@ -216,7 +217,7 @@ class SessionRecord:
     closed_at: float | None = None  # time.monotonic() when it ended; None while open
 
 
-class Sink:
+class Sink(StartStop):
     """A scripted aiosmtpd server in a background thread; see the module docstring."""
 
     def __init__(self, host: str = "127.0.0.2", **options: Unpack[SinkOptions]) -> None:
@@ -272,17 +273,6 @@ class Sink:
         controller.stop()
         with self._changed:
             self._recording = False
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @property
     def sessions(self) -> list[SessionRecord]:
