@@ -121,6 +121,11 @@ class Settings(BaseSettings):
     data_timeout: _Timeout = 600
     session_timeout: _Timeout = 600
     dns_timeout: _Timeout = 10
+    # SMTP connection reuse (Postfix's connection cache): consecutive deliveries to one server
+    # share a session, with RSET between messages.
+    connection_reuse: bool = True
+    connection_max_messages: _Positive = 100
+    connection_idle_timeout: _Timeout = 5
     log_level: LogLevel = LogLevel.INFO
     # Operator-facing listeners.
     flower_listen: Annotated[Listen, NoDecode] = Listen("127.0.0.1", 5555)
@@ -131,6 +136,8 @@ class Settings(BaseSettings):
     submission_cert_file: Path | None = None
     submission_key_file: Path | None = None
     submission_accounts: Path | None = None
+    # RFC 5321 §4.5.3.1.8 asks servers to take at least 100 recipients per message.
+    submission_max_recipients: _Positive = 100
 
     def __init__(self, **values: Any) -> None:
         # Explicit so type checkers accept raw strings ("30/m", "127.0.0.1:5353") as well as

@@ -92,6 +92,22 @@ class Mailroom:
             self._status.mark_enqueued(message_id)
         return ids
 
+    def submit(self, message: OutboundMessage, recipients: Iterable[str]) -> str:
+        """Queue a message that arrived whole (SMTP submission): store it as is, enqueue it.
+
+        `recipients` are envelope addresses already checked by the caller (the SMTP listener
+        validates each RCPT TO); `message.data` is delivered byte for byte. Returns the message
+        id once the content, the status record and every delivery task are in Redis.
+        """
+        mode = self._settings.delivery.value
+        destinations = {address: destination_of(address, mode) for address in recipients}
+        if not destinations:
+            raise InvalidNotification("recipients: at least one is required")
+        self._store(message, destinations)
+        self.enqueue((message.message_id, d, 1) for d in sorted(set(destinations.values())))
+        self._status.mark_enqueued(message.message_id)
+        return message.message_id
+
     def enqueue(self, items: Iterable[tuple[str, str, int]]) -> None:
         """Put deliveries on their shard queues (the sweeper and DLQ replay use this too)."""
         batches: dict[int, list[list[Any]]] = defaultdict(list)

@@ -7,6 +7,9 @@ hence before it is acknowledged. `mailroom.notify(**fields)` is the intake for p
 not Python; it runs `Mailroom.notify`. A worker bootstep runs the deferred sweeper in every worker
 process and stops it on shutdown; Celery's warm shutdown (SIGTERM) lets running tasks finish,
 and unstarted prefetched ones go back to the broker.
+
+A delivery task's result is what Flower and the worker log show of it (`delivery_result`): the
+batch's tally first, because Flower cuts the result column short, then each delivery's line.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -33,7 +37,7 @@ from workers.dead_letters import DeadLetters
 from workers.deferred import DeferredSet
 from workers.delivery import DeliveryAgent
 from workers.disposition import Disposition
-from workers.leases import Leases
+from workers.leases import Leases, lease_ttl
 from workers.metrics import MetricsRecorder
 from workers.profiles import traffic
 from workers.rate_limits import Limiter
@@ -43,7 +47,16 @@ from workers.sweeper import Sweeper
 
 log = logging.getLogger(__name__)
 
-_LEASE_MARGIN = 60.0  # seconds a lease outlives the session deadline
+_RESULT_CHARS = 1000  # under Celery's resultrepr_maxsize (1024), so the tally is never cut
+# The counts that open a line's summary ("1 delivered, 2 deferred 451 4.7.1 greylisted").
+_COUNTS = re.compile(r"(?:[0-9]+ (?:delivered|deferred|bounced|expired)(?:, |(?= )|$))+")
+_COUNT = re.compile(r"([0-9]+) (delivered|deferred|bounced|expired)")
+# The reply that follows the counts: its code and enhanced code ("451 4.7.1").
+_REPLY_CODES = re.compile(r" *([2-5][0-9]{2}(?: [2-5]\.[0-9]{1,3}\.[0-9]{1,3})?)\b")
+_OUTCOMES = ("delivered", "deferred", "bounced", "expired")
+# Receivers often quote an address in their reply ("550 5.1.1 <bob@example.org>: unknown").
+_ADDRESS = re.compile(r"[^\s<>()\[\]@;,'\"]+@([^\s<>()\[\]@;,'\"]+)")
+_QUIT_WAIT = 5.0  # seconds a stopping worker gives its parked connections' QUITs
 
 
 class WorkerContext:
@@ -55,6 +68,7 @@ class WorkerContext:
         self._lock = threading.Lock()
         self._pid = -1
         self._runner: BatchRunner | None = None
+        self._agent: DeliveryAgent | None = None
         self._producer: Mailroom | None = None
         self._redis: redis.Redis | None = None
 
@@ -73,6 +87,16 @@ class WorkerContext:
         assert self._producer is not None
         return self._producer
 
+    def close_connections(self) -> None:
+        """QUIT the SMTP connections parked in this process (worker shutdown)."""
+        with self._lock:
+            agent = self._agent if self._pid == os.getpid() else None
+        if agent is not None:
+            try:
+                runtime().run(agent.close(), timeout=_QUIT_WAIT)
+            except Exception:  # shutting down: a QUIT that fails must not stop the rest
+                log.warning("parked SMTP connections were not all closed cleanly", exc_info=True)
+
     def _ensure(self) -> None:
         with self._lock:
             if self._pid == os.getpid():
@@ -90,28 +114,27 @@ class WorkerContext:
                 max_age=settings.max_age,
                 metrics=MetricsRecorder(client),
             )
-            # Above the session deadline, below the visibility timeout: a dead worker's
-            # leases are gone by the time kombu hands its task to another worker, so the
-            # delivery runs then instead of being parked until the lease expires.
-            lease_ttl = min(
-                settings.session_timeout + _LEASE_MARGIN,
-                (settings.session_timeout + settings.visibility_timeout) / 2,
-            )
+            ttl_of_leases = lease_ttl(settings.session_timeout, settings.visibility_timeout)
             limits = traffic(settings)
+            limiter = Limiter(
+                client,
+                rates=limits.rates,
+                connections=limits.connections,
+                lease_ttl=ttl_of_leases,
+            )
+            self._agent = DeliveryAgent.from_settings(settings)
+            if self._agent.pool is not None:
+                # A parked connection's cap lease goes back to Redis when it closes.
+                self._agent.pool.release = limiter.release_lease
             self._runner = BatchRunner(
-                agent=DeliveryAgent.from_settings(settings),
+                agent=self._agent,
                 content=ContentStore(client, ttl),
                 status=status,
-                leases=Leases(client, lease_ttl),
+                leases=Leases(client, ttl_of_leases),
                 deferred=deferred,
                 disposition=disposition,
                 submit=runtime().submit,
-                limiter=Limiter(
-                    client,
-                    rates=limits.rates,
-                    connections=limits.connections,
-                    lease_ttl=lease_ttl,
-                ),
+                limiter=limiter,
             )
             self._producer = Mailroom(settings, client=client, app=self.app)
             self._redis = client
@@ -135,6 +158,39 @@ def _requeue_when_redis_fails() -> Iterator[None]:
         raise Reject(str(exc), requeue=True) from exc
 
 
+def delivery_result(lines: Sequence[str]) -> str:
+    """The result of a `mailroom.deliver` task, from the batch runner's one line per delivery.
+
+    :returns: "nothing due" for an empty batch; else the tally of outcomes with the codes of
+        the replies behind them, " | ", and the lines ("<id> <destination>: <summary>") joined
+        by "; ", e.g. "1 deferred (451 4.7.1) | 3f… mx.test: 1 deferred 451 4.7.1 greylisted".
+        Flower shows only the first forty-odd characters of a result in its tasks list, so
+        the outcome leads. Addresses quoted in replies keep only their domain
+        (`*@example.org`): Flower and the worker log carry ids and destinations, no personal
+        data.
+    """
+    if not lines:
+        return "nothing due"
+    totals = dict.fromkeys(_OUTCOMES, 0)
+    codes: dict[str, None] = {}  # distinct, in order of appearance
+    for line in lines:
+        # Ids and destinations hold no ": ", so the summary is what follows the first one.
+        summary = line.partition(": ")[2]
+        counts = _COUNTS.match(summary)
+        if counts is None:
+            continue
+        for number, outcome in _COUNT.findall(counts.group()):
+            totals[outcome] += int(number)
+        reply = _REPLY_CODES.match(summary, counts.end())
+        if reply is not None:
+            codes[reply.group(1)] = None
+    tally = ", ".join(f"{n} {outcome}" for outcome, n in totals.items() if n) or "no outcome"
+    if codes:
+        tally += f" ({', '.join(codes)})"
+    text = f"{tally} | {'; '.join(lines)}"
+    return _ADDRESS.sub(r"*@\1", text)[:_RESULT_CHARS]
+
+
 def create_app(settings: Settings) -> Celery:
     """The worker's Celery app for `settings`, tasks and sweeper included."""
     app = make_celery(settings)
@@ -145,7 +201,7 @@ def create_app(settings: Settings) -> Celery:
         batch = [Item(str(m), str(d), int(a)) for m, d, a in items]
         with _requeue_when_redis_fails():
             lines = context.runner().run(batch)
-        return "; ".join(lines)[:1000] or "nothing due"
+        return delivery_result(lines)
 
     @app.task(name=NOTIFY_TASK, shared=False, acks_late=True, reject_on_worker_lost=True)
     def notify(**fields: Any) -> str:
@@ -173,6 +229,7 @@ def create_app(settings: Settings) -> Celery:
         def stop(self, parent: Any) -> None:
             if self.sweeper is not None:
                 self.sweeper.stop()
+            context.close_connections()
 
         terminate = stop  # a cold shutdown (what start_worker does) calls terminate, not stop
 

@@ -9,7 +9,10 @@ finished, the parked copy finds its attempt stale or nothing pending and skips.
 
 Then the cluster-wide gate (`workers.rate_limits`): a delivery over its destination's rate or
 connection cap is deferred to the time the limiter names, without opening a connection or
-waiting in a worker slot. A receiver's throttling reply slows the whole destination down.
+waiting in a worker slot. A receiver's throttling reply slows the whole destination down. With
+connection reuse, a connection keeps its cap lease while parked; a delivery that finds the cap
+full while this process has connections to its destination parked asks for a rate slot only and
+runs on one of them (`reuse_only`).
 
 The rest run concurrently on the process's event loop, and each is disposed of as soon as its
 own session ends, not when the whole batch does, so a delivered recipient is marked long before
@@ -32,7 +35,7 @@ from workers.delivery import DeliveryAgent, DeliveryReport
 from workers.disposition import Disposition, Summary
 from workers.leases import Leases
 from workers.outcome import Deferred
-from workers.rate_limits import Granted, Limiter, Throttled, is_throttling
+from workers.rate_limits import Granted, Limiter, Throttled, ThrottleReason, is_throttling
 from workers.reply import Code, Reply, Step
 from workers.smtp_session import StepRecord
 from workers.status import StatusStore
@@ -61,6 +64,7 @@ class _Running:
     recipients: tuple[str, ...]
     lease: str
     granted: Granted = _UNCAPPED
+    reuse_only: bool = False
 
 
 class BatchRunner:
@@ -101,12 +105,18 @@ class BatchRunner:
             if isinstance(gate, Throttled):
                 lines.append(self._finish(running, _throttled(running, gate)))
                 continue
-            running = replace(running, granted=gate)
+            running = replace(running, granted=gate[0], reuse_only=gate[1])
             message = self._content.get(item.message_id)
             if message is None:
                 lines.append(self._finish(running, _content_gone(running)))
                 continue
-            coroutine = self._agent.deliver(message, item.destination, running.recipients)
+            coroutine = self._agent.deliver(
+                message,
+                item.destination,
+                running.recipients,
+                lease=running.granted.lease,
+                reuse_only=running.reuse_only,
+            )
             futures[self._submit(coroutine)] = running
         for future in as_completed(futures):
             running = futures[future]
@@ -142,18 +152,29 @@ class BatchRunner:
             return None
         return _Running(item, state.first_queued, tuple(recipients), lease)
 
-    def _gate(self, running: _Running) -> Granted | Throttled:
+    def _gate(self, running: _Running) -> tuple[Granted, bool] | Throttled:
+        """The limiter's answer, and whether the delivery may only use a parked connection."""
         if self._limiter is None:
-            return _UNCAPPED
+            return _UNCAPPED, False
         item = running.item
-        return self._limiter.acquire(item.destination, f"{item.message_id}|{item.destination}")
+        key = f"{item.message_id}|{item.destination}"
+        gate = self._limiter.acquire(item.destination, key)
+        if isinstance(gate, Granted):
+            return gate, False
+        pool = self._agent.pool
+        if gate.reason is ThrottleReason.CONNECTIONS and pool and pool.parked(item.destination):
+            # The parked connections hold the cap's leases; use one of them, at the rate.
+            gate = self._limiter.acquire(item.destination, key, connection=False)
+            return gate if isinstance(gate, Throttled) else (gate, True)
+        return gate
 
     def _finish(self, running: _Running, report: DeliveryReport) -> str:
         item = running.item
         now = self._clock()
         log_attempts(item.message_id, item.attempt, report)
         if self._limiter is not None:
-            self._limiter.release(item.destination, running.granted)
+            if not report.lease_kept:
+                self._limiter.release(item.destination, running.granted)
             if any(_slows_down(outcome.reply) for outcome in report.outcomes):
                 self._limiter.penalize(item.destination)
         try:

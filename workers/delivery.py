@@ -7,6 +7,7 @@ the next server, and only the last reply decides. Like Postfix's `smtp_mx_addres
 `smtp_mx_session_limit`, at most `max_addresses` addresses are dialled and at most
 `max_sessions` conversations that got a greeting are held per delivery. An opportunistic TLS
 handshake that fails is retried on the same address in plaintext (Postfix's `may` level).
+With connection reuse on, sessions take and park connections in the agent's `ConnectionPool`.
 
 This module is network-only: it touches no store; its `DeliveryReport` is applied elsewhere.
 """
@@ -21,13 +22,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from settings import DeliveryMode, Settings
+from workers.connection_pool import Connection, ConnectionPool
 from workers.envelope import OutboundMessage
+from workers.leases import lease_ttl
 from workers.mx import MxResolver, Target, resolve_host
-from workers.outcome import Outcome, classify, try_next_host
+from workers.outcome import Deferred, Outcome, classify, try_next_host
 from workers.profiles import traffic
 from workers.reply import Code, Reply, Step, not_attempted
 from workers.smtp_session import Credentials, SessionResult, StepRecord, Timeouts, run_session
 from workers.tls_policy import TlsPolicy, opportunistic_policy, relay_policy
+
+_WAIT = 1.0  # seconds a reuse-only delivery waits for a connection in use to be parked
+_MAX_LIFETIME = 300.0  # seconds a connection is reused at most (Postfix's reuse time limit)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +44,16 @@ class Relay:
     port: int
     tls: TlsPolicy
     credentials: Credentials | None
+
+
+@dataclass(frozen=True, slots=True)
+class Server:
+    """One address of one host of a destination, as a session dials it."""
+
+    destination: str
+    host: str
+    address: str
+    port: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +74,7 @@ class DeliveryReport:
     outcomes: tuple[Outcome, ...]
     resolution: StepRecord
     attempts: tuple[Attempt, ...]
+    lease_kept: bool = False  # the delivery's connection lease went with a parked connection
 
 
 class DeliveryAgent:
@@ -75,6 +92,7 @@ class DeliveryAgent:
         max_addresses: int = 5,
         max_sessions: int = 2,
         max_recipients: int | None = None,
+        pool: ConnectionPool | None = None,
     ) -> None:
         self._resolver = resolver
         self._mx_port = mx_port
@@ -85,6 +103,7 @@ class DeliveryAgent:
         self._max_addresses = max_addresses
         self._max_sessions = max_sessions
         self._max_recipients = max_recipients
+        self._pool = pool
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DeliveryAgent:
@@ -121,7 +140,29 @@ class DeliveryAgent:
             helo=settings.helo_name,
             timeouts=timeouts,
             max_recipients=traffic(settings).max_recipients,
+            pool=ConnectionPool(
+                max_messages=settings.connection_max_messages,
+                idle_timeout=settings.connection_idle_timeout,
+                # A connection's cap lease must outlive it, through its last session too.
+                max_lifetime=min(
+                    _MAX_LIFETIME,
+                    lease_ttl(settings.session_timeout, settings.visibility_timeout)
+                    - settings.session_timeout,
+                ),
+            )
+            if settings.connection_reuse
+            else None,
         )
+
+    @property
+    def pool(self) -> ConnectionPool | None:
+        """The agent's parked connections, when connection reuse is on."""
+        return self._pool
+
+    async def close(self) -> None:
+        """QUIT every parked connection (worker shutdown)."""
+        if self._pool is not None:
+            await self._pool.close()
 
     async def deliver(
         self,
@@ -130,31 +171,51 @@ class DeliveryAgent:
         recipients: Sequence[str],
         *,
         probe: bool = False,
+        lease: str | None = None,
+        reuse_only: bool = False,
     ) -> DeliveryReport:
         """Deliver `message` to `recipients`, all of `destination`; never raises for the network.
 
         Returns one outcome per recipient, in the order given. A `probe` stops each session
         after RCPT TO, so nothing is sent (`mailroom check`). With `max_recipients` (a relay
         profile's limit), the recipients are sent in that many per message, one after another.
+
+        `lease` is the delivery's connection-cap lease: a connection opened under it and then
+        parked keeps it (`lease_kept`). `reuse_only` (the cap is full, but connections to this
+        destination are parked here) runs on a parked connection or not at all.
         """
         unique = list(dict.fromkeys(recipients))
         size = self._max_recipients or len(unique) or 1
-        parts = [
-            await self._deliver(message, destination, unique[start : start + size], probe)
-            for start in range(0, len(unique), size)
-        ] or [await self._deliver(message, destination, [], probe)]
+        parts: list[DeliveryReport] = []
+        for start in range(0, len(unique), size) if unique else [0]:
+            chunk = unique[start : start + size]
+            kept = any(part.lease_kept for part in parts)
+            parts.append(
+                await self._deliver(
+                    message, destination, chunk, probe, None if kept else lease, reuse_only
+                )
+            )
         outcomes = {o.recipient: o for part in parts for o in part.outcomes}
         return DeliveryReport(
             destination,
             tuple(outcomes[recipient] for recipient in recipients),
             parts[0].resolution,
             tuple(attempt for part in parts for attempt in part.attempts),
+            any(part.lease_kept for part in parts),
         )
 
     async def _deliver(
-        self, message: OutboundMessage, destination: str, recipients: list[str], probe: bool
+        self,
+        message: OutboundMessage,
+        destination: str,
+        recipients: list[str],
+        probe: bool,
+        lease: str | None,
+        reuse_only: bool,
     ) -> DeliveryReport:
         deadline = asyncio.get_running_loop().time() + self._timeouts.session
+        if reuse_only:
+            return await self._on_parked(message, destination, recipients, deadline)
         started = time.perf_counter()
         targets = await self._targets(destination)
         resolution = _resolution_record(destination, targets, started)
@@ -165,18 +226,60 @@ class DeliveryAgent:
         pending = list(dict.fromkeys(recipients))
         attempts: list[Attempt] = []
         sessions = 0
+        kept = False
         for host, address, port in self._servers(targets):
             if not pending or sessions >= self._max_sessions:
                 break
             if asyncio.get_running_loop().time() >= deadline:
                 break
             result = await self._converse(
-                host, address, port, message, pending, deadline, attempts, probe
+                Server(destination, host, address, port),
+                message,
+                pending,
+                deadline,
+                attempts,
+                probe,
+                None if kept else lease,
             )
+            kept = kept or result.kept_lease
             sessions += result.greeted
             last.update(result.replies)
             pending = [recipient for recipient in pending if try_next_host(last[recipient])]
         outcomes = tuple(classify(r, last.get(r) or _untried()) for r in recipients)
+        return DeliveryReport(destination, outcomes, resolution, tuple(attempts), kept)
+
+    async def _on_parked(
+        self, message: OutboundMessage, destination: str, recipients: list[str], deadline: float
+    ) -> DeliveryReport:
+        """One session on a connection parked for `destination`, or a gate deferral."""
+        taken = None if self._pool is None else await self._pool.take_any(destination, _WAIT)
+        if taken is None:
+            reply = Reply(
+                Code.LOCAL_ERROR,
+                "4.4.5",
+                f"throttled by Mailroom: connections limit of {destination}, none free",
+                Step.GATE,
+            )
+            waiting: tuple[Outcome, ...] = tuple(Deferred(r, reply, _WAIT) for r in recipients)
+            return DeliveryReport(destination, waiting, StepRecord("gate", reply, 0.0), ())
+        key, connection = taken
+        attempts: list[Attempt] = []
+        result = await self._converse(
+            Server(destination, key.host, key.address, key.port),
+            message,
+            recipients,
+            deadline,
+            attempts,
+            False,
+            None,
+            connection,
+        )
+        outcomes = tuple(classify(r, result.replies.get(r) or _untried()) for r in recipients)
+        resolution = StepRecord(
+            "resolve",
+            Reply(Code.OK, "2.0.0", f"{destination} -> open connection", Step.RESOLVE_MX),
+            0.0,
+        )
         return DeliveryReport(destination, outcomes, resolution, tuple(attempts))
 
     async def _targets(self, destination: str) -> tuple[Target, ...] | Reply:
@@ -191,25 +294,26 @@ class DeliveryAgent:
 
     async def _converse(
         self,
-        host: str,
-        address: str,
-        port: int,
+        server: Server,
         message: OutboundMessage,
         recipients: list[str],
         deadline: float,
         attempts: list[Attempt],
         probe: bool,
+        lease: str | None,
+        connection: Connection | None = None,
     ) -> SessionResult:
         """One conversation (appended to `attempts`), then a plaintext one if opportunistic
         TLS failed on it; returns the last."""
         relay = self._relay
         policy: TlsPolicy | None = relay.tls if relay is not None else self._mx_tls
+        host, address = server.host, server.address
         while True:
             at = datetime.now(UTC)
             result = await run_session(
                 host,
                 address,
-                port,
+                server.port,
                 message,
                 recipients,
                 tls=policy,
@@ -218,11 +322,15 @@ class DeliveryAgent:
                 credentials=relay.credentials if relay is not None else None,
                 deadline=deadline,
                 probe=probe,
+                pool=self._pool,
+                destination=server.destination,
+                lease=lease,
+                connection=connection,
             )
             attempts.append(Attempt(at, host, address, result.steps))
             if not result.tls_failed or policy is None:
                 return result
-            policy = None
+            policy, connection = None, None
 
 
 def _path(path: Path | None) -> str | None:

@@ -22,6 +22,19 @@ return 0
 """
 
 
+_LEASE_MARGIN = 60.0  # seconds a lease outlives the session deadline
+
+
+def lease_ttl(session_timeout: float, visibility_timeout: float) -> float:
+    """Seconds a delivery or connection lease lives unless released.
+
+    Above the session deadline, below the visibility timeout: a dead worker's leases are gone by
+    the time kombu hands its task to another worker, so the delivery runs then instead of being
+    parked until the lease expires.
+    """
+    return min(session_timeout + _LEASE_MARGIN, (session_timeout + visibility_timeout) / 2)
+
+
 class Leases:
     """Take and release per-delivery leases."""
 

@@ -188,16 +188,20 @@ class Limiter:
         self._acquire = client.register_script(_ACQUIRE)
         self._penalize = client.register_script(_PENALIZE)
 
-    def acquire(self, destination: str, delivery_key: str) -> Granted | Throttled:
+    def acquire(
+        self, destination: str, delivery_key: str, *, connection: bool = True
+    ) -> Granted | Throttled:
         """Ask to open a session to `destination` for the delivery named `delivery_key`.
 
         Returns `Granted` (release it after the session) or `Throttled` with `retry_after`
         seconds; a rate wait reserves the slot at now + retry_after for this `delivery_key`, and
         the next `acquire` with the same key at (or up to 50 ms before) that time takes it.
+        `connection=False` asks for a rate slot only, for a delivery that will use a connection
+        already open (and already holding its lease).
         """
         name = destination.lower()
         rate = _lookup(self._rates, name)
-        cap = _lookup(self._connections, name) or 0
+        cap = (_lookup(self._connections, name) or 0) if connection else 0
         token = uuid.uuid4().hex
         keys = [
             f"mailroom:rate:conn:{name}",
@@ -226,7 +230,11 @@ class Limiter:
     def release(self, destination: str, granted: Granted) -> None:
         """Give back the connection lease of a finished session (nothing to do when uncapped)."""
         if granted.lease is not None:
-            self._redis.zrem(f"mailroom:rate:conn:{destination.lower()}", granted.lease)
+            self.release_lease(destination, granted.lease)
+
+    def release_lease(self, destination: str, lease: str) -> None:
+        """Give back one connection lease (a parked connection's, when it closes)."""
+        self._redis.zrem(f"mailroom:rate:conn:{destination.lower()}", lease)
 
     def penalize(self, destination: str) -> float:
         """Slow `destination` down after a throttling reply; returns the new spacing in seconds.

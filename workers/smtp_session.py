@@ -7,6 +7,11 @@ library exception becomes a `Reply` in `_translate`, the one boundary with aiosm
 rule 3). Which recipient a failure applies to follows Postfix's `smtp_trouble.c`: a failure
 while opening, at MAIL FROM or at DATA hits every recipient still in play; a RCPT refusal hits
 that recipient only; QUIT never changes an outcome.
+
+With a `ConnectionPool`, a session first takes a parked connection to the same server and sends
+RSET; if RSET fails (the server closed it while it was parked), nothing of this message has been
+sent, so the connection is dropped and a fresh one opened: no duplicate is possible. After the
+transaction a healthy connection is parked again instead of QUIT.
 """
 
 from __future__ import annotations
@@ -30,7 +35,9 @@ from aiosmtplib.errors import (
 )
 
 from workers import reply as replies
+from workers.connection_pool import Connection, ConnectionPool, PoolKey
 from workers.envelope import OutboundMessage
+from workers.rate_limits import is_throttling
 from workers.reply import Code, Reply, Step, parse_reply
 from workers.tls_policy import TlsMode, TlsPolicy
 
@@ -75,6 +82,7 @@ class SessionResult:
     greeted: bool  # the server said 2xx at connect: counts as a session (Postfix's session limit)
     tls: bool  # the message, if sent, went over TLS
     tls_failed: bool  # opportunistic TLS failed: this address may be retried without TLS
+    kept_lease: bool = False  # the caller's connection lease now belongs to a parked connection
 
 
 async def run_session(
@@ -90,18 +98,37 @@ async def run_session(
     credentials: Credentials | None,
     deadline: float,
     probe: bool = False,
+    pool: ConnectionPool | None = None,
+    destination: str = "",
+    lease: str | None = None,
+    connection: Connection | None = None,
 ) -> SessionResult:
     """Run one SMTP session with `host` at `address`, returning every recipient's final reply.
 
     `tls` None means plaintext (the retry after a failed opportunistic handshake); `deadline`
     is an event-loop time after which the session is abandoned and unfinished recipients are
     deferred. Credentials are only ever sent inside TLS. A `probe` stops after RCPT TO (no
-    DATA; `mailroom check`), so each accepted recipient's reply is its RCPT reply.
+    DATA; `mailroom check`), so each accepted recipient's reply is its RCPT reply. With `pool`,
+    a parked connection is reused and a healthy one parked afterwards (never for a probe); a
+    connection opened here takes over `lease` (the delivery's connection-cap lease) while it is
+    parked, and `kept_lease` says so. `connection` is one the caller already took from `pool`.
     """
+    key = PoolKey(
+        destination,
+        host,
+        address,
+        port,
+        None if tls is None else id(tls),
+        None if credentials is None else credentials.username,
+    )
+    reuse = None if probe else pool
     conversation = _Conversation(host, address, message, recipients, helo, timeouts)
+    conversation.lease = lease
+    conversation.pool = reuse
+    conversation.key = key
     try:
         async with asyncio.timeout_at(deadline):
-            await conversation.run(port, tls, credentials, probe=probe)
+            await conversation.run(port, tls, credentials, probe=probe, given=connection)
     except TimeoutError:
         conversation.abandon(replies.deadline_exceeded(host, conversation.step))
     finally:
@@ -132,12 +159,17 @@ class _Conversation:
         self.replies: dict[str, Reply] = {}
         self.accepted: list[str] = []
         self.step = Step.OPEN_SESSION
-        self.smtp: SMTP | None = None
-        self.transport: asyncio.Transport | None = None  # the one under TLS, if any
+        self.connection: Connection | None = None
+        self.pool: ConnectionPool | None = None
+        self.key: PoolKey | None = None
+        self.lease: str | None = None  # the delivery's own connection lease (its caller's)
+        self.spare_lease: str | None = None  # a dropped parked connection's, to reuse
+        self.kept_lease = False
         self.greeted = False
         self.tls_active = False
         self.tls_failed = False
         self.lost = False  # the last reply was made up because the server's never came
+        self.throttled = False  # the server gave a throttling reply (421, 45x 4.7.x, ...)
 
     def result(self) -> SessionResult:
         return SessionResult(
@@ -148,15 +180,30 @@ class _Conversation:
             self.greeted,
             self.tls_active,
             self.tls_failed,
+            self.kept_lease,
         )
 
+    @property
+    def smtp(self) -> SMTP | None:
+        return None if self.connection is None else self.connection.smtp
+
     def close(self) -> None:
-        if self.smtp is not None:
-            self.smtp.close()
-        # After QUIT or a failure nothing more is owed to the server, and a graceful TLS
-        # shutdown would hold the socket open for up to ssl_shutdown_timeout: abort instead.
-        if self.transport is not None:
-            self.transport.abort()
+        """Close the connection unless it was parked in the pool.
+
+        A lease it holds that is not the caller's own goes back through the pool (the caller
+        releases its own).
+        """
+        connection, self.connection = self.connection, None
+        if connection is not None:
+            if connection.lease == self.lease:
+                connection.lease = None
+            if self.pool is not None and self.key is not None:
+                self.pool.discard(self.key, connection)
+            else:
+                connection.close()
+        if self.spare_lease is not None and self.pool is not None and self.key is not None:
+            self.pool.give_back_lease(self.key, self.spare_lease)
+            self.spare_lease = None
 
     def abandon(self, reply: Reply) -> None:
         """Give `reply` to every recipient that has no final reply yet."""
@@ -166,19 +213,63 @@ class _Conversation:
             self.replies.setdefault(recipient, reply)
 
     async def run(
-        self, port: int, tls: TlsPolicy | None, credentials: Credentials | None, *, probe: bool
+        self,
+        port: int,
+        tls: TlsPolicy | None,
+        credentials: Credentials | None,
+        *,
+        probe: bool,
+        given: Connection | None,
     ) -> None:
-        if not await self.open(port, tls, credentials):
+        pool, key = self.pool, self.key
+        parked = given
+        if parked is None and pool is not None and key is not None:
+            parked = pool.take(key)
+        resumed = parked is not None and await self.resume(parked)
+        if not resumed and not await self.open(port, tls, credentials):
             return
+        await self.transaction(probe)
+        connection = self.connection
+        # A server that asked to slow down gets its session ended, not kept open.
+        reusable = not self.lost and not self.throttled
+        if reusable and pool is not None and key is not None and connection is not None:
+            parked_now = pool.give(key, connection)
+            if parked_now:
+                # Parked: the next delivery to this server RSETs it; an own lease stays with it.
+                self.kept_lease = self.lease is not None and connection.lease == self.lease
+                self.connection = None
+                return
+        await self.quit()
+
+    async def transaction(self, probe: bool) -> None:
+        """Steps 3 to 5 on an open connection."""
+        assert self.connection is not None
+        self.connection.transactions += 1
         if not await self.mail_from():
-            await self.quit()
             return
         accepted = await self.rcpt_to_each()
         if probe:
             self.replies.update(accepted)
         elif self.accepted:
             await self.data()
-        await self.quit()
+
+    async def resume(self, connection: Connection) -> bool:
+        """Take over a parked connection: RSET, so it is known alive and in a clean state.
+
+        False (and the connection dropped) when RSET fails: nothing of this message was sent
+        on it, so a fresh connection can be opened without any risk of a duplicate.
+        """
+        self.connection = connection
+        answer = await self.call("RSET", connection.smtp.rset())
+        if answer.reply_class == 2:
+            self.greeted = True
+            self.tls_active = connection.tls_active
+            return True
+        # Its lease now covers the fresh connection that replaces it.
+        self.spare_lease, connection.lease = connection.lease, None
+        self.close()
+        self.lost = False
+        return False
 
     # Step 1: open the session.
 
@@ -190,7 +281,7 @@ class _Conversation:
             self.record("connect", replies.no_answer(self.host, connected), started)
             self.abandon(self.steps[-1].reply)
             return False
-        self.smtp = SMTP(
+        smtp = SMTP(
             hostname=self.host,
             sock=connected,
             use_tls=implicit,
@@ -199,13 +290,21 @@ class _Conversation:
             local_hostname=self.helo,
             timeout=self.timeouts.command,
         )
-        greeting = await self.call("connect", self.smtp.connect(), started, handshake=implicit)
-        transport = self.smtp.transport
-        self.transport = transport if isinstance(transport, asyncio.Transport) else None
+        opened = asyncio.get_running_loop().time()
+        self.connection = Connection(smtp, None, tls_active=False, opened=opened)
+        if self.pool is not None:
+            # The connection holds a cap lease for as long as it is open or parked: the
+            # delivery's own, or the one of the parked connection it replaces.
+            if self.lease is not None:
+                self.connection.lease = self.lease
+            else:
+                self.connection.lease, self.spare_lease = self.spare_lease, None
+        greeting = await self.call("connect", smtp.connect(), started, handshake=implicit)
+        self.keep_transport()
         if greeting.reply_class != 2:
             return self.fail(greeting)
         self.greeted = True
-        self.tls_active = implicit
+        self.set_tls(implicit)
         if not await self.hello():
             return False
         if tls is not None and not implicit and not await self.starttls(tls):
@@ -242,7 +341,8 @@ class _Conversation:
                 refused = replies.tls_failed(self.host, f"STARTTLS refused: {upgraded}")
                 return self.fail(refused, "STARTTLS")
             return self.fail(upgraded)
-        self.tls_active = True
+        self.keep_transport()
+        self.set_tls(True)
         # RFC 3207 §4.2: forget what the server said before TLS and ask again.
         return await self.hello()
 
@@ -345,6 +445,17 @@ class _Conversation:
     def encoding(self) -> str:
         return "utf-8" if self.message.smtputf8 else "ascii"
 
+    def keep_transport(self) -> None:
+        """Remember the transport in use (the TLS one after a handshake), to abort on close."""
+        assert self.connection is not None
+        transport = self.connection.smtp.transport
+        if isinstance(transport, asyncio.Transport):
+            self.connection.transport = transport
+
+    def set_tls(self, active: bool) -> None:
+        assert self.connection is not None
+        self.tls_active = self.connection.tls_active = active
+
     def fail(self, reply: Reply, command: str | None = None) -> bool:
         """Apply a session-wide failure to everyone still waiting; always False.
 
@@ -374,6 +485,7 @@ class _Conversation:
             answer = parse_reply(response.code, response.message, self.step)
         except SMTPResponseException as exc:
             answer = parse_reply(exc.code, exc.message, self.step)
+            self.throttled = self.throttled or is_throttling(answer.code, answer.enhanced)
         except (SMTPException, OSError) as exc:
             self.lost = True
             answer = _translate(exc, self.host, self.step, handshake=handshake)

@@ -80,6 +80,16 @@ class RedisCheck:
     error: str | None
 
 
+async def _deliver(settings: Settings, plan: Plan) -> DeliveryReport:
+    agent = DeliveryAgent.from_settings(settings)
+    try:
+        return await agent.deliver(
+            plan.message, plan.destination, [plan.recipient], probe=plan.probe
+        )
+    finally:
+        await agent.close()  # a --send-to session's parked connection gets its QUIT
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
     """Run the checks and print them; return 0 if all passed, 1 if one failed.
 
@@ -87,10 +97,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     """
     plan = make_plan(settings, domain=args.domain, send_to=args.send_to, sender=args.sender)
     redis_check = check_redis(settings.redis_url)
-    agent = DeliveryAgent.from_settings(settings)
-    report = asyncio.run(
-        agent.deliver(plan.message, plan.destination, [plan.recipient], probe=plan.probe)
-    )
+    report = asyncio.run(_deliver(settings, plan))
     [outcome] = report.outcomes
     passed = redis_check.error is None and isinstance(outcome, Delivered)
     secrets = _secrets(settings)

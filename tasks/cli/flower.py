@@ -2,7 +2,9 @@
 
 Basic auth comes from MAILROOM_FLOWER_BASIC_AUTH and reaches Flower through its own environment
 variable, never the command line (which every local user can read in the process list). Settings
-already refuse a non-loopback address without it.
+already refuse a non-loopback address without it. The tasks page shows each task's args (message
+ids and destinations) and result (what each delivery came to, with the reply), which Flower's
+default columns leave out.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import sys
 from typing import Any
 
 from settings import Settings
+
+TASK_COLUMNS = "name,uuid,state,args,result,received,runtime,worker"
 
 
 def register(commands: argparse._SubParsersAction[Any]) -> None:
@@ -26,5 +30,5 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if settings.flower_basic_auth is not None:
         env["FLOWER_BASIC_AUTH"] = settings.flower_basic_auth.get_secret_value()
     argv = [sys.executable, "-m", "celery", "-A", "tasks.celery_main", "flower"]
-    argv += [f"--address={listen.host}", f"--port={listen.port}"]
+    argv += [f"--address={listen.host}", f"--port={listen.port}", f"--tasks-columns={TASK_COLUMNS}"]
     os.execve(sys.executable, argv, env)

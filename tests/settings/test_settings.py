@@ -79,6 +79,7 @@ DEFAULTS: dict[str, object] = {
     "submission_cert_file": None,
     "submission_key_file": None,
     "submission_accounts": None,
+    "submission_max_recipients": 100,
     "visibility_timeout": 900,
     "connect_timeout": 30.0,
     "command_timeout": 300.0,
@@ -86,6 +87,9 @@ DEFAULTS: dict[str, object] = {
     "session_timeout": 600.0,
     "dns_timeout": 10.0,
     "log_level": "info",
+    "connection_reuse": True,
+    "connection_max_messages": 100,
+    "connection_idle_timeout": 5.0,
 }
 
 
@@ -366,3 +370,22 @@ def test_password_never_appears_in_errors(monkeypatch: pytest.MonkeyPatch) -> No
         Settings(relay_password=PASSWORD, flower_basic_auth=PASSWORD)
     assert PASSWORD not in str(excinfo.value)
     assert PASSWORD not in repr(excinfo.value)
+
+
+@pytest.mark.parametrize(("value", "expected"), [("false", False), ("0", False), ("true", True)])
+def test_connection_reuse_is_a_switch(
+    monkeypatch: pytest.MonkeyPatch, value: str, expected: bool
+) -> None:
+    monkeypatch.setenv("MAILROOM_CONNECTION_REUSE", value)
+    assert load_settings().connection_reuse is expected
+
+
+def test_a_bad_connection_reuse_value_is_one_line_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MAILROOM_CONNECTION_REUSE", "sometimes")
+    with pytest.raises(SettingsError) as raised:
+        load_settings()
+    message = str(raised.value)
+    assert "MAILROOM_CONNECTION_REUSE" in message
+    assert "\n" not in message

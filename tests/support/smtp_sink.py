@@ -106,6 +106,7 @@ class SinkOptions(TypedDict, total=False):
     mail_from_reply_first: int | None
     slow_seconds: float
     idle_timeout: float
+    drop_on_rset: bool
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,7 @@ class SinkConfig:
     mail_from_reply_first: int | None = None  # only sessions 1..N get mail_from_reply; None: all
     slow_seconds: float = 5.0  # delay of slow-rcpt@ and slow-data@
     idle_timeout: float = 300.0  # aiosmtpd closes a connection idle that long
+    drop_on_rset: bool = False  # hang up without a reply on RSET (a reused connection gone bad)
 
 
 @dataclass
@@ -632,6 +634,9 @@ class _SinkSMTP(SMTP):
         await self._run("DATA", super().smtp_DATA(arg))
 
     async def smtp_RSET(self, arg: str) -> None:
+        if self.connection.config.drop_on_rset:
+            self.connection.command("RSET")
+            await self.connection.drop(self)
         await self._run("RSET", super().smtp_RSET(arg))
 
     async def smtp_NOOP(self, arg: str) -> None:

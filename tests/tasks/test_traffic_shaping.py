@@ -315,9 +315,11 @@ def test_a_receivers_throttling_reply_slows_the_whole_destination(
 
     once_each(accepted_times([sink]), [throttled, *later])
     assert cluster.client.get(SLOWDOWN_KEY) == b"1000"  # one penalty: 1 s spacing, still live
-    opened = [s.opened_at for s in sink.sessions[1:]]
-    assert len(opened) == 5  # the four new messages and the retry of the throttled one
-    gaps = [b - a for a, b in itertools.pairwise(opened)]
+    # The throttled connection was closed, not parked for reuse.
+    assert sink.sessions[0].commands[-1] == "QUIT"
+    sent = sorted(m.accepted_at or 0.0 for m in sink.messages)
+    assert len(sent) == 5  # the four new messages and the retry of the throttled one
+    gaps = [b - a for a, b in itertools.pairwise(sent)]
     # Unlimited, these would open together; the penalty spaces them 1 s apart (a deferred
     # slot may be taken up to one sweep, 0.2 s, late).
     assert min(gaps) >= 0.75, [round(gap, 3) for gap in gaps]

@@ -225,9 +225,11 @@ async def test_relay_mode_from_settings_sends_everything_through_the_relay(
         data_timeout=2,
         session_timeout=10,
     )
-    report = await DeliveryAgent.from_settings(settings).deliver(
-        message(), "relay", ["a@one.example", "b@two.example"]
-    )
+    relay = DeliveryAgent.from_settings(settings)
+    try:
+        report = await relay.deliver(message(), "relay", ["a@one.example", "b@two.example"])
+    finally:
+        await relay.close()
 
     assert [type(o) for o in report.outcomes] == [Delivered, Delivered]
     assert sink.messages[0].rcpt_tos == ("a@one.example", "b@two.example")

@@ -1,0 +1,261 @@
+"""Connection reuse against real aiosmtpd sinks: what the server saw, session by session.
+
+Each test runs consecutive sessions through one `ConnectionPool` and reads the sink's record of
+connections and commands, so reuse (and its limits) is proven on the wire, not in the pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+
+import pytest
+
+from settings import Settings
+from tests.support.smtp_sink import MakeSink, Sink
+from tests.support.tls_material import TlsMaterial
+from tests.workers.test_smtp_session import FAST, message
+from workers.connection_pool import ConnectionPool, PoolKey
+from workers.delivery import DeliveryAgent
+from workers.envelope import outbound
+from workers.reply import Code
+from workers.smtp_session import Credentials, SessionResult, run_session
+from workers.tls_policy import TlsPolicy, relay_policy
+
+
+@pytest.fixture
+async def pool() -> AsyncIterator[ConnectionPool]:
+    pool = ConnectionPool(max_messages=100, idle_timeout=5)
+    yield pool
+    await pool.close()
+
+
+async def send(
+    sink: Sink,
+    pool: ConnectionPool | None,
+    recipients: Sequence[str] = ("a@mx.test",),
+    *,
+    number: int = 1,
+    tls: TlsPolicy | None = None,
+    credentials: Credentials | None = None,
+    host: str = "mx.test",
+) -> SessionResult:
+    deadline = asyncio.get_running_loop().time() + FAST.session
+    data = b"Subject: n%d\r\nMessage-ID: <m%d@mailroom.test>\r\n\r\nbody\r\n" % (number, number)
+    return await run_session(
+        host,
+        sink.host,
+        sink.port,
+        outbound(f"m{number}", "app@example.test", data, smtputf8=False),
+        recipients,
+        tls=tls,
+        helo="client.mailroom.test",
+        timeouts=FAST,
+        credentials=credentials,
+        deadline=deadline,
+        pool=pool,
+    )
+
+
+def commands(sink: Sink) -> list[list[str]]:
+    return [record.commands for record in sink.sessions]
+
+
+def delivered(result: SessionResult) -> bool:
+    return all(reply.code == Code.OK for reply in result.replies.values())
+
+
+async def test_consecutive_messages_share_one_session_with_rset_between(
+    make_sink: MakeSink, pool: ConnectionPool
+) -> None:
+    sink = make_sink("127.0.0.2")
+    results = [await send(sink, pool, number=n) for n in (1, 2, 3)]
+
+    assert all(delivered(result) for result in results)
+    assert [m.message_id for m in sink.messages] == [f"<m{n}@mailroom.test>" for n in (1, 2, 3)]
+    transaction = ["MAIL", "RCPT", "DATA"]
+    assert commands(sink) == [["EHLO", *transaction, "RSET", *transaction, "RSET", *transaction]]
+    assert pool.idle() == 1
+    # The reused session's record starts at RSET: no connect, EHLO or handshake to pay again.
+    assert [step.command for step in results[1].steps] == ["RSET", "MAIL FROM", "RCPT TO", "DATA"]
+
+
+async def test_the_parked_connection_gets_quit_when_the_pool_closes(
+    make_sink: MakeSink, pool: ConnectionPool
+) -> None:
+    sink = make_sink("127.0.0.2")
+    await send(sink, pool)
+    await pool.close()
+
+    assert sink.wait_until(lambda: sink.sessions[0].closed)
+    assert sink.sessions[0].commands[-1] == "QUIT"
+    assert pool.idle() == 0
+
+
+async def test_a_connection_carries_at_most_max_messages(make_sink: MakeSink) -> None:
+    sink = make_sink("127.0.0.2")
+    pool = ConnectionPool(max_messages=2, idle_timeout=5)
+    try:
+        for n in range(1, 6):
+            assert delivered(await send(sink, pool, number=n))
+    finally:
+        await pool.close()
+
+    assert len(sink.messages) == 5
+    assert [len(record.messages) for record in sink.sessions] == [2, 2, 1]
+    assert sink.wait_until(lambda: all(record.closed for record in sink.sessions))
+    assert [record.commands[-1] for record in sink.sessions] == ["QUIT", "QUIT", "QUIT"]
+
+
+async def test_idle_connections_are_closed_after_the_idle_timeout(make_sink: MakeSink) -> None:
+    sink = make_sink("127.0.0.2")
+    pool = ConnectionPool(max_messages=100, idle_timeout=0.2)
+    try:
+        await send(sink, pool)
+        assert pool.idle() == 1
+        closed = await sink.wait_until_async(lambda: sink.sessions[0].closed, timeout=5)
+        assert closed
+        assert sink.sessions[0].commands[-1] == "QUIT"
+        assert pool.idle() == 0
+
+        await send(sink, pool, number=2)  # a fresh session, not the closed one
+    finally:
+        await pool.close()
+    assert len(sink.sessions) == 2
+    assert len(sink.messages) == 2
+
+
+async def test_a_connection_broken_at_rset_is_retried_on_a_fresh_one_without_a_duplicate(
+    make_sink: MakeSink, pool: ConnectionPool
+) -> None:
+    sink = make_sink("127.0.0.2", drop_on_rset=True)
+    first = await send(sink, pool, number=1)
+    second = await send(sink, pool, number=2)
+
+    assert delivered(first)
+    assert delivered(second)
+    assert [m.message_id for m in sink.messages] == ["<m1@mailroom.test>", "<m2@mailroom.test>"]
+    assert commands(sink) == [
+        ["EHLO", "MAIL", "RCPT", "DATA", "RSET"],
+        ["EHLO", "MAIL", "RCPT", "DATA"],
+    ]
+    steps = [(step.command, step.reply.code) for step in second.steps]
+    assert steps[0][0] == "RSET"
+    assert steps[0][1] >= 400  # recorded, but not anyone's outcome
+    assert steps[1] == ("connect", 220)
+
+
+async def test_a_connection_the_server_closed_while_parked_is_not_used(
+    make_sink: MakeSink, pool: ConnectionPool
+) -> None:
+    sink = make_sink("127.0.0.2", idle_timeout=0.2)  # aiosmtpd hangs up on idle clients
+    await send(sink, pool, number=1)
+    assert await sink.wait_until_async(lambda: sink.sessions[0].closed, timeout=5)
+    await asyncio.sleep(0.05)  # let the client side see the close
+
+    second = await send(sink, pool, number=2)
+    assert delivered(second)
+    assert len(sink.sessions) == 2
+    assert [len(record.messages) for record in sink.sessions] == [1, 1]
+
+
+async def test_concurrent_sessions_each_reuse_a_parked_connection(
+    make_sink: MakeSink, pool: ConnectionPool
+) -> None:
+    sink = make_sink("127.0.0.2")
+    first = await asyncio.gather(*(send(sink, pool, number=n) for n in range(4)))
+    assert pool.idle() == 4
+    second = await asyncio.gather(*(send(sink, pool, number=n) for n in range(4, 8)))
+
+    assert all(delivered(result) for result in [*first, *second])
+    assert len(sink.messages) == 8
+    assert len(sink.sessions) == 4
+    assert sorted(len(record.messages) for record in sink.sessions) == [2, 2, 2, 2]
+
+
+async def test_no_reuse_after_the_server_says_421(
+    make_sink: MakeSink, pool: ConnectionPool
+) -> None:
+    sink = make_sink("127.0.0.2")
+    result = await send(sink, pool, ["421-disconnect@mx.test"])
+    assert result.replies["421-disconnect@mx.test"].code == 421
+    assert pool.idle() == 0
+    await send(sink, pool, number=2)
+    assert len(sink.sessions) == 2
+
+
+async def test_a_refused_message_leaves_the_connection_reusable(
+    make_sink: MakeSink, pool: ConnectionPool
+) -> None:
+    sink = make_sink("127.0.0.2")
+    refused = await send(sink, pool, ["550-unknown@mx.test"], number=1)
+    accepted = await send(sink, pool, number=2)
+
+    assert refused.replies["550-unknown@mx.test"].code == 550
+    assert delivered(accepted)
+    assert commands(sink) == [["EHLO", "MAIL", "RCPT", "RSET", "MAIL", "RCPT", "DATA"]]
+
+
+async def test_an_authenticated_tls_connection_is_reused_without_a_second_login(
+    make_sink: MakeSink, tls: TlsMaterial, pool: ConnectionPool
+) -> None:
+    sink = make_sink(
+        "127.0.0.2",
+        starttls_context=tls.server_context("localhost"),
+        require_starttls=True,
+        auth=("svc", "relay-pw-123"),
+    )
+    policy = relay_policy("starttls", str(tls.ca_file))
+    account = Credentials("svc", "relay-pw-123")
+    for n in (1, 2):
+        result = await send(sink, pool, number=n, tls=policy, credentials=account, host="localhost")
+        assert delivered(result)
+        assert result.tls
+
+    assert len(sink.sessions) == 1
+    assert len(sink.auth_attempts) == 1
+    assert all(m.tls for m in sink.messages)
+    # A different account never gets that connection.
+    other = PoolKey("", "localhost", sink.host, sink.port, id(policy), "someone-else")
+    assert pool.take(other) is None
+
+
+async def test_without_a_pool_every_message_has_its_own_session(make_sink: MakeSink) -> None:
+    sink = make_sink("127.0.0.2")
+    for n in (1, 2):
+        assert delivered(await send(sink, None, number=n))
+
+    assert sink.wait_until(lambda: all(record.closed for record in sink.sessions))
+    assert commands(sink) == [["EHLO", "MAIL", "RCPT", "DATA", "QUIT"]] * 2
+
+
+async def test_a_probe_never_parks_a_connection(make_sink: MakeSink, pool: ConnectionPool) -> None:
+    sink = make_sink("127.0.0.2")
+    deadline = asyncio.get_running_loop().time() + FAST.session
+    result = await run_session(
+        "mx.test",
+        sink.host,
+        sink.port,
+        message(),
+        ["a@mx.test"],
+        tls=None,
+        helo="client.mailroom.test",
+        timeouts=FAST,
+        credentials=None,
+        deadline=deadline,
+        probe=True,
+        pool=pool,
+    )
+    assert result.replies["a@mx.test"].code == Code.OK
+    assert pool.idle() == 0
+    assert sink.wait_until(lambda: sink.sessions[0].closed)
+    assert sink.sessions[0].commands == ["EHLO", "MAIL", "RCPT", "QUIT"]
+
+
+def test_the_setting_turns_reuse_off() -> None:
+    on = DeliveryAgent.from_settings(Settings(helo_name="client.mailroom.test"))
+    off = DeliveryAgent.from_settings(
+        Settings(helo_name="client.mailroom.test", connection_reuse=False)
+    )
+    assert on.pool is not None
+    assert off.pool is None

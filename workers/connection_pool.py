@@ -1,0 +1,243 @@
+"""Open SMTP connections kept between deliveries: Postfix's connection cache, per worker process.
+
+After a transaction, a healthy connection is parked here under its key (server address, port,
+TLS policy, AUTH account) instead of being closed with QUIT; the next delivery to that server
+takes it, sends RSET, and goes straight to MAIL FROM, saving the TCP and TLS handshakes, EHLO and
+AUTH. A connection is parked at most `idle_timeout` seconds (then QUIT and closed), carries at
+most `max_messages` transactions, and lives at most `max_lifetime` seconds, like Postfix's
+`smtp_connection_cache_time_limit`, `smtp_connection_reuse_count_limit` and
+`smtp_connection_reuse_time_limit`.
+
+MAX_CONNECTIONS counts open connections, parked ones included: a connection keeps the
+cluster-wide connection lease it was opened under (`workers.rate_limits`) until it is closed,
+and the pool gives the lease back then (through `release`). A delivery that found the cap full
+may still run on a connection parked here for its destination: `take_any` hands it one, waiting
+briefly for one in use to be parked. `max_lifetime` must stay below the lease TTL minus the
+session deadline, so a lease never expires under a live connection.
+
+The pool belongs to one event loop (the worker process's, `workers.runtime`); `parked` may be
+read from another thread (a plain count), everything else runs on that loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from aiosmtplib import SMTP
+from aiosmtplib.errors import SMTPException
+
+_QUIT_TIMEOUT = 2.0  # a parked connection's QUIT is a courtesy: never wait long for it
+
+
+@dataclass(frozen=True, slots=True)
+class PoolKey:
+    """What a parked connection can be reused for: the same server, TLS and account."""
+
+    destination: str  # what the connection delivers for: a domain, or "relay"
+    host: str
+    address: str
+    port: int
+    tls: int | None  # id() of the TlsPolicy (one object per policy per worker), None = plaintext
+    account: str | None  # the AUTH user name, None = no AUTH
+
+
+@dataclass(eq=False, slots=True)
+class Connection:
+    """One open, greeted (and, where asked, TLS-protected and authenticated) SMTP connection."""
+
+    smtp: SMTP
+    transport: asyncio.Transport | None  # the TLS transport, aborted on close
+    tls_active: bool
+    opened: float  # event-loop time
+    transactions: int = 0
+    reused: bool = field(default=False)
+    lease: str | None = None  # the connection-cap lease it was opened under, held until closed
+
+    @property
+    def usable(self) -> bool:
+        return self.smtp.is_connected
+
+    def close(self) -> None:
+        """Drop the connection at once (no QUIT): nothing more is owed to the server."""
+        self.smtp.close()
+        # A graceful TLS shutdown would hold the socket for up to ssl_shutdown_timeout.
+        if self.transport is not None:
+            self.transport.abort()
+
+    async def quit(self) -> None:
+        """QUIT politely, briefly, then close whatever the server did."""
+        with contextlib.suppress(SMTPException, OSError, TimeoutError):
+            if self.smtp.is_connected:
+                await asyncio.wait_for(self.smtp.quit(), _QUIT_TIMEOUT)
+        self.close()
+
+
+class ConnectionPool:
+    """Parks idle connections by key; hands back the most recently used one first."""
+
+    def __init__(
+        self,
+        *,
+        max_messages: int,
+        idle_timeout: float,
+        max_lifetime: float = 60.0,
+        release: Callable[[str, str], None] | None = None,
+    ) -> None:
+        """`release(destination, lease)` gives back a closed connection's lease (blocking I/O:
+        it runs in the loop's default executor)."""
+        self._max_messages = max_messages
+        self._idle_timeout = idle_timeout
+        self._max_lifetime = max_lifetime
+        self.release = release
+        self._idle: dict[PoolKey, list[tuple[Connection, asyncio.TimerHandle]]] = defaultdict(list)
+        self._parked: dict[str, int] = defaultdict(int)  # destination → parked connections
+        self._waiters: dict[str, list[asyncio.Future[tuple[PoolKey, Connection]]]] = defaultdict(
+            list
+        )
+        self._closing: set[asyncio.Future[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def parked(self, destination: str) -> int:
+        """How many connections for `destination` are parked (safe from any thread)."""
+        return self._parked.get(destination, 0)
+
+    def take(self, key: PoolKey) -> Connection | None:
+        """A parked connection for `key` that still looks alive, or None."""
+        self._check_loop()
+        parked = self._idle.get(key)
+        while parked:
+            # Most recently parked first: it is the least likely to have been timed out by the
+            # server, and the rest age out, so a burst's extra connections close by themselves.
+            connection, expiry = parked.pop()
+            self._parked[key.destination] -= 1
+            expiry.cancel()
+            if connection.usable and not self._too_old(connection):
+                connection.reused = True
+                return connection
+            self._retire(key, connection)
+        return None
+
+    async def take_any(self, destination: str, wait: float) -> tuple[PoolKey, Connection] | None:
+        """A parked connection to any server of `destination`, waiting up to `wait` seconds for
+        one in use to be parked; None if none came."""
+        self._check_loop()
+        for key in [key for key, parked in self._idle.items() if parked]:
+            if key.destination == destination:
+                connection = self.take(key)
+                if connection is not None:
+                    return key, connection
+        waiter: asyncio.Future[tuple[PoolKey, Connection]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._waiters[destination].append(waiter)
+        try:
+            async with asyncio.timeout(wait):
+                return await waiter
+        except TimeoutError:
+            return None
+        finally:
+            waiters = self._waiters[destination]
+            if waiter in waiters:
+                waiters.remove(waiter)
+
+    def give(self, key: PoolKey, connection: Connection) -> bool:
+        """Park `connection` for the next delivery to `key`; False when it must be closed instead.
+
+        The caller keeps ownership (and closes it) when this returns False.
+        """
+        loop = self._check_loop()
+        if (
+            not connection.usable
+            or connection.transactions >= self._max_messages
+            or self._too_old(connection)
+        ):
+            return False
+        connection.reused = True
+        waiters = self._waiters.get(key.destination)
+        while waiters:
+            waiter = waiters.pop(0)
+            if not waiter.done():
+                waiter.set_result((key, connection))  # handed straight to a waiting delivery
+                return True
+        expiry = loop.call_later(self._idle_timeout, self._expire, key, connection)
+        self._idle[key].append((connection, expiry))
+        self._parked[key.destination] += 1
+        return True
+
+    def discard(self, key: PoolKey, connection: Connection) -> None:
+        """Close a connection that is not parked and give back its lease."""
+        connection.close()
+        self._give_back(key, connection)
+
+    def idle(self, key: PoolKey | None = None) -> int:
+        """How many connections are parked (for `key`, or in all)."""
+        if key is not None:
+            return len(self._idle.get(key, ()))
+        return sum(len(parked) for parked in self._idle.values())
+
+    async def close(self) -> None:
+        """QUIT every parked connection (worker shutdown); waits for the QUITs under way."""
+        for key, parked in self._idle.items():
+            for connection, expiry in parked:
+                expiry.cancel()
+                self._retire(key, connection)
+        self._idle.clear()
+        self._parked.clear()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+
+    def _expire(self, key: PoolKey, connection: Connection) -> None:
+        parked = self._idle.get(key, [])
+        for index, (candidate, _) in enumerate(parked):
+            if candidate is connection:
+                del parked[index]
+                self._parked[key.destination] -= 1
+                break
+        if not parked:
+            self._idle.pop(key, None)
+        self._retire(key, connection)
+
+    def _retire(self, key: PoolKey, connection: Connection) -> None:
+        """QUIT (in the background) and close a connection leaving the pool."""
+        if connection.usable:
+            self._track(asyncio.get_running_loop().create_task(connection.quit()))
+        else:
+            connection.close()
+        self._give_back(key, connection)
+
+    def give_back_lease(self, key: PoolKey, lease: str) -> None:
+        """Release a connection lease no open connection holds any more."""
+        if self.release is not None:
+            loop = asyncio.get_running_loop()
+            self._track(loop.run_in_executor(None, self.release, key.destination, lease))
+
+    def _give_back(self, key: PoolKey, connection: Connection) -> None:
+        lease, connection.lease = connection.lease, None
+        if lease is not None:
+            self.give_back_lease(key, lease)
+
+    def _track(self, work: asyncio.Future[None]) -> None:
+        self._closing.add(work)
+        work.add_done_callback(self._closing.discard)
+
+    def _too_old(self, connection: Connection) -> bool:
+        return asyncio.get_running_loop().time() - connection.opened >= self._max_lifetime
+
+    def _check_loop(self) -> asyncio.AbstractEventLoop:
+        """The pool's loop; connections of a loop that is gone are dropped, never reused."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            for parked in self._idle.values():
+                for connection, expiry in parked:
+                    expiry.cancel()
+                    with contextlib.suppress(RuntimeError):  # that loop may be closed
+                        connection.close()
+            self._idle.clear()
+            self._parked.clear()
+            self._waiters.clear()
+            self._loop = loop
+        return loop
