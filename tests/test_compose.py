@@ -85,7 +85,7 @@ def test_published_ports_are_on_loopback_only(dev: dict[str, Any]) -> None:
         for name, service in dev["services"].items()
         for port in service.get("ports", [])
     ]
-    assert {name for name, _ in published} == {"flower", "exporter", "mailcatcher"}
+    assert {name for name, _ in published} == {"flower", "exporter", "mailcatcher", "submission"}
     for name, port in published:
         assert str(port).startswith("127.0.0.1:"), (name, port)
 
@@ -116,3 +116,15 @@ def test_development_services_stay_out_of_a_production_start(base: dict[str, Any
         assert base["services"][name]["profiles"] == ["dev"]
     for name in WORKERS:
         assert base["services"][name]["environment"]["MAILROOM_DNS_NAMESERVERS"] is None
+
+
+def test_submission_listener_is_opt_in_and_reads_its_files_from_secrets(
+    base: dict[str, Any],
+) -> None:
+    service = base["services"]["submission"]
+    assert service["profiles"] == ["submission"]
+    assert service["command"] == ["submission"]
+    env = service["environment"]
+    for name in ("CERT_FILE", "KEY_FILE", "ACCOUNTS"):
+        assert env[f"MAILROOM_SUBMISSION_{name}"].startswith("/run/secrets/")
+    assert set(base["secrets"]) == {"submission_cert", "submission_key", "submission_accounts"}

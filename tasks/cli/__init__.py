@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn, Protocol
 
 from settings import Settings, SettingsError, load_settings
-from tasks.cli import check, dlq, exporter, flower, queues, send, status, worker
+from tasks.cli import check, dlq, exporter, flower, passwd, queues, send, status, submission, worker
 from tasks.cli.errors import USAGE, UsageError, one_line
 
 PROG = "mailroom"
@@ -27,7 +27,18 @@ class _Command(Protocol):
 
 
 # One module per command group, in the order `mailroom --help` lists them.
-_COMMANDS: tuple[_Command, ...] = (send, status, queues, dlq, worker, flower, exporter, check)
+_COMMANDS: tuple[_Command, ...] = (
+    send,
+    status,
+    queues,
+    dlq,
+    worker,
+    flower,
+    exporter,
+    submission,
+    passwd,
+    check,
+)
 
 
 class _Parser(argparse.ArgumentParser):
