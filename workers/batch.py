@@ -11,8 +11,8 @@ Then the cluster-wide gate (`workers.rate_limits`): a delivery over its destinat
 connection cap is deferred to the time the limiter names, without opening a connection or
 waiting in a worker slot. A receiver's throttling reply slows the whole destination down. With
 connection reuse, a connection keeps its cap lease while parked; a delivery that finds the cap
-full while this process has connections to its destination parked asks for a rate slot only and
-runs on one of them (`reuse_only`).
+full while this process has connections open to its destination asks for a rate slot only and
+runs on the first of them to come free (`reuse_only`).
 
 The rest run concurrently on the process's event loop, and each is disposed of as soon as its
 own session ends, not when the whole batch does, so a delivered recipient is marked long before
@@ -128,6 +128,7 @@ class BatchRunner:
                 log.exception("delivery %s|%s failed", item.message_id, item.destination)
                 report = _internal_error(running)
             lines.append(self._finish(running, report))
+        self._disposition.flush()  # the batch's metrics, in one round trip
         return lines
 
     def _claim(self, item: Item) -> _Running | None:
@@ -162,8 +163,9 @@ class BatchRunner:
         if isinstance(gate, Granted):
             return gate, False
         pool = self._agent.pool
-        if gate.reason is ThrottleReason.CONNECTIONS and pool and pool.parked(item.destination):
-            # The parked connections hold the cap's leases; use one of them, at the rate.
+        if gate.reason is ThrottleReason.CONNECTIONS and pool and pool.open(item.destination):
+            # This worker's open connections hold cap leases: wait for one of them to be free
+            # (on the event loop, not in this slot) and use it, at the rate.
             gate = self._limiter.acquire(item.destination, key, connection=False)
             return gate if isinstance(gate, Throttled) else (gate, True)
         return gate

@@ -15,7 +15,7 @@ may still run on a connection parked here for its destination: `take_any` hands 
 briefly for one in use to be parked. `max_lifetime` must stay below the lease TTL minus the
 session deadline, so a lease never expires under a live connection.
 
-The pool belongs to one event loop (the worker process's, `workers.runtime`); `parked` may be
+The pool belongs to one event loop (the worker process's, `workers.runtime`); `open` may be
 read from another thread (a plain count), everything else runs on that loop.
 """
 
@@ -56,10 +56,12 @@ class Connection:
     transactions: int = 0
     reused: bool = field(default=False)
     lease: str | None = None  # the connection-cap lease it was opened under, held until closed
+    closed: bool = False
+    on_close: Callable[[], None] | None = None  # the pool's count of open connections
 
     @property
     def usable(self) -> bool:
-        return self.smtp.is_connected
+        return not self.closed and self.smtp.is_connected
 
     def close(self) -> None:
         """Drop the connection at once (no QUIT): nothing more is owed to the server."""
@@ -67,6 +69,10 @@ class Connection:
         # A graceful TLS shutdown would hold the socket for up to ssl_shutdown_timeout.
         if self.transport is not None:
             self.transport.abort()
+        if not self.closed:
+            self.closed = True
+            if self.on_close is not None:
+                self.on_close()
 
     async def quit(self) -> None:
         """QUIT politely, briefly, then close whatever the server did."""
@@ -94,16 +100,26 @@ class ConnectionPool:
         self._max_lifetime = max_lifetime
         self.release = release
         self._idle: dict[PoolKey, list[tuple[Connection, asyncio.TimerHandle]]] = defaultdict(list)
-        self._parked: dict[str, int] = defaultdict(int)  # destination → parked connections
+        self._open: dict[str, int] = defaultdict(int)  # destination → open, in use or parked
         self._waiters: dict[str, list[asyncio.Future[tuple[PoolKey, Connection]]]] = defaultdict(
             list
         )
         self._closing: set[asyncio.Future[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def parked(self, destination: str) -> int:
-        """How many connections for `destination` are parked (safe from any thread)."""
-        return self._parked.get(destination, 0)
+    def open(self, destination: str) -> int:
+        """How many connections for `destination` are open, in use or parked (any thread)."""
+        return self._open.get(destination, 0)
+
+    def register(self, key: PoolKey, connection: Connection) -> None:
+        """Count a newly opened connection until it closes."""
+        destination = key.destination
+        self._open[destination] += 1
+
+        def closed() -> None:
+            self._open[destination] -= 1
+
+        connection.on_close = closed
 
     def take(self, key: PoolKey) -> Connection | None:
         """A parked connection for `key` that still looks alive, or None."""
@@ -113,7 +129,6 @@ class ConnectionPool:
             # Most recently parked first: it is the least likely to have been timed out by the
             # server, and the rest age out, so a burst's extra connections close by themselves.
             connection, expiry = parked.pop()
-            self._parked[key.destination] -= 1
             expiry.cancel()
             if connection.usable and not self._too_old(connection):
                 connection.reused = True
@@ -165,7 +180,6 @@ class ConnectionPool:
                 return True
         expiry = loop.call_later(self._idle_timeout, self._expire, key, connection)
         self._idle[key].append((connection, expiry))
-        self._parked[key.destination] += 1
         return True
 
     def discard(self, key: PoolKey, connection: Connection) -> None:
@@ -186,7 +200,6 @@ class ConnectionPool:
                 expiry.cancel()
                 self._retire(key, connection)
         self._idle.clear()
-        self._parked.clear()
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
 
@@ -195,7 +208,6 @@ class ConnectionPool:
         for index, (candidate, _) in enumerate(parked):
             if candidate is connection:
                 del parked[index]
-                self._parked[key.destination] -= 1
                 break
         if not parked:
             self._idle.pop(key, None)
@@ -237,7 +249,6 @@ class ConnectionPool:
                     with contextlib.suppress(RuntimeError):  # that loop may be closed
                         connection.close()
             self._idle.clear()
-            self._parked.clear()
             self._waiters.clear()
             self._loop = loop
         return loop

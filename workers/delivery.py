@@ -32,7 +32,7 @@ from workers.reply import Code, Reply, Step, not_attempted
 from workers.smtp_session import Credentials, SessionResult, StepRecord, Timeouts, run_session
 from workers.tls_policy import TlsPolicy, opportunistic_policy, relay_policy
 
-_WAIT = 1.0  # seconds a reuse-only delivery waits for a connection in use to be parked
+_WAIT = 2.0  # seconds a reuse-only delivery waits for a connection in use to come free
 _MAX_LIFETIME = 300.0  # seconds a connection is reused at most (Postfix's reuse time limit)
 
 

@@ -124,6 +124,11 @@ class Disposition:
         self._count(report, Counter(state for state, _ in states.values()), throttled)
         return _summary(states)
 
+    def flush(self) -> None:
+        """Write the metrics counted since the last flush (a worker does after each batch)."""
+        if self._metrics is not None:
+            self._metrics.flush()
+
     def _count(
         self, report: DeliveryReport, outcomes: Mapping[RecipientState, int], throttled: bool
     ) -> None:

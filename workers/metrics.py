@@ -2,9 +2,11 @@
 
 Workers are many processes on many machines, so a per-process Prometheus registry would show
 each scrape one process's share; the counters live in Redis instead, and `mailroom exporter`
-reads them on every scrape. `MetricsRecorder.delivery` writes one MULTI/EXEC pipeline of
-HINCRBYs per delivery, so a scrape never sees half a delivery. Metrics are best effort: a Redis
-error while recording is logged and never fails the delivery it describes.
+reads them on every scrape. `MetricsRecorder.delivery` adds a delivery's counts in memory and
+`flush` writes everything added since in one MULTI/EXEC (a worker flushes after each batch), so
+a scrape never sees half a delivery and a batch of a hundred deliveries costs one round trip, not
+a hundred. Metrics are best effort: a Redis error while flushing is logged and never fails the
+deliveries it describes, and a crash loses at most the counts of the batch in flight.
 
 Keys (hashes whose values are counts; counters only grow):
   mailroom:metrics:deliveries    field "outcome|destination": recipients per outcome (delivered,
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import threading
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -119,6 +122,9 @@ class MetricsRecorder:
         self._admit = client.register_script(_ADMIT)
         # Once admitted, a destination stays admitted: remembering it saves a round trip.
         self._admitted: set[str] = set()
+        self._lock = threading.Lock()  # a worker's task threads record concurrently
+        self._pending: dict[str, Counter[str]] = {}
+        self._seconds = 0.0  # session seconds not yet flushed (HINCRBYFLOAT, apart)
 
     def delivery(
         self,
@@ -133,28 +139,51 @@ class MetricsRecorder:
         the four outcomes are ignored); `throttled` says the cluster's gate stopped it.
         """
         try:
-            self._record(report, outcomes, throttled)
+            destination = self._label(report.destination)
         except redis.RedisError as exc:
             log.warning("metrics of %s not recorded: %s", report.destination, exc)
-
-    def _record(
-        self, report: DeliveryReport, outcomes: Mapping[RecipientState, int], throttled: bool
-    ) -> None:
-        destination = self._label(report.destination)
-        pipe = self._client.pipeline(transaction=True)
-        for state in OUTCOMES:
-            if n := outcomes.get(state, 0):
-                pipe.hincrby(DELIVERIES_KEY, f"{state.value}{_SEPARATOR}{destination}", n)
-        for field, n in _reply_counts(report).items():
-            pipe.hincrby(REPLIES_KEY, field, n)
+            return
+        counts: dict[str, Counter[str]] = {
+            DELIVERIES_KEY: Counter(
+                {
+                    f"{state.value}{_SEPARATOR}{destination}": n
+                    for state in OUTCOMES
+                    if (n := outcomes.get(state, 0))
+                }
+            ),
+            REPLIES_KEY: _reply_counts(report),
+            SESSION_KEY: Counter(),
+            THROTTLED_KEY: Counter({destination: 1} if throttled else {}),
+        }
+        seconds = 0.0
         for attempt in report.attempts:
-            seconds = sum(step.ms for step in attempt.steps) / 1000
-            pipe.hincrby(SESSION_KEY, _bucket(seconds), 1)
+            duration = sum(step.ms for step in attempt.steps) / 1000
+            counts[SESSION_KEY][_bucket(duration)] += 1
+            counts[SESSION_KEY]["count"] += 1
+            seconds += duration
+        with self._lock:
+            for key, added in counts.items():
+                self._pending.setdefault(key, Counter()).update(added)
+            self._seconds += seconds
+
+    def flush(self) -> None:
+        """Write every count added since the last flush, in one MULTI/EXEC."""
+        with self._lock:
+            pending, self._pending = self._pending, {}
+            seconds, self._seconds = self._seconds, 0.0
+        pipe = self._client.pipeline(transaction=True)
+        for key, counts in pending.items():
+            for field, n in counts.items():
+                if n:
+                    pipe.hincrby(key, field, n)
+        if seconds:
             pipe.hincrbyfloat(SESSION_KEY, "sum", seconds)
-            pipe.hincrby(SESSION_KEY, "count", 1)
-        if throttled:
-            pipe.hincrby(THROTTLED_KEY, destination, 1)
-        pipe.execute()
+        if not pipe.command_stack:
+            return
+        try:
+            pipe.execute()
+        except redis.RedisError as exc:
+            log.warning("metrics not recorded: %s", exc)
 
     def _label(self, destination: str) -> str:
         if destination in self._admitted:

@@ -292,7 +292,8 @@ class _Conversation:
         )
         opened = asyncio.get_running_loop().time()
         self.connection = Connection(smtp, None, tls_active=False, opened=opened)
-        if self.pool is not None:
+        if self.pool is not None and self.key is not None:
+            self.pool.register(self.key, self.connection)
             # The connection holds a cap lease for as long as it is open or parked: the
             # delivery's own, or the one of the parked connection it replaces.
             if self.lease is not None:

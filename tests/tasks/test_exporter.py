@@ -160,6 +160,7 @@ def test_metrics_reflect_redis_at_each_scrape(
     recorder.delivery(
         DeliveryReport("x.test", (), resolved, ()), {RecipientState.EXPIRED: 1}, throttled=True
     )
+    recorder.flush()
 
     after = exporter.scrape()
 

@@ -71,8 +71,31 @@ def report(
     return DeliveryReport(destination, outcomes, resolution, attempts)
 
 
+def record(
+    client: redis.Redis, delivered: DeliveryReport, outcomes: dict[RecipientState, int]
+) -> None:
+    """One recorder (one worker process) counts one delivery and flushes it."""
+    recorder = MetricsRecorder(client)
+    recorder.delivery(delivered, outcomes)
+    recorder.flush()
+
+
+def test_counts_wait_in_memory_until_flushed(redis_client: redis.Redis) -> None:
+    recorder = MetricsRecorder(redis_client)
+    recorder.delivery(report(sessions=(FAST,)), {RecipientState.DELIVERED: 2})
+    recorder.delivery(report(sessions=(SLOW,)), {RecipientState.DELIVERED: 1})
+    assert read_metrics(redis_client).deliveries == {}
+
+    recorder.flush()
+    snapshot = read_metrics(redis_client)
+    assert snapshot.deliveries == {("delivered", "x.test"): 3}
+    assert snapshot.session.count == 2
+    recorder.flush()  # nothing new: nothing counted twice
+    assert read_metrics(redis_client).deliveries == {("delivered", "x.test"): 3}
+
+
 def test_one_delivery_counts_outcomes_replies_and_sessions(redis_client: redis.Redis) -> None:
-    MetricsRecorder(redis_client).delivery(report(sessions=(FAST, SLOW)), ALL)
+    record(redis_client, report(sessions=(FAST, SLOW)), ALL)
 
     snapshot = read_metrics(redis_client)
     assert snapshot.deliveries == {
@@ -113,8 +136,8 @@ def test_one_delivery_counts_outcomes_replies_and_sessions(redis_client: redis.R
 
 def test_counters_add_up_across_recorders_as_across_workers(redis_client: redis.Redis) -> None:
     done = report(Delivered("a@x.test", OK_DATA), sessions=(SLOW,))
-    MetricsRecorder(redis_client).delivery(done, {RecipientState.DELIVERED: 2})
-    MetricsRecorder(redis_client).delivery(done, {RecipientState.DELIVERED: 1})
+    record(redis_client, done, {RecipientState.DELIVERED: 2})
+    record(redis_client, done, {RecipientState.DELIVERED: 1})
 
     snapshot = read_metrics(redis_client)
     assert snapshot.deliveries == {("delivered", "x.test"): 3}
@@ -133,7 +156,7 @@ def test_a_session_lands_in_the_first_bucket_at_or_above_it(
     redis_client: redis.Redis, ms: float, bucket: str
 ) -> None:
     session = (step("connect", 421, Step.OPEN_SESSION, ms),)
-    MetricsRecorder(redis_client).delivery(report(sessions=(session,)), {})
+    record(redis_client, report(sessions=(session,)), {})
 
     histogram = read_metrics(redis_client).session
     assert [name for name, n in histogram.buckets if n] == [bucket]
@@ -150,6 +173,7 @@ def test_a_failed_look_up_counts_and_a_synthetic_record_does_not(
     recorder.delivery(report(resolution=nxdomain), {RecipientState.BOUNCED: 1})
     internal = StepRecord("-", Reply(451, "4.3.0", "internal error", Step.OPEN_SESSION), 0.0)
     recorder.delivery(report(resolution=internal), {RecipientState.DEFERRED: 1})
+    recorder.flush()
 
     snapshot = read_metrics(redis_client)
     assert snapshot.replies == {("5xx", "resolve_mx"): 1}
@@ -169,6 +193,7 @@ def test_destinations_past_the_cap_count_as_other(redis_client: redis.Redis) -> 
         (first, "b.test"),
     ]:
         recorder.delivery(report(destination=destination), {RecipientState.DELIVERED: 1})
+        recorder.flush()
 
     assert read_metrics(redis_client).deliveries == {
         ("delivered", "a.test"): 2,
@@ -210,7 +235,9 @@ def disposition(client: redis.Redis, max_age: float = 3600) -> Disposition:
 
 def test_disposition_counts_each_recipients_outcome(redis_client: redis.Redis) -> None:
     outcomes = (Delivered("a@x.test", OK_DATA), Bounced("b@x.test", UNKNOWN))
-    disposition(redis_client).apply("m1", 1, NOW, report(*outcomes, sessions=(SLOW,)), NOW)
+    applied = disposition(redis_client)
+    applied.apply("m1", 1, NOW, report(*outcomes, sessions=(SLOW,)), NOW)
+    applied.flush()
 
     snapshot = read_metrics(redis_client)
     assert snapshot.deliveries == {("delivered", "x.test"): 1, ("bounced", "x.test"): 1}
@@ -222,9 +249,9 @@ def test_disposition_counts_a_deferral_past_max_age_as_expired(
     redis_client: redis.Redis,
 ) -> None:
     outcomes = (Deferred("a@x.test", GREY), Deferred("b@x.test", GREY))
-    disposition(redis_client, max_age=60).apply(
-        "m1", 3, NOW, report(*outcomes, sessions=(FAST,)), NOW + 61
-    )
+    applied = disposition(redis_client, max_age=60)
+    applied.apply("m1", 3, NOW, report(*outcomes, sessions=(FAST,)), NOW + 61)
+    applied.flush()
 
     assert read_metrics(redis_client).deliveries == {("expired", "x.test"): 2}
 
@@ -232,7 +259,9 @@ def test_disposition_counts_a_deferral_past_max_age_as_expired(
 def test_a_throttled_delivery_counts_as_throttled_only(redis_client: redis.Redis) -> None:
     gate = StepRecord("gate", GATE, 0.0)
     throttled = report(Deferred("a@x.test", GATE, 0.4), resolution=gate)
-    disposition(redis_client).apply("m1", 1, NOW, throttled, NOW)
+    applied = disposition(redis_client)
+    applied.apply("m1", 1, NOW, throttled, NOW)
+    applied.flush()
 
     snapshot = read_metrics(redis_client)
     assert snapshot.throttled == {"x.test": 1}
@@ -246,7 +275,9 @@ def test_a_throttled_delivery_past_max_age_counts_as_expired_too(
     gate = StepRecord("gate", GATE, 0.0)
     outcomes = (Deferred("a@x.test", GATE, 5.0), Deferred("b@x.test", GATE, 5.0))
     throttled = report(*outcomes, resolution=gate)
-    disposition(redis_client, max_age=60).apply("m1", 1, NOW, throttled, NOW + 61)
+    applied = disposition(redis_client, max_age=60)
+    applied.apply("m1", 1, NOW, throttled, NOW + 61)
+    applied.flush()
 
     snapshot = read_metrics(redis_client)
     assert snapshot.throttled == {"x.test": 1}
