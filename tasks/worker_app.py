@@ -122,10 +122,7 @@ class WorkerContext:
                 connections=limits.connections,
                 lease_ttl=ttl_of_leases,
             )
-            self._agent = DeliveryAgent.from_settings(settings)
-            if self._agent.pool is not None:
-                # A parked connection's cap lease goes back to Redis when it closes.
-                self._agent.pool.release = limiter.release_lease
+            self._agent = DeliveryAgent.from_settings(settings, cap=limiter)
             self._runner = BatchRunner(
                 agent=self._agent,
                 content=ContentStore(client, ttl),

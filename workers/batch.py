@@ -7,12 +7,11 @@ second worker after the visibility timeout even while the first runs it), or may
 item is parked in the deferred set until the lease expires, so it is never dropped; if the holder
 finished, the parked copy finds its attempt stale or nothing pending and skips.
 
-Then the cluster-wide gate (`workers.rate_limits`): a delivery over its destination's rate or
-connection cap is deferred to the time the limiter names, without opening a connection or
-waiting in a worker slot. A receiver's throttling reply slows the whole destination down. With
-connection reuse, a connection keeps its cap lease while parked; a delivery that finds the cap
-full while this process has connections open to its destination asks for a rate slot only and
-runs on the first of them to come free (`reuse_only`).
+Then the cluster-wide rate gate (`workers.rate_limits`): a delivery over its destination's rate
+is deferred to the time the limiter names, without opening a connection or waiting in a worker
+slot. A receiver's throttling reply slows the whole destination down. The connection cap is the
+delivery agent's: it counts connections, not deliveries, and a delivery that finds it full waits
+on the event loop for one of this worker's connections to its destination (`workers.delivery`).
 
 The rest run concurrently on the process's event loop, and each is disposed of as soon as its
 own session ends, not when the whole batch does, so a delivered recipient is marked long before
@@ -25,7 +24,7 @@ import logging
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import Future, as_completed
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from workers.attempt_log import log_attempts
@@ -35,7 +34,7 @@ from workers.delivery import DeliveryAgent, DeliveryReport
 from workers.disposition import Disposition, Summary
 from workers.leases import Leases
 from workers.outcome import Deferred
-from workers.rate_limits import Granted, Limiter, Throttled, ThrottleReason, is_throttling
+from workers.rate_limits import Granted, Limiter, Throttled, is_throttling
 from workers.reply import Code, Reply, Step
 from workers.smtp_session import StepRecord
 from workers.status import StatusStore
@@ -63,8 +62,6 @@ class _Running:
     first_queued: float
     recipients: tuple[str, ...]
     lease: str
-    granted: Granted = _UNCAPPED
-    reuse_only: bool = False
 
 
 class BatchRunner:
@@ -94,29 +91,29 @@ class BatchRunner:
         self._clock = clock
 
     def run(self, items: Sequence[Item]) -> list[str]:
-        """Deliver every item that is due; returns one summary line per item handled."""
+        """Deliver every item that is due; returns one summary line per item handled.
+
+        The checks before the sessions cost one Redis round trip each for the whole batch
+        (status, leases, the gate, content), not one per item.
+        """
         futures: dict[Future[DeliveryReport], _Running] = {}
         lines = []
-        for item in items:
-            running = self._claim(item)
-            if running is None:
-                continue
-            gate = self._gate(running)
+        claimed = self._claim(items)
+        gates = self._gate(claimed)
+        admitted: list[_Running] = []
+        for running, gate in zip(claimed, gates, strict=True):
             if isinstance(gate, Throttled):
                 lines.append(self._finish(running, _throttled(running, gate)))
-                continue
-            running = replace(running, granted=gate[0], reuse_only=gate[1])
-            message = self._content.get(item.message_id)
+            else:
+                admitted.append(running)
+        messages = self._content.get_many(list({r.item.message_id: r for r in admitted}))
+        for running in admitted:
+            item = running.item
+            message = messages.get(item.message_id)
             if message is None:
                 lines.append(self._finish(running, _content_gone(running)))
                 continue
-            coroutine = self._agent.deliver(
-                message,
-                item.destination,
-                running.recipients,
-                lease=running.granted.lease,
-                reuse_only=running.reuse_only,
-            )
+            coroutine = self._agent.deliver(message, item.destination, running.recipients)
             futures[self._submit(coroutine)] = running
         for future in as_completed(futures):
             running = futures[future]
@@ -131,54 +128,44 @@ class BatchRunner:
         self._disposition.flush()  # the batch's metrics, in one round trip
         return lines
 
-    def _claim(self, item: Item) -> _Running | None:
-        state = self._status.delivery(item.message_id, item.destination)
-        if state is None or state.attempt != item.attempt:
-            return None
-        recipients = self._status.pending(item.message_id, item.destination)
-        if not recipients:
-            return None
-        lease = self._leases.take(item.message_id, item.destination)
-        if lease is None:
-            wait = self._leases.remaining(item.message_id, item.destination)
-            self._deferred.defer(
-                item.message_id, item.destination, item.attempt, self._clock() + wait
-            )
-            log.info(
-                "delivery %s|%s is leased; parked for %.0f s",
-                item.message_id,
-                item.destination,
-                wait,
-            )
-            return None
-        return _Running(item, state.first_queued, tuple(recipients), lease)
+    def _claim(self, items: Sequence[Item]) -> list[_Running]:
+        """The items due now, each with its lease; stale and finished ones are skipped."""
+        states = self._status.claims([(i.message_id, i.destination) for i in items])
+        due = [
+            (item, state, recipients)
+            for item, (state, recipients) in zip(items, states, strict=True)
+            if state is not None and state.attempt == item.attempt and recipients
+        ]
+        leases = self._leases.take_many([(item.message_id, item.destination) for item, *_ in due])
+        claimed = []
+        for (item, state, recipients), lease in zip(due, leases, strict=True):
+            if lease is None:
+                self._park(item)
+                continue
+            claimed.append(_Running(item, state.first_queued, tuple(recipients), lease))
+        return claimed
 
-    def _gate(self, running: _Running) -> tuple[Granted, bool] | Throttled:
-        """The limiter's answer, and whether the delivery may only use a parked connection."""
+    def _park(self, item: Item) -> None:
+        wait = self._leases.remaining(item.message_id, item.destination)
+        self._deferred.defer(item.message_id, item.destination, item.attempt, self._clock() + wait)
+        log.info(
+            "delivery %s|%s is leased; parked for %.0f s", item.message_id, item.destination, wait
+        )
+
+    def _gate(self, claimed: Sequence[_Running]) -> list[Granted | Throttled]:
+        """The destinations' rate limits, for the whole batch in one round trip; the connection
+        cap is the delivery agent's, when it opens a connection."""
         if self._limiter is None:
-            return _UNCAPPED, False
-        item = running.item
-        key = f"{item.message_id}|{item.destination}"
-        gate = self._limiter.acquire(item.destination, key)
-        if isinstance(gate, Granted):
-            return gate, False
-        pool = self._agent.pool
-        if gate.reason is ThrottleReason.CONNECTIONS and pool and pool.open(item.destination):
-            # This worker's open connections hold cap leases: wait for one of them to be free
-            # (on the event loop, not in this slot) and use it, at the rate.
-            gate = self._limiter.acquire(item.destination, key, connection=False)
-            return gate if isinstance(gate, Throttled) else (gate, True)
-        return gate
+            return [_UNCAPPED] * len(claimed)
+        keys = [(r.item.destination, f"{r.item.message_id}|{r.item.destination}") for r in claimed]
+        return self._limiter.acquire_many(keys, connection=False)
 
     def _finish(self, running: _Running, report: DeliveryReport) -> str:
         item = running.item
         now = self._clock()
         log_attempts(item.message_id, item.attempt, report)
-        if self._limiter is not None:
-            if not report.lease_kept:
-                self._limiter.release(item.destination, running.granted)
-            if any(_slows_down(outcome.reply) for outcome in report.outcomes):
-                self._limiter.penalize(item.destination)
+        if self._limiter is not None and any(_slows_down(o.reply) for o in report.outcomes):
+            self._limiter.penalize(item.destination)
         try:
             summary: Summary = self._disposition.apply(
                 item.message_id, item.attempt, running.first_queued, report, now

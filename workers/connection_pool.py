@@ -8,15 +8,16 @@ most `max_messages` transactions, and lives at most `max_lifetime` seconds, like
 `smtp_connection_cache_time_limit`, `smtp_connection_reuse_count_limit` and
 `smtp_connection_reuse_time_limit`.
 
-MAX_CONNECTIONS counts open connections, parked ones included: a connection keeps the
+MAX_CONNECTIONS counts open connections, parked ones included: a connection holds the
 cluster-wide connection lease it was opened under (`workers.rate_limits`) until it is closed,
-and the pool gives the lease back then (through `release`). A delivery that found the cap full
-may still run on a connection parked here for its destination: `take_any` hands it one, waiting
-briefly for one in use to be parked. `max_lifetime` must stay below the lease TTL minus the
-session deadline, so a lease never expires under a live connection.
+and the pool gives the lease back then (through `release`), or to a delivery waiting for a
+connection to the same destination. A delivery that found the cap full waits in `take_any` for
+one of this worker's connections to its destination to come free. `max_lifetime` must stay
+below the lease TTL minus the session deadline, so a lease never expires under a live
+connection.
 
-The pool belongs to one event loop (the worker process's, `workers.runtime`); `open` may be
-read from another thread (a plain count), everything else runs on that loop.
+The pool belongs to one event loop (the worker process's, `workers.runtime`) and is only used
+from it, so it needs no lock.
 """
 
 from __future__ import annotations
@@ -57,7 +58,6 @@ class Connection:
     reused: bool = field(default=False)
     lease: str | None = None  # the connection-cap lease it was opened under, held until closed
     closed: bool = False
-    on_close: Callable[[], None] | None = None  # the pool's count of open connections
 
     @property
     def usable(self) -> bool:
@@ -69,10 +69,7 @@ class Connection:
         # A graceful TLS shutdown would hold the socket for up to ssl_shutdown_timeout.
         if self.transport is not None:
             self.transport.abort()
-        if not self.closed:
-            self.closed = True
-            if self.on_close is not None:
-                self.on_close()
+        self.closed = True
 
     async def quit(self) -> None:
         """QUIT politely, briefly, then close whatever the server did."""
@@ -80,6 +77,15 @@ class Connection:
             if self.smtp.is_connected:
                 await asyncio.wait_for(self.smtp.quit(), _QUIT_TIMEOUT)
         self.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Handover:
+    """What a waiting delivery gets: a connection to use, or a lease to open one under."""
+
+    key: PoolKey
+    connection: Connection | None
+    lease: str | None
 
 
 class ConnectionPool:
@@ -100,26 +106,9 @@ class ConnectionPool:
         self._max_lifetime = max_lifetime
         self.release = release
         self._idle: dict[PoolKey, list[tuple[Connection, asyncio.TimerHandle]]] = defaultdict(list)
-        self._open: dict[str, int] = defaultdict(int)  # destination → open, in use or parked
-        self._waiters: dict[str, list[asyncio.Future[tuple[PoolKey, Connection]]]] = defaultdict(
-            list
-        )
+        self._waiters: dict[str, list[asyncio.Future[Handover]]] = defaultdict(list)
         self._closing: set[asyncio.Future[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
-
-    def open(self, destination: str) -> int:
-        """How many connections for `destination` are open, in use or parked (any thread)."""
-        return self._open.get(destination, 0)
-
-    def register(self, key: PoolKey, connection: Connection) -> None:
-        """Count a newly opened connection until it closes."""
-        destination = key.destination
-        self._open[destination] += 1
-
-        def closed() -> None:
-            self._open[destination] -= 1
-
-        connection.on_close = closed
 
     def take(self, key: PoolKey) -> Connection | None:
         """A parked connection for `key` that still looks alive, or None."""
@@ -136,23 +125,31 @@ class ConnectionPool:
             self._retire(key, connection)
         return None
 
-    async def take_any(self, destination: str, wait: float) -> tuple[PoolKey, Connection] | None:
-        """A parked connection to any server of `destination`, waiting up to `wait` seconds for
-        one in use to be parked; None if none came."""
+    def take_parked(self, destination: str) -> Handover | None:
+        """A parked connection to any server of `destination`, or None."""
         self._check_loop()
         for key in [key for key, parked in self._idle.items() if parked]:
             if key.destination == destination:
                 connection = self.take(key)
                 if connection is not None:
-                    return key, connection
-        waiter: asyncio.Future[tuple[PoolKey, Connection]] = (
-            asyncio.get_running_loop().create_future()
-        )
+                    return Handover(key, connection, None)
+        return None
+
+    async def take_any(self, destination: str, wait: float) -> Handover | None:
+        """A connection of `destination` that comes free within `wait` seconds (or the lease
+        of one that closed), or None."""
+        parked = self.take_parked(destination)
+        if parked is not None:
+            return parked
+        waiter: asyncio.Future[Handover] = asyncio.get_running_loop().create_future()
         self._waiters[destination].append(waiter)
         try:
             async with asyncio.timeout(wait):
                 return await waiter
         except TimeoutError:
+            # Handed over just as the wait ran out: keep it, or it would never be closed.
+            if waiter.done() and not waiter.cancelled():
+                return waiter.result()
             return None
         finally:
             waiters = self._waiters[destination]
@@ -176,7 +173,7 @@ class ConnectionPool:
         while waiters:
             waiter = waiters.pop(0)
             if not waiter.done():
-                waiter.set_result((key, connection))  # handed straight to a waiting delivery
+                waiter.set_result(Handover(key, connection, None))  # straight to a waiter
                 return True
         expiry = loop.call_later(self._idle_timeout, self._expire, key, connection)
         self._idle[key].append((connection, expiry))
@@ -222,7 +219,14 @@ class ConnectionPool:
         self._give_back(key, connection)
 
     def give_back_lease(self, key: PoolKey, lease: str) -> None:
-        """Release a connection lease no open connection holds any more."""
+        """A lease no open connection holds any more: to a delivery waiting for a connection
+        to this destination (it opens a new one under it), else back to Redis."""
+        waiters = self._waiters.get(key.destination)
+        while waiters:
+            waiter = waiters.pop(0)
+            if not waiter.done():
+                waiter.set_result(Handover(key, None, lease))
+                return
         if self.release is not None:
             loop = asyncio.get_running_loop()
             self._track(loop.run_in_executor(None, self.release, key.destination, lease))

@@ -12,6 +12,8 @@ Keys:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import redis
 from redis.client import Pipeline
 
@@ -31,6 +33,18 @@ def content_key(message_id: str) -> str:
     return f"{_PREFIX}{message_id}"
 
 
+# KEYS: the content key of each message. ARGV: ttl, then sender, data, smtputf8 per message.
+_PUT = """
+for i, key in ipairs(KEYS) do
+  local at = 3 * i - 1
+  redis.call('DEL', key)
+  redis.call('HSET', key, 'sender', ARGV[at], 'data', ARGV[at + 1], 'smtputf8', ARGV[at + 2])
+  redis.call('EXPIRE', key, ARGV[1])
+end
+return #KEYS
+"""
+
+
 class ContentStore:
     """Puts, gets and deletes message content by message id."""
 
@@ -39,6 +53,7 @@ class ContentStore:
             raise ValueError(f"content ttl must be a positive number of seconds, got {ttl}")
         self._redis = redis
         self._ttl = ttl
+        self._put = redis.register_script(_PUT)
 
     def put(self, message: OutboundMessage, pipe: Pipeline | None = None) -> None:
         """Store `message` with the store's TTL, replacing any content under the same id.
@@ -46,28 +61,35 @@ class ContentStore:
         With `pipe`, the commands are queued on the caller's pipeline (so content and status
         can be written in one MULTI) and run when the caller executes it.
         """
-        target = self._redis.pipeline(transaction=True) if pipe is None else pipe
-        key = content_key(message.message_id)
-        target.delete(key)
-        target.hset(
-            key,
-            mapping={
-                "sender": message.sender.encode(),
-                "data": message.data,
-                "smtputf8": b"1" if message.smtputf8 else b"0",
-            },
-        )
-        target.expire(key, self._ttl)
-        if pipe is None:
-            target.execute()
+        self.put_many([message], pipe=pipe)
+
+    def put_many(self, messages: Sequence[OutboundMessage], pipe: Pipeline | None = None) -> None:
+        """`put` for many messages at once: one script call, so one command on `pipe`."""
+        if not messages:
+            return
+        args: list[bytes | int] = [self._ttl]
+        for message in messages:
+            args += [message.sender.encode(), message.data, b"1" if message.smtputf8 else b"0"]
+        keys = [content_key(message.message_id) for message in messages]
+        self._put(keys=keys, args=args, client=pipe)
 
     def get(self, message_id: str) -> OutboundMessage | None:
         """The message stored under `message_id`, or None if there is none (or it expired)."""
-        fields = self._redis.hmget(content_key(message_id), ["sender", "data", "smtputf8"])
-        sender, data, smtputf8 = (_as_bytes(value) for value in fields)
-        if sender is None or data is None:
-            return None
-        return outbound(message_id, sender.decode(), data, smtputf8=smtputf8 == b"1")
+        return self.get_many([message_id]).get(message_id)
+
+    def get_many(self, message_ids: Sequence[str]) -> dict[str, OutboundMessage]:
+        """`get` for many ids in one round trip; ids with no content are left out."""
+        pipe = self._redis.pipeline(transaction=False)
+        for message_id in message_ids:
+            pipe.hmget(content_key(message_id), ["sender", "data", "smtputf8"])
+        found = {}
+        for message_id, fields in zip(message_ids, pipe.execute(), strict=True):
+            sender, data, smtputf8 = (_as_bytes(value) for value in fields)
+            if sender is not None and data is not None:
+                found[message_id] = outbound(
+                    message_id, sender.decode(), data, smtputf8=smtputf8 == b"1"
+                )
+        return found
 
     def delete(self, message_id: str) -> None:
         """Forget a message's content (every delivery of it is over)."""

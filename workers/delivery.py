@@ -16,21 +16,25 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, Protocol, TypeVar
 
 from settings import DeliveryMode, Settings
-from workers.connection_pool import Connection, ConnectionPool
+from workers.connection_pool import Connection, ConnectionPool, Handover
 from workers.envelope import OutboundMessage
 from workers.leases import lease_ttl
 from workers.mx import MxResolver, Target, resolve_host
 from workers.outcome import Deferred, Outcome, classify, try_next_host
 from workers.profiles import traffic
+from workers.rate_limits import Granted, Throttled
 from workers.reply import Code, Reply, Step, not_attempted
 from workers.smtp_session import Credentials, SessionResult, StepRecord, Timeouts, run_session
 from workers.tls_policy import TlsPolicy, opportunistic_policy, relay_policy
+
+T = TypeVar("T")
 
 _WAIT = 2.0  # seconds a reuse-only delivery waits for a connection in use to come free
 _MAX_LIFETIME = 300.0  # seconds a connection is reused at most (Postfix's reuse time limit)
@@ -44,6 +48,15 @@ class Relay:
     port: int
     tls: TlsPolicy
     credentials: Credentials | None
+
+
+class ConnectionCap(Protocol):
+    """The cluster-wide connection cap (`workers.rate_limits.Limiter`): blocking Redis calls,
+    which the agent runs in the event loop's executor."""
+
+    def connection_lease(self, destination: str) -> Granted | Throttled: ...
+
+    def release_lease(self, destination: str, lease: str) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +87,6 @@ class DeliveryReport:
     outcomes: tuple[Outcome, ...]
     resolution: StepRecord
     attempts: tuple[Attempt, ...]
-    lease_kept: bool = False  # the delivery's connection lease went with a parked connection
 
 
 class DeliveryAgent:
@@ -93,6 +105,7 @@ class DeliveryAgent:
         max_sessions: int = 2,
         max_recipients: int | None = None,
         pool: ConnectionPool | None = None,
+        cap: ConnectionCap | None = None,
     ) -> None:
         self._resolver = resolver
         self._mx_port = mx_port
@@ -104,9 +117,12 @@ class DeliveryAgent:
         self._max_sessions = max_sessions
         self._max_recipients = max_recipients
         self._pool = pool
+        self._cap = cap
+        if pool is not None and cap is not None:
+            pool.release = cap.release_lease  # a closed connection's lease goes back to Redis
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> DeliveryAgent:
+    def from_settings(cls, settings: Settings, cap: ConnectionCap | None = None) -> DeliveryAgent:
         """Build the agent a worker process uses, from validated settings."""
         relay = None
         if settings.delivery is DeliveryMode.RELAY:
@@ -152,6 +168,7 @@ class DeliveryAgent:
             )
             if settings.connection_reuse
             else None,
+            cap=cap,
         )
 
     @property
@@ -171,57 +188,68 @@ class DeliveryAgent:
         recipients: Sequence[str],
         *,
         probe: bool = False,
-        lease: str | None = None,
-        reuse_only: bool = False,
     ) -> DeliveryReport:
         """Deliver `message` to `recipients`, all of `destination`; never raises for the network.
 
         Returns one outcome per recipient, in the order given. A `probe` stops each session
         after RCPT TO, so nothing is sent (`mailroom check`). With `max_recipients` (a relay
         profile's limit), the recipients are sent in that many per message, one after another.
-
-        `lease` is the delivery's connection-cap lease: a connection opened under it and then
-        parked keeps it (`lease_kept`). `reuse_only` (the cap is full, but connections to this
-        destination are parked here) runs on a parked connection or not at all.
         """
         unique = list(dict.fromkeys(recipients))
         size = self._max_recipients or len(unique) or 1
-        parts: list[DeliveryReport] = []
-        for start in range(0, len(unique), size) if unique else [0]:
-            chunk = unique[start : start + size]
-            kept = any(part.lease_kept for part in parts)
-            parts.append(
-                await self._deliver(
-                    message, destination, chunk, probe, None if kept else lease, reuse_only
-                )
-            )
+        parts = [
+            await self._deliver(message, destination, unique[start : start + size], probe)
+            for start in range(0, len(unique), size)
+        ] or [await self._deliver(message, destination, [], probe)]
         outcomes = {o.recipient: o for part in parts for o in part.outcomes}
         return DeliveryReport(
             destination,
             tuple(outcomes[recipient] for recipient in recipients),
             parts[0].resolution,
             tuple(attempt for part in parts for attempt in part.attempts),
-            any(part.lease_kept for part in parts),
         )
 
     async def _deliver(
+        self, message: OutboundMessage, destination: str, recipients: list[str], probe: bool
+    ) -> DeliveryReport:
+        """A connection to use first: one parked for `destination`, else a new one under the
+        cap's lease, else (cap full) the first of this worker's to come free."""
+        deadline = asyncio.get_running_loop().time() + self._timeouts.session
+        pool = None if probe else self._pool
+        handover = None if pool is None else pool.take_parked(destination)
+        lease = None
+        if handover is None and self._cap is not None and not probe:
+            granted = await _blocking(self._cap.connection_lease, destination)
+            if isinstance(granted, Granted):
+                lease = granted.lease
+            else:
+                handover = None if pool is None else await pool.take_any(destination, _WAIT)
+                if handover is None:
+                    return _cap_full(destination, recipients, granted.retry_after)
+        if handover is not None:
+            return await self._on_handover(handover, message, destination, recipients, deadline)
+        report, kept = await self._walk(message, destination, recipients, probe, deadline, lease)
+        if lease is not None and not kept and self._cap is not None:
+            await _blocking(self._cap.release_lease, destination, lease)
+        return report
+
+    async def _walk(
         self,
         message: OutboundMessage,
         destination: str,
         recipients: list[str],
         probe: bool,
+        deadline: float,
         lease: str | None,
-        reuse_only: bool,
-    ) -> DeliveryReport:
-        deadline = asyncio.get_running_loop().time() + self._timeouts.session
-        if reuse_only:
-            return await self._on_parked(message, destination, recipients, deadline)
+    ) -> tuple[DeliveryReport, bool]:
+        """Resolve and try the servers in order; also says whether a parked connection kept
+        `lease`."""
         started = time.perf_counter()
         targets = await self._targets(destination)
         resolution = _resolution_record(destination, targets, started)
         if isinstance(targets, Reply):
             outcomes = tuple(classify(recipient, targets) for recipient in recipients)
-            return DeliveryReport(destination, outcomes, resolution, ())
+            return DeliveryReport(destination, outcomes, resolution, ()), False
         last: dict[str, Reply] = {}
         pending = list(dict.fromkeys(recipients))
         attempts: list[Attempt] = []
@@ -246,23 +274,19 @@ class DeliveryAgent:
             last.update(result.replies)
             pending = [recipient for recipient in pending if try_next_host(last[recipient])]
         outcomes = tuple(classify(r, last.get(r) or _untried()) for r in recipients)
-        return DeliveryReport(destination, outcomes, resolution, tuple(attempts), kept)
+        return DeliveryReport(destination, outcomes, resolution, tuple(attempts)), kept
 
-    async def _on_parked(
-        self, message: OutboundMessage, destination: str, recipients: list[str], deadline: float
+    async def _on_handover(
+        self,
+        handover: Handover,
+        message: OutboundMessage,
+        destination: str,
+        recipients: list[str],
+        deadline: float,
     ) -> DeliveryReport:
-        """One session on a connection parked for `destination`, or a gate deferral."""
-        taken = None if self._pool is None else await self._pool.take_any(destination, _WAIT)
-        if taken is None:
-            reply = Reply(
-                Code.LOCAL_ERROR,
-                "4.4.5",
-                f"throttled by Mailroom: connections limit of {destination}, none free",
-                Step.GATE,
-            )
-            waiting: tuple[Outcome, ...] = tuple(Deferred(r, reply, _WAIT) for r in recipients)
-            return DeliveryReport(destination, waiting, StepRecord("gate", reply, 0.0), ())
-        key, connection = taken
+        """One session on a connection that came free (or under the lease of one that closed,
+        to the same server)."""
+        key = handover.key
         attempts: list[Attempt] = []
         result = await self._converse(
             Server(destination, key.host, key.address, key.port),
@@ -272,12 +296,15 @@ class DeliveryAgent:
             attempts,
             False,
             None,
-            connection,
+            handover.connection,
+            handover.lease,
         )
         outcomes = tuple(classify(r, result.replies.get(r) or _untried()) for r in recipients)
         resolution = StepRecord(
             "resolve",
-            Reply(Code.OK, "2.0.0", f"{destination} -> open connection", Step.RESOLVE_MX),
+            Reply(
+                Code.OK, "2.0.0", f"{destination} -> {key.host} (open connection)", Step.RESOLVE_MX
+            ),
             0.0,
         )
         return DeliveryReport(destination, outcomes, resolution, tuple(attempts))
@@ -302,6 +329,7 @@ class DeliveryAgent:
         probe: bool,
         lease: str | None,
         connection: Connection | None = None,
+        inherited: str | None = None,
     ) -> SessionResult:
         """One conversation (appended to `attempts`), then a plaintext one if opportunistic
         TLS failed on it; returns the last."""
@@ -326,11 +354,30 @@ class DeliveryAgent:
                 destination=server.destination,
                 lease=lease,
                 connection=connection,
+                inherited_lease=inherited,
             )
             attempts.append(Attempt(at, host, address, result.steps))
             if not result.tls_failed or policy is None:
                 return result
-            policy, connection = None, None
+            policy, connection, inherited = None, None, None
+
+
+async def _blocking(call: Callable[..., T], *args: Any) -> T:
+    """Run a blocking (Redis) call off the event loop."""
+    return await asyncio.get_running_loop().run_in_executor(None, call, *args)
+
+
+def _cap_full(destination: str, recipients: list[str], retry_after: float) -> DeliveryReport:
+    """A gate deferral (no attempt): the cap is full and none of this worker's connections to
+    `destination` came free in time."""
+    reply = Reply(
+        Code.LOCAL_ERROR,
+        "4.4.5",
+        f"throttled by Mailroom: connections limit of {destination}, none free",
+        Step.GATE,
+    )
+    waiting: tuple[Outcome, ...] = tuple(Deferred(r, reply, retry_after) for r in recipients)
+    return DeliveryReport(destination, waiting, StepRecord("gate", reply, 0.0), ())
 
 
 def _path(path: Path | None) -> str | None:

@@ -13,6 +13,7 @@ Key: `mailroom:lease:{message_id}|{destination}` → holder token, with PX expir
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 
 import redis
 
@@ -48,6 +49,16 @@ class Leases:
         token = uuid.uuid4().hex
         taken = self._redis.set(_key(message_id, destination), token, nx=True, px=self._ttl_ms)
         return token if taken else None
+
+    def take_many(self, deliveries: Sequence[tuple[str, str]]) -> list[str | None]:
+        """`take` for many (message_id, destination) pairs in one round trip."""
+        pipe = self._redis.pipeline(transaction=False)
+        tokens = [uuid.uuid4().hex for _ in deliveries]
+        for (message_id, destination), token in zip(deliveries, tokens, strict=True):
+            pipe.set(_key(message_id, destination), token, nx=True, px=self._ttl_ms)
+        return [
+            token if taken else None for token, taken in zip(tokens, pipe.execute(), strict=True)
+        ]
 
     def remaining(self, message_id: str, destination: str) -> float:
         """Seconds until the current lease expires (0 when there is none)."""

@@ -18,10 +18,10 @@ Keys (times in microseconds of Redis TIME):
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import redis
 
@@ -93,6 +93,23 @@ if cap > 0 then
   local keep_ms = math.ceil(lease_us / 1000) + 1000
   if redis.call('PTTL', KEYS[1]) < keep_ms then redis.call('PEXPIRE', KEYS[1], keep_ms) end
 end
+return {1, 0, ''}
+"""
+
+# KEYS: conn zset. ARGV: cap, token, lease ttl µs. A connection lease alone (no rate slot), for a
+# connection opened for deliveries that already passed the rate gate. Returns as _ACQUIRE does.
+_CONNECT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local lease_us = tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.0f', now))
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then
+  local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  return {0, tonumber(first[2]) - now, 'connections'}
+end
+redis.call('ZADD', KEYS[1], string.format('%.0f', now + lease_us), ARGV[2])
+local keep_ms = math.ceil(lease_us / 1000) + 1000
+if redis.call('PTTL', KEYS[1]) < keep_ms then redis.call('PEXPIRE', KEYS[1], keep_ms) end
 return {1, 0, ''}
 """
 
@@ -186,6 +203,7 @@ class Limiter:
         self._tolerance_us = _micros(reservation_tolerance)
         self._grace_ms = int(reservation_grace * 1000)
         self._acquire = client.register_script(_ACQUIRE)
+        self._connect = client.register_script(_CONNECT)
         self._penalize = client.register_script(_PENALIZE)
 
     def acquire(
@@ -199,33 +217,60 @@ class Limiter:
         `connection=False` asks for a rate slot only, for a delivery that will use a connection
         already open (and already holding its lease).
         """
+        [answer] = self.acquire_many([(destination, delivery_key)], connection=connection)
+        return answer
+
+    def acquire_many(
+        self, requests: Sequence[tuple[str, str]], *, connection: bool = True
+    ) -> list[Granted | Throttled]:
+        """`acquire` for many (destination, delivery_key) pairs, decided in order, in one round
+        trip (each decision is still one atomic script run)."""
+        if not requests:
+            return []
+        pipe = self._redis.pipeline(transaction=False)
+        asked = []
+        for destination, delivery_key in requests:
+            name = destination.lower()
+            rate = _lookup(self._rates, name)
+            cap = (_lookup(self._connections, name) or 0) if connection else 0
+            token = uuid.uuid4().hex
+            keys = [
+                f"mailroom:rate:conn:{name}",
+                f"mailroom:rate:tat:{name}",
+                f"mailroom:rate:slow:{name}",
+                f"mailroom:rate:resv:{name}:{delivery_key}",
+            ]
+            args: list[int | str] = [
+                cap,
+                token,
+                self._lease_us,
+                0 if rate is None else _micros(rate.interval),
+                self._ahead_us,
+                self._tolerance_us,
+                self._grace_ms,
+            ]
+            self._acquire(keys=keys, args=args, client=pipe)
+            asked.append((cap, token))
+        return [
+            _answer(reply, cap, token)
+            for reply, (cap, token) in zip(pipe.execute(), asked, strict=True)
+        ]
+
+    def connection_lease(self, destination: str) -> Granted | Throttled:
+        """A lease for one new connection to `destination` under its cap, with no rate slot.
+
+        `Granted(None)` when the destination has no cap; give a lease back with
+        `release_lease` once its connection is closed.
+        """
         name = destination.lower()
-        rate = _lookup(self._rates, name)
-        cap = (_lookup(self._connections, name) or 0) if connection else 0
+        cap = _lookup(self._connections, name) or 0
+        if not cap:
+            return Granted(None)
         token = uuid.uuid4().hex
-        keys = [
-            f"mailroom:rate:conn:{name}",
-            f"mailroom:rate:tat:{name}",
-            f"mailroom:rate:slow:{name}",
-            f"mailroom:rate:resv:{name}:{delivery_key}",
-        ]
-        args: list[int | str] = [
-            cap,
-            token,
-            self._lease_us,
-            0 if rate is None else _micros(rate.interval),
-            self._ahead_us,
-            self._tolerance_us,
-            self._grace_ms,
-        ]
-        granted, wait_us, reason = self._acquire(keys=keys, args=args)
-        if int(granted):
-            return Granted(token if cap else None)
-        wait = int(wait_us) / _MICROS
-        if _text(reason) == ThrottleReason.CONNECTIONS:
-            retry = min(max(wait, _CONNECTION_RETRY_MIN), _CONNECTION_RETRY_MAX)
-            return Throttled(retry, ThrottleReason.CONNECTIONS)
-        return Throttled(wait, ThrottleReason.RATE)
+        reply = self._connect(
+            keys=[f"mailroom:rate:conn:{name}"], args=[cap, token, self._lease_us]
+        )
+        return _answer(reply, cap, token)
 
     def release(self, destination: str, granted: Granted) -> None:
         """Give back the connection lease of a finished session (nothing to do when uncapped)."""
@@ -247,6 +292,17 @@ class Limiter:
         keys = [f"mailroom:rate:slow:{name}", f"mailroom:rate:tat:{name}"]
         interval_ms = self._penalize(keys=keys, args=[first, most, self._slowdown_ttl_ms])
         return int(interval_ms) / 1000
+
+
+def _answer(reply: Sequence[Any], cap: int, token: str) -> Granted | Throttled:
+    granted, wait_us, reason = reply
+    if int(granted):
+        return Granted(token if cap else None)
+    wait = int(wait_us) / _MICROS
+    if _text(reason) == ThrottleReason.CONNECTIONS:
+        retry = min(max(wait, _CONNECTION_RETRY_MIN), _CONNECTION_RETRY_MAX)
+        return Throttled(retry, ThrottleReason.CONNECTIONS)
+    return Throttled(wait, ThrottleReason.RATE)
 
 
 def _lookup(table: Mapping[str, _V], destination: str) -> _V | None:

@@ -102,6 +102,7 @@ async def run_session(
     destination: str = "",
     lease: str | None = None,
     connection: Connection | None = None,
+    inherited_lease: str | None = None,
 ) -> SessionResult:
     """Run one SMTP session with `host` at `address`, returning every recipient's final reply.
 
@@ -111,7 +112,8 @@ async def run_session(
     DATA; `mailroom check`), so each accepted recipient's reply is its RCPT reply. With `pool`,
     a parked connection is reused and a healthy one parked afterwards (never for a probe); a
     connection opened here takes over `lease` (the delivery's connection-cap lease) while it is
-    parked, and `kept_lease` says so. `connection` is one the caller already took from `pool`.
+    parked, and `kept_lease` says so. `connection` is one the caller already took from `pool`;
+    `inherited_lease`, one a closed connection left to this delivery, for the connection it opens.
     """
     key = PoolKey(
         destination,
@@ -124,6 +126,7 @@ async def run_session(
     reuse = None if probe else pool
     conversation = _Conversation(host, address, message, recipients, helo, timeouts)
     conversation.lease = lease
+    conversation.spare_lease = inherited_lease
     conversation.pool = reuse
     conversation.key = key
     try:
@@ -292,8 +295,7 @@ class _Conversation:
         )
         opened = asyncio.get_running_loop().time()
         self.connection = Connection(smtp, None, tls_active=False, opened=opened)
-        if self.pool is not None and self.key is not None:
-            self.pool.register(self.key, self.connection)
+        if self.pool is not None:
             # The connection holds a cap lease for as long as it is open or parked: the
             # delivery's own, or the one of the parked connection it replaces.
             if self.lease is not None:

@@ -175,16 +175,58 @@ return requeued
 """
 
 
-# KEYS: msg. Marks an existing record only, so an expired one is not brought back without a TTL.
+# KEYS: msg, rcpt, dlv, attempts of each message. ARGV: ttl, created, then per message: sender,
+# n, n pairs (address, recipient JSON), m, m pairs (destination, delivery JSON). HSET takes the
+# pairs 500 at a time: Lua's unpack has a stack limit of a few thousand values.
+_CREATE = """
+local function hset_pairs(key, first, count)
+  for done = 0, count - 1, 500 do
+    local last = math.min(count, done + 500)
+    redis.call('HSET', key, unpack(ARGV, first + 2 * done, first + 2 * last - 1))
+  end
+end
+local at = 3
+for i = 1, #KEYS, 4 do
+  local msg, rcpt, dlv = KEYS[i], KEYS[i + 1], KEYS[i + 2]
+  redis.call('DEL', msg, rcpt, dlv, KEYS[i + 3])
+  redis.call('HSET', msg, 'created', ARGV[2], 'sender', ARGV[at])
+  local n = tonumber(ARGV[at + 1])
+  hset_pairs(rcpt, at + 2, n)
+  at = at + 2 + 2 * n
+  local m = tonumber(ARGV[at])
+  hset_pairs(dlv, at + 1, m)
+  at = at + 1 + 2 * m
+  redis.call('EXPIRE', msg, ARGV[1])
+  redis.call('EXPIRE', rcpt, ARGV[1])
+  redis.call('EXPIRE', dlv, ARGV[1])
+end
+return #KEYS / 4
+"""
+
+# KEYS: the msg key of each message. Marks existing records only, so an expired one is not
+# brought back without a TTL. Returns how many were marked.
 _MARK_ENQUEUED = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], 'enqueued', '1')
-return 1
+local marked = 0
+for _, key in ipairs(KEYS) do
+  if redis.call('EXISTS', key) == 1 then
+    redis.call('HSET', key, 'enqueued', '1')
+    marked = marked + 1
+  end
+end
+return marked
 """
 
 
 def _dumps(value: object) -> str:
     return json.dumps(value, separators=(",", ":"))
+
+
+def _queued_record(destination: str) -> str:
+    """A new recipient's JSON: `_dumps` of the record `create` writes, from a template."""
+    return (
+        '{"destination":' + _dumps(destination) + ',"state":"queued",'
+        '"code":null,"enhanced":"","reply":""}'
+    )
 
 
 def _text(value: bytes | str) -> str:
@@ -202,6 +244,7 @@ class StatusStore:
         self._record = redis.register_script(_RECORD)
         self._requeue = redis.register_script(_REQUEUE)
         self._mark_enqueued = redis.register_script(_MARK_ENQUEUED)
+        self._create = redis.register_script(_CREATE)
 
     @staticmethod
     def _keys(message_id: str) -> list[str]:
@@ -227,40 +270,46 @@ class StatusStore:
 
         :raises ValueError: no recipients, or `now` not finite.
         """
-        if not recipients:
-            raise ValueError("a message needs at least one recipient")
+        self.create_many([(message_id, sender, recipients)], now, pipe=pipe)
+
+    def create_many(
+        self,
+        messages: Sequence[tuple[str, str, Mapping[str, str]]],
+        now: float,
+        pipe: Pipeline | None = None,
+    ) -> None:
+        """`create` for many (message id, sender, recipients) at once: one script call.
+
+        Any record already under one of the ids is replaced. With `pipe`, the call is queued on
+        the caller's pipeline (one MULTI can then hold the content too).
+
+        :raises ValueError: a message without recipients, or `now` not finite.
+        """
         if not math.isfinite(now):
             raise ValueError(f"now must be finite, got {now}")
-        msg, rcpt, dlv, _ = keys = self._keys(message_id)
-        target = self._redis.pipeline(transaction=True) if pipe is None else pipe
-        target.delete(*keys)
-        target.hset(msg, mapping={"created": repr(now), "sender": sender})
-        target.hset(
-            rcpt,
-            mapping={
-                address: _dumps(
-                    {
-                        "destination": destination,
-                        "state": RecipientState.QUEUED.value,
-                        "code": None,
-                        "enhanced": "",
-                        "reply": "",
-                    }
-                )
-                for address, destination in recipients.items()
-            },
-        )
-        target.hset(
-            dlv,
-            mapping={
-                destination: _dumps({"attempt": 1, "first_queued": now})
-                for destination in set(recipients.values())
-            },
-        )
-        for key in (msg, rcpt, dlv):
-            target.expire(key, self._ttl)
-        if pipe is None:
-            target.execute()
+        if not messages:
+            return
+        # The JSON is written from templates: json.dumps per recipient was most of the cost.
+        # The bytes are what _dumps writes ("attempt" must stay compact: _RECORD edits it).
+        delivery = '{"attempt":1,"first_queued":' + _dumps(now) + "}"
+        queued: dict[str, str] = {}
+        keys: list[str] = []
+        args: list[str | int] = [self._ttl, repr(now)]
+        for message_id, sender, recipients in messages:
+            if not recipients:
+                raise ValueError("a message needs at least one recipient")
+            keys += self._keys(message_id)
+            args += [sender, len(recipients)]
+            for address, destination in recipients.items():
+                record = queued.get(destination)
+                if record is None:
+                    record = queued[destination] = _queued_record(destination)
+                args += [address, record]
+            destinations = dict.fromkeys(recipients.values())
+            args.append(len(destinations))
+            for destination in destinations:
+                args += [destination, delivery]
+        self._create(keys=keys, args=args, client=pipe)
 
     def exists(self, message_id: str) -> bool:
         """Whether a status record exists (and has not expired) for `message_id`."""
@@ -268,11 +317,29 @@ class StatusStore:
 
     def mark_enqueued(self, message_id: str) -> bool:
         """Note that the message's deliveries are on their queues; False for an unknown id."""
-        return bool(self._mark_enqueued(keys=self._keys(message_id)[:1]))
+        return self.mark_all_enqueued([message_id]) == 1
+
+    def mark_all_enqueued(self, message_ids: Sequence[str]) -> int:
+        """`mark_enqueued` for many messages in one round trip; returns how many were known."""
+        if not message_ids:
+            return 0
+        keys = [self._keys(message_id)[0] for message_id in message_ids]
+        return int(self._mark_enqueued(keys=keys))
 
     def is_enqueued(self, message_id: str) -> bool:
         """Whether `mark_enqueued` was called for this (existing) message."""
         return self._redis.hget(self._keys(message_id)[0], "enqueued") in (b"1", "1")
+
+    def progress(self, message_ids: Sequence[str]) -> list[bool | None]:
+        """Where each message stands, in one round trip: None, no status record; else whether
+        `mark_enqueued` was called for it."""
+        with self._redis.pipeline(transaction=False) as pipe:
+            for message_id in message_ids:
+                pipe.hmget(self._keys(message_id)[0], ["created", "enqueued"])
+            replies = pipe.execute()
+        return [
+            None if created is None else enqueued in (b"1", "1") for created, enqueued in replies
+        ]
 
     def _recipients(self, message_id: str) -> dict[str, dict[str, Any]]:
         entries = self._redis.hgetall(self._keys(message_id)[1])
@@ -286,6 +353,32 @@ class StatusStore:
             for address, record in self._recipients(message_id).items()
             if record["destination"] == destination and record["state"] in waiting
         )
+
+    def claims(
+        self, deliveries: Sequence[tuple[str, str]]
+    ) -> list[tuple[DeliveryState | None, list[str]]]:
+        """`delivery` and `pending` of many (message_id, destination) pairs in one round trip."""
+        pipe = self._redis.pipeline(transaction=False)
+        for message_id, destination in deliveries:
+            keys = self._keys(message_id)
+            pipe.hget(keys[2], destination)
+            pipe.hgetall(keys[1])
+        replies = pipe.execute()
+        waiting = {RecipientState.QUEUED, RecipientState.DEFERRED}
+        claimed = []
+        for index, (_, destination) in enumerate(deliveries):
+            schedule, entries = replies[2 * index], replies[2 * index + 1]
+            state = None
+            if schedule is not None:
+                record = json.loads(schedule)
+                state = DeliveryState(int(record["attempt"]), float(record["first_queued"]))
+            pending = []
+            for address, value in entries.items():
+                recipient = json.loads(value)
+                if recipient["destination"] == destination and recipient["state"] in waiting:
+                    pending.append(_text(address))
+            claimed.append((state, sorted(pending)))
+        return claimed
 
     def delivery(self, message_id: str, destination: str) -> DeliveryState | None:
         """The schedule of one delivery, or None when the message or destination is unknown."""

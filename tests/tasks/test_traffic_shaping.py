@@ -254,8 +254,11 @@ def test_a_connection_cap_holds_cluster_wide_and_is_used_in_full(
     assert sink.wait_until(lambda: all(s.closed for s in sink.sessions))
     assert sink.peak_concurrent_sessions() == 2
     assert [attempts(cluster, i) for i in ids] == [1] * 12
+    # Every lease went back when its connection closed (idle connections get QUIT).
     assert cluster.client.zcard(CONNECTIONS_KEY) == 0
-    assert all(worker.delivered(LIMITED) for worker in workers)
+    # Whichever worker holds the two connections may carry every message over them (reuse);
+    # the other waits for one to come free, and neither ever opens a third.
+    assert sum(worker.delivered(LIMITED) for worker in workers) == 12
 
 
 def test_a_killed_workers_connection_lease_is_freed_after_its_ttl(
