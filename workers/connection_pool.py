@@ -31,7 +31,11 @@ from dataclasses import dataclass, field
 from aiosmtplib import SMTP
 from aiosmtplib.errors import SMTPException
 
+from workers.rate_limits import Granted, Throttled
+
 _QUIT_TIMEOUT = 2.0  # a parked connection's QUIT is a courtesy: never wait long for it
+_POLL_MIN = 0.05  # seconds between a waiting worker's asks for a connection lease
+_POLL_MAX = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +87,7 @@ class Connection:
 class Handover:
     """What a waiting delivery gets: a connection to use, or a lease to open one under."""
 
-    key: PoolKey
+    key: PoolKey | None  # the connection's; None with a lease from the cap (any server)
     connection: Connection | None
     lease: str | None
 
@@ -98,6 +102,7 @@ class ConnectionPool:
         idle_timeout: float,
         max_lifetime: float = 60.0,
         release: Callable[[str, str], None] | None = None,
+        acquire: Callable[[str], Granted | Throttled] | None = None,
     ) -> None:
         """`release(destination, lease)` gives back a closed connection's lease (blocking I/O:
         it runs in the loop's default executor)."""
@@ -105,6 +110,8 @@ class ConnectionPool:
         self._idle_timeout = idle_timeout
         self._max_lifetime = max_lifetime
         self.release = release
+        self.acquire = acquire
+        self._pollers: dict[str, asyncio.Task[None]] = {}
         self._idle: dict[PoolKey, list[tuple[Connection, asyncio.TimerHandle]]] = defaultdict(list)
         self._waiters: dict[str, list[asyncio.Future[Handover]]] = defaultdict(list)
         self._closing: set[asyncio.Future[None]] = set()
@@ -125,6 +132,10 @@ class ConnectionPool:
             self._retire(key, connection)
         return None
 
+    def waiting(self, destination: str) -> int:
+        """How many deliveries wait for a connection to `destination` to come free."""
+        return len(self._waiters.get(destination, ()))
+
     def take_parked(self, destination: str) -> Handover | None:
         """A parked connection to any server of `destination`, or None."""
         self._check_loop()
@@ -143,6 +154,7 @@ class ConnectionPool:
             return parked
         waiter: asyncio.Future[Handover] = asyncio.get_running_loop().create_future()
         self._waiters[destination].append(waiter)
+        self._ensure_poller(destination)
         try:
             async with asyncio.timeout(wait):
                 return await waiter
@@ -169,12 +181,8 @@ class ConnectionPool:
         ):
             return False
         connection.reused = True
-        waiters = self._waiters.get(key.destination)
-        while waiters:
-            waiter = waiters.pop(0)
-            if not waiter.done():
-                waiter.set_result(Handover(key, connection, None))  # straight to a waiter
-                return True
+        if self._hand(key.destination, Handover(key, connection, None)):
+            return True  # straight to a waiting delivery
         expiry = loop.call_later(self._idle_timeout, self._expire, key, connection)
         self._idle[key].append((connection, expiry))
         return True
@@ -192,6 +200,8 @@ class ConnectionPool:
 
     async def close(self) -> None:
         """QUIT every parked connection (worker shutdown); waits for the QUITs under way."""
+        for poller in list(self._pollers.values()):
+            poller.cancel()
         for key, parked in self._idle.items():
             for connection, expiry in parked:
                 expiry.cancel()
@@ -219,17 +229,43 @@ class ConnectionPool:
         self._give_back(key, connection)
 
     def give_back_lease(self, key: PoolKey, lease: str) -> None:
-        """A lease no open connection holds any more: to a delivery waiting for a connection
-        to this destination (it opens a new one under it), else back to Redis."""
-        waiters = self._waiters.get(key.destination)
-        while waiters:
-            waiter = waiters.pop(0)
-            if not waiter.done():
-                waiter.set_result(Handover(key, None, lease))
-                return
+        """Release a lease no open connection holds any more, to Redis: every worker's waiting
+        deliveries compete for it there (a local hand-over would starve other workers)."""
         if self.release is not None:
             loop = asyncio.get_running_loop()
             self._track(loop.run_in_executor(None, self.release, key.destination, lease))
+
+    def _hand(self, destination: str, handover: Handover) -> bool:
+        """Give `handover` to the longest-waiting delivery for `destination`, if any."""
+        waiters = self._waiters.get(destination)
+        while waiters:
+            waiter = waiters.pop(0)
+            if not waiter.done():
+                waiter.set_result(handover)
+                return True
+        return False
+
+    def _ensure_poller(self, destination: str) -> None:
+        if self.acquire is None or destination in self._pollers:
+            return
+        task = asyncio.get_running_loop().create_task(self._poll(destination))
+        self._pollers[destination] = task
+        task.add_done_callback(lambda _: self._pollers.pop(destination, None))
+
+    async def _poll(self, destination: str) -> None:
+        """While deliveries wait for `destination`, ask the cap for a new connection's lease
+        (one asker per destination and worker, however many wait) and hand it to the first."""
+        assert self.acquire is not None
+        loop = asyncio.get_running_loop()
+        while self.waiting(destination):
+            granted = await loop.run_in_executor(None, self.acquire, destination)
+            if isinstance(granted, Throttled):
+                await asyncio.sleep(min(max(granted.retry_after, _POLL_MIN), _POLL_MAX))
+                continue
+            if not self._hand(destination, Handover(None, None, granted.lease)):
+                if granted.lease is not None and self.release is not None:
+                    await loop.run_in_executor(None, self.release, destination, granted.lease)
+                return
 
     def _give_back(self, key: PoolKey, connection: Connection) -> None:
         lease, connection.lease = connection.lease, None

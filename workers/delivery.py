@@ -36,7 +36,8 @@ from workers.tls_policy import TlsPolicy, opportunistic_policy, relay_policy
 
 T = TypeVar("T")
 
-_WAIT = 2.0  # seconds a reuse-only delivery waits for a connection in use to come free
+_WAIT = 30.0  # seconds a delivery waits for a connection when the cap is full
+_RETRY = 1.0  # seconds before a delivery that found no connection is tried again
 _MAX_LIFETIME = 300.0  # seconds a connection is reused at most (Postfix's reuse time limit)
 
 
@@ -120,6 +121,7 @@ class DeliveryAgent:
         self._cap = cap
         if pool is not None and cap is not None:
             pool.release = cap.release_lease  # a closed connection's lease goes back to Redis
+            pool.acquire = cap.connection_lease  # asked while deliveries wait for a connection
 
     @classmethod
     def from_settings(cls, settings: Settings, cap: ConnectionCap | None = None) -> DeliveryAgent:
@@ -219,15 +221,24 @@ class DeliveryAgent:
         handover = None if pool is None else pool.take_parked(destination)
         lease = None
         if handover is None and self._cap is not None and not probe:
-            granted = await _blocking(self._cap.connection_lease, destination)
+            # Others already wait here: the cap is full, so queue behind them without asking.
+            queued = pool is not None and pool.waiting(destination) > 0
+            granted = None if queued else await _blocking(self._cap.connection_lease, destination)
             if isinstance(granted, Granted):
                 lease = granted.lease
             else:
-                handover = None if pool is None else await pool.take_any(destination, _WAIT)
+                # In-process waiting costs a future; a deferral costs a trip through Redis.
+                # Half the session deadline at most: the other half is the session's own.
+                wait = min(_WAIT, (deadline - asyncio.get_running_loop().time()) / 2)
+                if pool is not None and wait > 0:
+                    handover = await pool.take_any(destination, wait)
                 if handover is None:
-                    return _cap_full(destination, recipients, granted.retry_after)
-        if handover is not None:
+                    retry = granted.retry_after if granted is not None else _RETRY
+                    return _cap_full(destination, recipients, retry)
+        if handover is not None and handover.connection is not None:
             return await self._on_handover(handover, message, destination, recipients, deadline)
+        if handover is not None:
+            lease = handover.lease  # the cap's, asked for by the pool while this one waited
         report, kept = await self._walk(message, destination, recipients, probe, deadline, lease)
         if lease is not None and not kept and self._cap is not None:
             await _blocking(self._cap.release_lease, destination, lease)
@@ -287,6 +298,7 @@ class DeliveryAgent:
         """One session on a connection that came free (or under the lease of one that closed,
         to the same server)."""
         key = handover.key
+        assert key is not None  # a handed-over connection always has its key
         attempts: list[Attempt] = []
         result = await self._converse(
             Server(destination, key.host, key.address, key.port),
