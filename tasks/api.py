@@ -7,20 +7,31 @@ once (claim check); delivery tasks carry `[message_id, destination, attempt]` on
 the destination's shard, many deliveries per task (Celery's own cost per task would otherwise cap
 throughput).
 
+Writes go in this order, for every notification of a call, so that a crash at any point leaves
+nothing a retry cannot finish: content and status record (one MULTI, so both or neither), then
+the delivery tasks, then the `enqueued` mark. Each step is one round trip for up to SLICE
+notifications, not one per notification: the MULTI holds the whole slice (split above
+_STORE_BYTES), the tasks are Celery's own messages published in one pipeline (kombu's
+`Producer.batch`), and one script marks them all.
+
 Idempotency: `mailroom:idem:{sha256(key)}` → message id for IDEMPOTENCY_TTL seconds. The key is
-taken first (SET NX), so two producers racing with one key get one message; the message is
-marked `enqueued` last, so a producer that crashed in between and retries with the same key gets
-the message enqueued again (delivery is idempotent per recipient).
+taken first (SET NX, read back in the same pipeline), so two producers racing with one key get
+one message; the message is marked `enqueued` last, so a producer that crashed in between and
+retries with the same key gets the message enqueued again (delivery is idempotent per
+recipient), stored first if the crash came before the content was. A key given twice in one call
+gives the first notification's id to both.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -38,6 +49,17 @@ from workers.envelope import OutboundMessage
 from workers.status import StatusStore
 
 MAX_BATCH = 100  # deliveries per mailroom.deliver task
+SLICE = 1000  # notifications per round of writes (a multiple of MAX_BATCH: no part-filled tasks)
+_STORE_BYTES = 16 * 1024 * 1024  # message bytes per MULTI, beyond which a new one starts
+
+
+@dataclass(frozen=True, slots=True)
+class _Write:
+    """One message to put on its queues; `message` is None when it is stored already."""
+
+    message_id: str
+    message: OutboundMessage | None
+    destinations: dict[str, str]  # envelope recipient → destination
 
 
 class Mailroom:
@@ -69,27 +91,9 @@ class Mailroom:
         """
         prepared = [self._prepare(index, n) for index, n in enumerate(notifications)]
         ids: list[str] = []
-        items: list[tuple[str, str, int]] = []
-        enqueued: list[str] = []
-        for notification, fresh_id, message in prepared:
-            existing = self._claim_key(notification, fresh_id)
-            if existing is not None and self._status.is_enqueued(existing):
-                ids.append(existing)
-                continue
-            message_id = existing or fresh_id
-            destinations = self._destinations(notification)
-            if not self._status.exists(message_id):
-                # With an earlier id, the first producer of this key crashed before storing.
-                stored = (
-                    message if message_id == fresh_id else self._build(notification, message_id)
-                )
-                self._store(stored, destinations)
-            items += [(message_id, d, 1) for d in sorted(set(destinations.values()))]
-            ids.append(message_id)
-            enqueued.append(message_id)
-        self.enqueue(items)
-        for message_id in enqueued:
-            self._status.mark_enqueued(message_id)
+        settled: set[str] = set()  # ids this call has written, or found already enqueued
+        for start in range(0, len(prepared), SLICE):
+            ids += self._queue(prepared[start : start + SLICE], settled)
         return ids
 
     def submit(self, message: OutboundMessage, recipients: Iterable[str]) -> str:
@@ -103,16 +107,14 @@ class Mailroom:
         destinations = {address: destination_of(address, mode) for address in recipients}
         if not destinations:
             raise InvalidNotification("recipients: at least one is required")
-        self._store(message, destinations)
-        self.enqueue((message.message_id, d, 1) for d in sorted(set(destinations.values())))
-        self._status.mark_enqueued(message.message_id)
+        self._write([_Write(message.message_id, message, destinations)])
         return message.message_id
 
     def enqueue(self, items: Iterable[tuple[str, str, int]]) -> None:
         """Put deliveries on their shard queues (the sweeper and DLQ replay use this too)."""
         batches: dict[int, list[list[Any]]] = defaultdict(list)
         for message_id, destination, attempt in items:
-            batches[shard_of(destination, self._settings.shards)].append(
+            batches[_shard(destination, self._settings.shards)].append(
                 [message_id, destination, attempt]
             )
         self._enqueue(batches)
@@ -161,16 +163,57 @@ class Mailroom:
             max_bytes=self._settings.max_message_bytes,
         )
 
-    def _claim_key(self, notification: Notification, message_id: str) -> str | None:
-        """Take the idempotency key for `message_id`; returns the earlier id when it was taken."""
-        key = notification.idempotency_key
-        if key is None:
-            return None
-        name = "mailroom:idem:" + hashlib.sha256(key.encode()).hexdigest()
-        if self._redis.set(name, message_id, nx=True, ex=self._settings.idempotency_ttl):
-            return None
-        existing = self._redis.get(name)
-        return existing.decode() if isinstance(existing, bytes) else message_id
+    def _queue(
+        self, prepared: Sequence[tuple[Notification, str, OutboundMessage]], settled: set[str]
+    ) -> list[str]:
+        """Write one slice of prepared notifications; returns their ids in order."""
+        holders = self._claim_keys([(n.idempotency_key, fresh) for n, fresh, _ in prepared])
+        fresh_ids = {fresh for _, fresh, _ in prepared}
+        earlier = [
+            holder
+            for holder in dict.fromkeys(h for h in holders if h is not None)
+            if holder not in settled and holder not in fresh_ids
+        ]
+        progress = dict(zip(earlier, self._status.progress(earlier), strict=True))
+        ids: list[str] = []
+        writes: list[_Write] = []
+        for (notification, fresh_id, message), holder in zip(prepared, holders, strict=True):
+            message_id = fresh_id if holder is None else holder
+            if message_id not in settled and progress.get(message_id) is not True:
+                if message_id == fresh_id:
+                    stored: OutboundMessage | None = message
+                elif progress[message_id] is None:
+                    # The first producer of this key crashed before storing: store it now.
+                    stored = self._build(notification, message_id)
+                else:  # ... or after storing, before enqueueing: enqueue it now.
+                    stored = None
+                writes.append(_Write(message_id, stored, self._destinations(notification)))
+            settled.add(message_id)
+            ids.append(message_id)
+        self._write(writes)
+        return ids
+
+    def _claim_keys(self, claims: Sequence[tuple[str | None, str]]) -> list[str | None]:
+        """Take each (idempotency key, fresh id); per claim, the id that held the key before.
+
+        None for a claim without a key, or whose key was free (now taken for its fresh id).
+        """
+        holders: list[str | None] = [None] * len(claims)
+        keyed = [(index, key, fresh) for index, (key, fresh) in enumerate(claims) if key]
+        if not keyed:
+            return holders
+        ttl = self._settings.idempotency_ttl
+        with self._redis.pipeline(transaction=False) as pipe:
+            for _, key, fresh in keyed:
+                name = "mailroom:idem:" + hashlib.sha256(key.encode()).hexdigest()
+                pipe.set(name, fresh, nx=True, ex=ttl)
+                # Read back in the same pipeline: nothing but expiry replaces a key set NX.
+                pipe.get(name)
+            replies = pipe.execute()
+        for (index, _, fresh), holder in zip(keyed, replies[1::2], strict=True):
+            if isinstance(holder, bytes) and holder.decode() != fresh:
+                holders[index] = holder.decode()
+        return holders
 
     def _destinations(self, notification: Notification) -> dict[str, str]:
         mode = self._settings.delivery.value
@@ -178,21 +221,70 @@ class Mailroom:
             address: destination_of(address, mode) for address in notification.envelope_recipients()
         }
 
-    def _store(self, message: OutboundMessage, destinations: dict[str, str]) -> None:
-        """Content and status record in one transaction: both exist, or neither does."""
-        with self._redis.pipeline() as pipe:
-            self._content.put(message, pipe=pipe)
-            self._status.create(
-                message.message_id, message.sender, destinations, time.time(), pipe=pipe
-            )
-            pipe.execute()
+    def _write(self, writes: Sequence[_Write]) -> None:
+        """Store, enqueue, mark enqueued: each step for all `writes` before the next starts."""
+        if not writes:
+            return
+        self._store([write for write in writes if write.message is not None])
+        self.enqueue(
+            (write.message_id, destination, 1)
+            for write in writes
+            for destination in sorted(set(write.destinations.values()))
+        )
+        self._status.mark_all_enqueued([write.message_id for write in writes])
+
+    def _store(self, writes: Sequence[_Write]) -> None:
+        """Content and status records in one transaction: each message has both, or neither.
+
+        One script call for the contents and one for the records, in one MULTI, however many
+        messages; a new MULTI starts only past _STORE_BYTES of content.
+        """
+        now = time.time()
+        groups: list[list[OutboundMessage]] = [[]]
+        size = 0
+        for write in writes:
+            assert write.message is not None  # _write passes only messages to store
+            if groups[-1] and size + write.message.size > _STORE_BYTES:
+                groups.append([])
+                size = 0
+            groups[-1].append(write.message)
+            size += write.message.size
+        destinations = {write.message_id: write.destinations for write in writes}
+        with self._redis.pipeline(transaction=True) as pipe:
+            for messages in groups:
+                self._content.put_many(messages, pipe=pipe)
+                records = [(m.message_id, m.sender, destinations[m.message_id]) for m in messages]
+                self._status.create_many(records, now, pipe=pipe)
+                pipe.execute()
 
     def _enqueue(self, batches: Mapping[int, list[list[Any]]]) -> None:
-        for shard, items in sorted(batches.items()):
-            for start in range(0, len(items), MAX_BATCH):
-                self._app.send_task(
-                    DELIVER_TASK, args=[items[start : start + MAX_BATCH]], queue=shard_queue(shard)
-                )
+        """Publish the delivery tasks: Celery's own messages (so workers and Flower see normal
+        tasks), all written to Redis in one pipeline where kombu can batch."""
+        if not batches:
+            return
+        with self._app.producer_or_acquire() as producer, _publish_batch(producer):
+            for shard, items in sorted(batches.items()):
+                queue = shard_queue(shard)
+                for start in range(0, len(items), MAX_BATCH):
+                    self._app.send_task(
+                        DELIVER_TASK,
+                        args=[items[start : start + MAX_BATCH]],
+                        queue=queue,
+                        producer=producer,
+                    )
+
+
+def _publish_batch(producer: Any) -> contextlib.AbstractContextManager[Any]:
+    """kombu's `Producer.batch()` (kombu 5.7+): the Redis writes of every publish inside it go
+    in one pipeline when the block ends, and none if it raises; before 5.7, one at a time."""
+    batch = getattr(producer, "batch", None)
+    return batch() if batch is not None else contextlib.nullcontext()
+
+
+@functools.lru_cache(maxsize=4096)
+def _shard(destination: str, shards: int) -> int:
+    # Hashing a destination costs microseconds, and a bulk send repeats a few destinations.
+    return shard_of(destination, shards)
 
 
 @functools.cache

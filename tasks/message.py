@@ -1,24 +1,30 @@
 """Turn a valid Notification into the RFC 5322 / MIME bytes Mailroom stores and sends.
 
-The stdlib `email` package writes the message: Message-ID, Date, From, To, Cc (never Bcc),
-Subject, the producer's extra headers, and a text/plain, text/html or multipart/alternative body.
-Bodies are always 7-bit (quoted-printable or base64 when needed), so 8BITMIME is only needed
-when SMTPUTF8 is (RFC 6531 puts UTF-8 in the headers); lines end in CRLF and stay within 998
-octets. A message above `max_bytes` is refused, from a cheap lower bound before building when
-possible.
+The bytes are written here directly (the stdlib's `EmailMessage` costs some forty times the CPU,
+more than the SMTP session the message feeds; scripts/bench_message.py compares): Message-ID,
+Date, From, To, Cc (never Bcc), Subject, the producer's extra headers, MIME-Version, and a
+text/plain, text/html or multipart/alternative body.
+- Header fields fold at whitespace only (RFC 5322 §2.2.3), aiming at 78 characters a line and
+  never above 998 octets; text that is not ASCII, or looks like an RFC 2047 encoded word, or has a
+  word too long to fold, goes out as RFC 2047 "B" encoded words of whole UTF-8 characters.
+  Addresses keep IDNA A-labels, or UTF-8 when SMTPUTF8 is needed (RFC 6531: then, and only then,
+  the header block is UTF-8). A structured extra header that is not plain text (a Reply-To with a
+  non-ASCII name) is left to the stdlib's header classes: it is rare and their parse is exact.
+- Bodies are always 7-bit: as they are when ASCII with lines within 78 characters, otherwise
+  quoted-printable (lines of at most 76, RFC 2045 §6.7) or base64 when mostly non-ASCII. Line
+  breaks become CRLF; a body always ends with one. Dot-stuffing is the SMTP client's business.
+A message above `max_bytes` is refused, from a cheap lower bound before building when possible.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 import secrets
 from datetime import UTC, datetime
 from email import policy
-from email.header import Header
-from email.headerregistry import BaseHeader, HeaderRegistry
-from email.message import EmailMessage, MIMEPart
 from email.utils import format_datetime
-from typing import Any
 
 from tasks.notification import (
     LINE_LIMIT,
@@ -29,36 +35,24 @@ from tasks.notification import (
 )
 from workers.envelope import OutboundMessage, outbound
 
-
-class _HeaderClasses(HeaderRegistry):
-    """A HeaderRegistry that reuses its header classes.
-
-    The stdlib's creates a new class with `type()` on every lookup, a sizeable share of the
-    cost of a message; the class depends only on the registered parser, so one per parser does.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._classes: dict[type[Any], type[BaseHeader]] = {}
-
-    def __getitem__(self, name: str) -> type[BaseHeader]:
-        parser = self.registry.get(name.lower(), self.default_class)
-        cls = self._classes.get(parser)
-        if cls is None:
-            cls = self._classes.setdefault(parser, super().__getitem__(name))
-        return cls
-
-
-# cte_type="7bit" makes set_content pick quoted-printable or base64 for non-ASCII bodies;
-# refold_source="none" makes `set_raw` values go out exactly as folded here (see _fold).
-_HEADERS = _HeaderClasses()
-_ASCII_POLICY = policy.SMTP.clone(cte_type="7bit", refold_source="none", header_factory=_HEADERS)
+_ASCII_POLICY = policy.SMTP.clone(cte_type="7bit")  # for the stdlib fallback only
 _UTF8_POLICY = _ASCII_POLICY.clone(utf8=True)
 _FOLD_AT = 78  # RFC 5322 §2.1.1: lines SHOULD stay within 78 characters
 _WORD = re.compile(r"[^ \t]+")
 _CHUNK = re.compile(r"[ \t]*[^ \t]+")  # one word with the whitespace before it
 _ATEXT = r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]"  # RFC 5322 §3.2.3
 _DOT_ATOM_TEXT = re.compile(rf"{_ATEXT}+(?:\.{_ATEXT}+)*")
+_HIGH_BYTES = bytes(range(128, 256))
+# RFC 2047 §2: an encoded word is at most 75 characters; "=?utf-8?b?" and "?=" take 12 of them,
+# and base64 turns 3 octets into 4 characters.
+_EW_OVERHEAD = len("=?utf-8?b??=")
+_EW_OCTETS = (75 - _EW_OVERHEAD) // 4 * 3
+_FIRST_WORD_OCTETS = 6  # two octets more than the longest UTF-8 character
+# A quoted display name with a word longer than this is encoded instead, so that the word, with
+# "Name: " before it and "," after it, still fits within 998 octets.
+_PHRASE_WORD_LIMIT = 900
+_CONTENT_TYPE = {"plain": 'Content-Type: text/plain; charset="utf-8"\r\n'}
+_CONTENT_TYPE["html"] = 'Content-Type: text/html; charset="utf-8"\r\n'
 
 
 def build_message(
@@ -86,24 +80,26 @@ def build_message(
     _refuse_above(_lower_bound(notification), max_bytes, estimate=True)
 
     smtputf8 = notification.needs_smtputf8()
-    message = EmailMessage(policy=_UTF8_POLICY if smtputf8 else _ASCII_POLICY)
-    _set_header(message, "Message-ID", f"<{message_id}@{helo_domain}>", utf8=smtputf8)
-    _set_header(message, "Date", format_datetime(now), utf8=smtputf8)
-    _set_header(message, "From", _mailbox(notification.sender_mailbox), utf8=smtputf8)
+    fields = [
+        f"Message-ID: <{message_id}@{helo_domain}>",
+        f"Date: {format_datetime(now)}",
+        _field("From", _mailbox(notification.sender_mailbox), utf8=smtputf8),
+    ]
     to, cc = notification.to_mailboxes, notification.cc_mailboxes
     if to:
-        _set_header(message, "To", ", ".join(map(_mailbox, to)), utf8=smtputf8)
+        fields.append(_field("To", ", ".join(map(_mailbox, to)), utf8=smtputf8))
     elif not cc:
         # RFC 5322 §3.6.3: the usual stand-in when every recipient is blind.
-        _set_header(message, "To", "undisclosed-recipients:;", utf8=smtputf8)
+        fields.append("To: undisclosed-recipients:;")
     if cc:
-        _set_header(message, "Cc", ", ".join(map(_mailbox, cc)), utf8=smtputf8)
-    _set_header(message, "Subject", notification.subject, utf8=smtputf8)
+        fields.append(_field("Cc", ", ".join(map(_mailbox, cc)), utf8=smtputf8))
+    fields.append(_field("Subject", notification.subject, utf8=smtputf8))
     for name, value in notification.headers.items():
-        _set_header(message, name, value, utf8=smtputf8)
-    _set_body(message, notification.text, notification.html)
+        fields.append(_field(name, value, utf8=smtputf8))
+    fields.append("MIME-Version: 1.0\r\n")
+    head = "\r\n".join(fields).encode("utf-8" if smtputf8 else "ascii")
 
-    data = message.as_bytes()
+    data = head + _body(notification.text, notification.html)
     _refuse_above(len(data), max_bytes, estimate=False)
     return outbound(message_id, notification.envelope_sender(), data, smtputf8=smtputf8)
 
@@ -120,68 +116,50 @@ def _refuse_above(size: int, max_bytes: int, *, estimate: bool) -> None:
         raise InvalidNotification(f"message: {amount} bytes exceeds MAX_MESSAGE_BYTES {max_bytes}")
 
 
-def _set_header(message: EmailMessage, name: str, value: str, *, utf8: bool) -> None:
-    """Write one header, choosing the writer that keeps the value exactly as readers will see it.
+def _field(name: str, value: str, *, utf8: bool) -> str:
+    """One header field, folded, without its final CRLF; the writer keeps the value as read.
 
     - Text that folds at whitespace within 998 octets, ASCII (or UTF-8 in an address header of
-      an SMTPUTF8 message): as it is, with `set_raw`. The stdlib would parse it (most of the
-      build time) and RFC 2047-encode long words, which breaks headers such as
-      List-Unsubscribe whose URLs must stay literal.
-    - Other unstructured text (Subject, X-*): RFC 2047 encoded words throughout, via
-      `email.header.Header`. The stdlib's folder drops or adds the space between encoded words
-      it splits a long run into, and decodes text that merely looks like an encoded word.
+      an SMTPUTF8 message): as it is. Encoding it would break headers such as List-Unsubscribe
+      whose URLs must stay literal.
+    - Other unstructured text (Subject, X-*): RFC 2047 encoded words throughout. Encoding only
+      the non-ASCII words would make readers drop or keep the spaces between them by rules few
+      implement alike (RFC 2047 §6.2).
     - Other structured values (a producer's Reply-To with a non-ASCII name): the stdlib.
     """
     # Whitespace at either end of a field body means nothing to readers (parsers drop the
-    # leading run) and the stdlib folds a trailing run onto a line of its own, which RFC 5322
-    # §3.2.2 forbids; so it is dropped here.
+    # leading run), and a trailing run folded onto a line of its own is forbidden (RFC 5322
+    # §3.2.2); so it is dropped here.
     value = value.strip(" \t")
     structured = name.lower() in STRUCTURED_FIELDS
     plain = value.isascii() or (structured and utf8)
     if plain and (structured or not _looks_encoded(value)):
+        width = len(name) + 2
+        if width + len(value) <= _FOLD_AT:  # the common case: one short line
+            return f"{name}: {value}"
         longest = max((len(word.encode()) for word in _WORD.findall(value)), default=0)
-        if len(name) + 2 + longest <= LINE_LIMIT:
-            message.set_raw(name, _fold(name, value))
-            return
+        if width + longest <= LINE_LIMIT:
+            return f"{name}: {_fold(width, value)}"
     if structured:
-        message[name] = value
-    else:
-        message.set_raw(name, _encoded_words(value, name))
+        stdlib = _UTF8_POLICY if utf8 else _ASCII_POLICY
+        folded: str = stdlib.header_factory(name, value).fold(policy=stdlib)
+        return folded.removesuffix("\r\n")
+    return _encoded_field(name, value)
 
 
 def _looks_encoded(text: str) -> bool:
     return "=?" in text and "?=" in text
 
 
-def _encoded_words(text: str, name: str | None = None) -> str:
-    """`text` as RFC 2047 encoded words (each at most 75 characters), one per folded line."""
-    return Header(text, "utf-8", header_name=name).encode(linesep="\n")
-
-
-def _mailbox(box: Mailbox) -> str:
-    """The mailbox as RFC 5322 writes it: a quoted or encoded display name, then the address."""
-    name = box.display_name
-    if not name:
-        return box.address
-    if name.isascii() and not _looks_encoded(name):
-        phrase = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    else:
-        # RFC 2047 §5(3) allows encoded words as a phrase; space-separated, they fold cleanly.
-        phrase = _encoded_words(name).replace("\n", "")
-    return f"{phrase} <{box.address}>"
-
-
-def _fold(name: str, value: str) -> str:
+def _fold(width: int, value: str) -> str:
     """Fold a header value at whitespace only (RFC 5322 §2.2.3), aiming at 78 characters a line.
 
-    A word longer than that stays whole on a line of its own; the caller has stripped the value
-    and checked that every word fits within 998 octets.
+    `width` is what the line holds before the value ("Name: "). A word longer than a line stays
+    whole on a line of its own; the caller has stripped the value and checked that every word
+    fits within 998 octets.
     """
-    if len(name) + 2 + len(value) <= _FOLD_AT:
-        return value
     lines: list[str] = []
     line = ""
-    width = len(name) + 2
     for chunk in _CHUNK.findall(value):
         # A break goes before the whitespace that precedes a word, so no folded line is made
         # of whitespace alone (RFC 5322 §3.2.2); the value has no trailing whitespace.
@@ -191,20 +169,101 @@ def _fold(name: str, value: str) -> str:
         else:
             line += chunk
     lines.append(line)
-    return "\n".join(lines)
+    return "\r\n".join(lines)
 
 
-def _set_body(message: MIMEPart, text: str | None, html: str | None) -> None:
-    if text is None:
-        assert html is not None  # Notification guarantees one of them
-        message.set_content(html, subtype="html")
-        return
-    message.set_content(text)
-    if html is not None:
-        # A random boundary chosen here spares the generator its search of the bodies for a
-        # free one; "=_" never occurs in quoted-printable or base64, 128 random bits nowhere else.
-        message.make_alternative(boundary=f"=_{secrets.token_hex(16)}")
-        # A MIMEPart, not an EmailMessage, so the part carries no MIME-Version of its own.
-        part = MIMEPart(policy=message.policy)
-        part.set_content(html, subtype="html")
-        message.attach(part)
+def _utf8_chunks(data: bytes, first: int, size: int) -> list[bytes]:
+    """Split UTF-8 `data` into pieces of whole characters: `first` octets at most, then `size`."""
+    chunks: list[bytes] = []
+    start, limit, total = 0, first, len(data)
+    while start < total:
+        end = start + limit
+        if end < total:
+            while data[end] & 0xC0 == 0x80:  # a continuation octet: cut before its character
+                end -= 1
+        chunks.append(data[start:end])
+        start, limit = end, size
+    return chunks
+
+
+def _encoded_word(chunk: bytes) -> str:
+    return f"=?utf-8?b?{binascii.b2a_base64(chunk, newline=False).decode('ascii')}?="
+
+
+def _encoded_field(name: str, text: str) -> str:
+    """`Name: text` as RFC 2047 encoded words, one per line, each line within 78 characters."""
+    # The first word shares its line with the name: shorter, but never too short for the
+    # longest UTF-8 character (a long name makes that line longer than 78, as for ASCII text).
+    room = max((_FOLD_AT - len(name) - 2 - _EW_OVERHEAD) // 4 * 3, _FIRST_WORD_OCTETS)
+    words = map(_encoded_word, _utf8_chunks(text.encode(), room, _EW_OCTETS))
+    if len(name) + 2 + _EW_OVERHEAD + _FIRST_WORD_OCTETS * 4 // 3 > LINE_LIMIT:
+        # Only a name of nearly 998 octets: the words start on the next line (readers may
+        # then see a leading space).
+        words = map(_encoded_word, _utf8_chunks(text.encode(), _EW_OCTETS, _EW_OCTETS))
+        return f"{name}:\r\n " + "\r\n ".join(words)
+    return f"{name}: " + "\r\n ".join(words)
+
+
+def _mailbox(box: Mailbox) -> str:
+    """The mailbox as RFC 5322 writes it: a quoted or encoded display name, then the address."""
+    name = box.display_name
+    if not name:
+        return box.address
+    if name.isascii() and not _looks_encoded(name):
+        phrase = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        # Display names have single spaces only (tasks.notification), so words split on " ".
+        if len(phrase) <= _PHRASE_WORD_LIMIT or all(
+            len(word) <= _PHRASE_WORD_LIMIT for word in phrase.split(" ")
+        ):
+            return f"{phrase} <{box.address}>"
+    # RFC 2047 §5(3) allows encoded words as a phrase; space-separated, they fold cleanly.
+    words = map(_encoded_word, _utf8_chunks(name.encode(), _EW_OCTETS, _EW_OCTETS))
+    return f"{' '.join(words)} <{box.address}>"
+
+
+def _body(text: str | None, html: str | None) -> bytes:
+    """The Content-* fields, the blank line and the body: one text part, or both as alternatives."""
+    if text is None or html is None:
+        subtype, source = ("plain", text) if text is not None else ("html", html)
+        assert source is not None  # Notification guarantees one of them
+        return _part(subtype, source)
+    # A random boundary spares searching the bodies for a free one: "=_" never occurs in
+    # quoted-printable or base64, 128 random bits nowhere else.
+    boundary = f"=_{secrets.token_hex(16)}".encode("ascii")
+    return b"".join(
+        (
+            b'Content-Type: multipart/alternative;\r\n boundary="%s"\r\n\r\n--%s\r\n'
+            % (boundary, boundary),
+            _part("plain", text),
+            b"\r\n--%s\r\n" % boundary,
+            _part("html", html),
+            b"\r\n--%s--\r\n" % boundary,
+        )
+    )
+
+
+def _part(subtype: str, text: str) -> bytes:
+    cte, body = _encode_body(text)
+    fields = f"{_CONTENT_TYPE[subtype]}Content-Transfer-Encoding: {cte}\r\n\r\n"
+    return fields.encode("ascii") + body
+
+
+def _encode_body(text: str) -> tuple[str, bytes]:
+    """(Content-Transfer-Encoding, 7-bit body with CRLF line breaks, ending in one)."""
+    data = text.encode()  # Notification refuses lone surrogates
+    # Line breaks are CR, LF or CRLF (as bytes.splitlines reads them); the others of
+    # str.splitlines (U+2028, FF, …) are text.
+    if b"\r" in data:
+        body = b"\r\n".join(data.splitlines()) + b"\r\n"
+    else:
+        body = data.replace(b"\n", b"\r\n")
+        if not body.endswith(b"\n"):
+            body += b"\r\n"
+    if body.isascii() and (len(body) <= _FOLD_AT or max(map(len, body.split(b"\r\n"))) <= _FOLD_AT):
+        return "7bit", body
+    # Quoted-printable triples each non-ASCII octet, base64 grows everything by a third: the
+    # shorter one is chosen, which keeps mostly-ASCII text readable.
+    high = len(body) - len(body.translate(None, _HIGH_BYTES))
+    if high * 6 > len(body):
+        return "base64", base64.encodebytes(body).replace(b"\n", b"\r\n")
+    return "quoted-printable", binascii.b2a_qp(body, istext=True)

@@ -150,6 +150,14 @@ def _split_display_name(value: str) -> tuple[str, str]:
     """Split "Name <addr>" into (name, addr); a value without angle brackets is all address."""
     if not value.endswith(">"):
         return "", value
+    if '"' not in value:
+        # Unquoted, every '<' counts: str methods find them faster than the loop below.
+        if value.count("<") > 1:
+            raise ValueError("more than one '<'")
+        start = value.find("<")
+        if start < 0:
+            raise ValueError("'>' without '<'")
+        return " ".join(value[:start].split()), value[start + 1 : -1]
     start, in_quotes, escaped = -1, False, False
     for index, char in enumerate(value):
         if escaped:
@@ -235,6 +243,17 @@ def _location(loc: tuple[int | str, ...]) -> str:
     return text or "notification"
 
 
+@dataclass(frozen=True, slots=True)
+class _Parsed:
+    """The addresses of a valid Notification, parsed once by its validator."""
+
+    sender: Mailbox
+    to: tuple[Mailbox, ...]
+    cc: tuple[Mailbox, ...]
+    recipients: tuple[str, ...]  # to + cc + bcc as bare addresses, each once, in order
+    smtputf8: bool  # some address has a non-ASCII local part
+
+
 class Notification(BaseModel):
     """One notification as a producer gives it (DESIGN.md "Python API"); frozen once valid."""
 
@@ -250,10 +269,7 @@ class Notification(BaseModel):
     headers: dict[str, str] = Field(default_factory=dict)
     idempotency_key: str | None = None
 
-    _sender: Mailbox = PrivateAttr()
-    _to: tuple[Mailbox, ...] = PrivateAttr(default=())
-    _cc: tuple[Mailbox, ...] = PrivateAttr(default=())
-    _bcc: tuple[Mailbox, ...] = PrivateAttr(default=())
+    _parsed: _Parsed = PrivateAttr()
 
     @classmethod
     def validate_dict(cls, data: Mapping[str, Any]) -> Self:
@@ -316,10 +332,17 @@ class Notification(BaseModel):
     def _check_addresses(self) -> Self:
         # Addresses are parsed here rather than in field validators so each is parsed once and
         # the typed result kept; field errors (types, subject, headers) are reported first.
-        self._sender = parse_mailbox("sender", self.sender)
-        self._to = _parse_all("to", self.to)
-        self._cc = _parse_all("cc", self.cc)
-        self._bcc = _parse_all("bcc", self.bcc)
+        sender = parse_mailbox("sender", self.sender)
+        to, cc = _parse_all("to", self.to), _parse_all("cc", self.cc)
+        bcc = _parse_all("bcc", self.bcc)
+        everyone = (sender, *to, *cc, *bcc)
+        self._parsed = _Parsed(
+            sender=sender,
+            to=to,
+            cc=cc,
+            recipients=tuple(dict.fromkeys(box.address for box in everyone[1:])),
+            smtputf8=any(box.smtputf8 for box in everyone),
+        )
         if not (self.to or self.cc or self.bcc):
             raise InvalidNotification("to: no recipient (to, cc and bcc are all empty)")
         if self.text is None and self.html is None:
@@ -329,21 +352,21 @@ class Notification(BaseModel):
     @property
     def sender_mailbox(self) -> Mailbox:
         """The sender, parsed."""
-        return self._sender
+        return _parsed(self).sender
 
     @property
     def to_mailboxes(self) -> tuple[Mailbox, ...]:
         """The To recipients, parsed, in the order given."""
-        return self._to
+        return _parsed(self).to
 
     @property
     def cc_mailboxes(self) -> tuple[Mailbox, ...]:
         """The Cc recipients, parsed, in the order given."""
-        return self._cc
+        return _parsed(self).cc
 
     def envelope_sender(self) -> str:
         """The bare sender address for MAIL FROM."""
-        return self._sender.address
+        return _parsed(self).sender.address
 
     def envelope_recipients(self) -> list[str]:
         """to + cc + bcc as bare addresses for RCPT TO, each once, in the order first given.
@@ -351,8 +374,18 @@ class Notification(BaseModel):
         Domains are lower-case (A-labels for ASCII local parts), so two spellings of one domain
         count as one recipient; local parts stay case-sensitive (RFC 5321 §2.4).
         """
-        return list(dict.fromkeys(box.address for box in (*self._to, *self._cc, *self._bcc)))
+        return list(_parsed(self).recipients)
 
     def needs_smtputf8(self) -> bool:
         """True when the sender or any recipient has a non-ASCII local part (RFC 6531)."""
-        return any(box.smtputf8 for box in (self._sender, *self._to, *self._cc, *self._bcc))
+        return _parsed(self).smtputf8
+
+
+def _parsed(notification: Notification) -> _Parsed:
+    # pydantic serves private attributes through __getattr__, a few microseconds a read, and
+    # the producer reads these several times per message; the dict behind them is a plain
+    # attribute.
+    private = notification.__pydantic_private__
+    assert private is not None  # the model has private attributes, so pydantic set the dict
+    parsed: _Parsed = private["_parsed"]
+    return parsed
