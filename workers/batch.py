@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from concurrent.futures import Future, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,13 +97,14 @@ class BatchRunner:
         (status, leases, the gate, content), not one per item.
         """
         futures: dict[Future[DeliveryReport], _Running] = {}
-        lines = []
+        lines: list[str] = []
         claimed = self._claim(items)
         gates = self._gate(claimed)
         admitted: list[_Running] = []
+        settled: list[tuple[_Running, DeliveryReport]] = []
         for running, gate in zip(claimed, gates, strict=True):
             if isinstance(gate, Throttled):
-                lines.append(self._finish(running, _throttled(running, gate)))
+                settled.append((running, _throttled(running, gate)))
             else:
                 admitted.append(running)
         messages = self._content.get_many(list({r.item.message_id: r for r in admitted}))
@@ -111,22 +112,30 @@ class BatchRunner:
             item = running.item
             message = messages.get(item.message_id)
             if message is None:
-                lines.append(self._finish(running, _content_gone(running)))
+                settled.append((running, _content_gone(running)))
                 continue
             coroutine = self._agent.deliver(message, item.destination, running.recipients)
             futures[self._submit(coroutine)] = running
-        for future in as_completed(futures):
-            running = futures[future]
-            try:
-                report = future.result()
-            except Exception:
-                # A bug, not a delivery outcome: keep the mail, retry it later, say so.
-                item = running.item
-                log.exception("delivery %s|%s failed", item.message_id, item.destination)
-                report = _internal_error(running)
-            lines.append(self._finish(running, report))
+        self._finish_all(settled, lines)
+        waiting = set(futures)
+        while waiting:
+            # Whatever has finished by now is disposed of together: its leases go back in one
+            # round trip, while the rest of the batch is still in its sessions.
+            done, waiting = wait(waiting, return_when=FIRST_COMPLETED)
+            self._finish_all([(futures[f], _report_of(f, futures[f])) for f in done], lines)
         self._disposition.flush()  # the batch's metrics, in one round trip
         return lines
+
+    def _finish_all(
+        self, finished: Sequence[tuple[_Running, DeliveryReport]], lines: list[str]
+    ) -> None:
+        try:
+            for running, report in finished:
+                lines.append(self._finish(running, report))
+        finally:
+            self._leases.release_many(
+                [(r.item.message_id, r.item.destination, r.lease) for r, _ in finished]
+            )
 
     def _claim(self, items: Sequence[Item]) -> list[_Running]:
         """The items due now, each with its lease; stale and finished ones are skipped."""
@@ -166,13 +175,20 @@ class BatchRunner:
         log_attempts(item.message_id, item.attempt, report)
         if self._limiter is not None and any(_slows_down(o.reply) for o in report.outcomes):
             self._limiter.penalize(item.destination)
-        try:
-            summary: Summary = self._disposition.apply(
-                item.message_id, item.attempt, running.first_queued, report, now
-            )
-        finally:
-            self._leases.release(item.message_id, item.destination, running.lease)
+        summary: Summary = self._disposition.apply(
+            item.message_id, item.attempt, running.first_queued, report, now
+        )
         return f"{item.message_id} {item.destination}: {summary}"
+
+
+def _report_of(future: Future[DeliveryReport], running: _Running) -> DeliveryReport:
+    try:
+        return future.result()
+    except Exception:
+        # A bug, not a delivery outcome: keep the mail, retry it later, say so.
+        item = running.item
+        log.exception("delivery %s|%s failed", item.message_id, item.destination)
+        return _internal_error(running)
 
 
 def _slows_down(reply: Reply) -> bool:

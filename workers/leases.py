@@ -67,7 +67,16 @@ class Leases:
 
     def release(self, message_id: str, destination: str, token: str) -> None:
         """Give the lease back, unless it expired and somebody else holds it now."""
-        self._release(keys=[_key(message_id, destination)], args=[token])
+        self.release_many([(message_id, destination, token)])
+
+    def release_many(self, leases: Sequence[tuple[str, str, str]]) -> None:
+        """`release` for many (message_id, destination, token) in one round trip."""
+        if not leases:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for message_id, destination, token in leases:
+            self._release(keys=[_key(message_id, destination)], args=[token], client=pipe)
+        pipe.execute()
 
 
 def _key(message_id: str, destination: str) -> str:
