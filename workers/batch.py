@@ -129,9 +129,20 @@ class BatchRunner:
     def _finish_all(
         self, finished: Sequence[tuple[_Running, DeliveryReport]], lines: list[str]
     ) -> None:
+        """Log, record and release a group of finished deliveries: one round trip for their
+        status records and one for their leases, not one of each per delivery."""
         try:
             for running, report in finished:
-                lines.append(self._finish(running, report))
+                item = running.item
+                log_attempts(item.message_id, item.attempt, report)
+                if self._limiter is not None and any(_slows_down(o.reply) for o in report.outcomes):
+                    self._limiter.penalize(item.destination)
+            summaries: list[Summary] = self._disposition.apply_many(
+                [(r.item.message_id, r.item.attempt, r.first_queued, rep) for r, rep in finished],
+                self._clock(),
+            )
+            for (running, _), summary in zip(finished, summaries, strict=True):
+                lines.append(f"{running.item.message_id} {running.item.destination}: {summary}")
         finally:
             self._leases.release_many(
                 [(r.item.message_id, r.item.destination, r.lease) for r, _ in finished]
@@ -168,17 +179,6 @@ class BatchRunner:
             return [_UNCAPPED] * len(claimed)
         keys = [(r.item.destination, f"{r.item.message_id}|{r.item.destination}") for r in claimed]
         return self._limiter.acquire_many(keys, connection=False)
-
-    def _finish(self, running: _Running, report: DeliveryReport) -> str:
-        item = running.item
-        now = self._clock()
-        log_attempts(item.message_id, item.attempt, report)
-        if self._limiter is not None and any(_slows_down(o.reply) for o in report.outcomes):
-            self._limiter.penalize(item.destination)
-        summary: Summary = self._disposition.apply(
-            item.message_id, item.attempt, running.first_queued, report, now
-        )
-        return f"{item.message_id} {item.destination}: {summary}"
 
 
 def _report_of(future: Future[DeliveryReport], running: _Running) -> DeliveryReport:

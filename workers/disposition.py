@@ -34,7 +34,7 @@ from workers.outcome import Bounced, Deferred, Delivered, Outcome
 from workers.reply import Reply, Step
 from workers.retry_schedule import next_due
 from workers.smtp_session import StepRecord
-from workers.status import RecipientState, StatusStore
+from workers.status import RecipientState, Record, StatusStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,42 +87,63 @@ class Disposition:
         self, message_id: str, attempt: int, first_queued: float, report: DeliveryReport, now: float
     ) -> Summary:
         """Record `report`, attempt number `attempt` of the delivery queued at `first_queued`."""
-        deferred = [o for o in report.outcomes if isinstance(o, Deferred)]
-        throttled = is_throttled(report)
-        due = None
-        if deferred:
-            retry_after = max((o.retry_after or 0.0 for o in deferred), default=0.0) or None
-            due = next_due(
-                attempt=attempt,
-                first_queued=first_queued,
-                now=now,
-                delays=self._delays,
-                max_age=self._max_age,
-                retry_after=retry_after,
-                rng=self._rng,
-            )
-        states = {o.recipient: (_state(o, expired=due is None), o.reply) for o in report.outcomes}
-        next_attempt = attempt if throttled else attempt + 1
-        if due is not None:
-            self._deferred.defer(message_id, report.destination, next_attempt, due)
-        if throttled:
+        [summary] = self.apply_many([(message_id, attempt, first_queued, report)], now)
+        return summary
+
+    def apply_many(
+        self, deliveries: Sequence[tuple[str, int, float, DeliveryReport]], now: float
+    ) -> list[Summary]:
+        """`apply` for deliveries that ended together: each one's deferred entry and dead
+        letters first, then every status record in one round trip, then the metrics."""
+        summaries = []
+        records: list[Record] = []
+        counts: list[tuple[DeliveryReport, Counter[RecipientState], bool]] = []
+        for message_id, attempt, first_queued, report in deliveries:
+            deferred = [o for o in report.outcomes if isinstance(o, Deferred)]
+            throttled = is_throttled(report)
+            due = None
+            if deferred:
+                retry_after = max((o.retry_after or 0.0 for o in deferred), default=0.0) or None
+                due = next_due(
+                    attempt=attempt,
+                    first_queued=first_queued,
+                    now=now,
+                    delays=self._delays,
+                    max_age=self._max_age,
+                    retry_after=retry_after,
+                    rng=self._rng,
+                )
+            states = {
+                o.recipient: (_state(o, expired=due is None), o.reply) for o in report.outcomes
+            }
+            next_attempt = attempt if throttled else attempt + 1
             if due is not None:
-                self._count(report, {}, throttled)
-                return _summary(states)  # no attempt, no state change: only a later slot
-            # Expired while throttled: keep the last reply a server gave, if one ever did.
-            states = self._last_server_replies(message_id, states)
-        for reason in (RecipientState.BOUNCED, RecipientState.EXPIRED):
-            dead = [_dead_recipient(a, r) for a, (s, r) in states.items() if s is reason]
-            if dead:
-                self._dead.add(message_id, report.destination, reason.value, dead, now)
-        self._status.record(
-            message_id,
-            states,
-            [] if throttled else attempts_json(report),
-            next_attempt=next_attempt if due is not None and not throttled else None,
-        )
-        self._count(report, Counter(state for state, _ in states.values()), throttled)
-        return _summary(states)
+                self._deferred.defer(message_id, report.destination, next_attempt, due)
+            if throttled:
+                if due is not None:
+                    counts.append((report, Counter(), throttled))
+                    summaries.append(_summary(states))  # no attempt, no state change
+                    continue
+                # Expired while throttled: keep the last reply a server gave, if one ever did.
+                states = self._last_server_replies(message_id, states)
+            for reason in (RecipientState.BOUNCED, RecipientState.EXPIRED):
+                dead = [_dead_recipient(a, r) for a, (s, r) in states.items() if s is reason]
+                if dead:
+                    self._dead.add(message_id, report.destination, reason.value, dead, now)
+            records.append(
+                (
+                    message_id,
+                    states,
+                    [] if throttled else attempts_json(report),
+                    next_attempt if due is not None and not throttled else None,
+                )
+            )
+            counts.append((report, Counter(state for state, _ in states.values()), throttled))
+            summaries.append(_summary(states))
+        self._status.record_many(records)
+        for report, outcomes, throttled in counts:
+            self._count(report, outcomes, throttled)
+        return summaries
 
     def flush(self) -> None:
         """Write the metrics counted since the last flush (a worker does after each batch)."""

@@ -217,6 +217,13 @@ return marked
 """
 
 
+# One delivery's results for `StatusStore.record`: message id, (state, reply) by address, the
+# attempt records, and the next attempt number (None: not rescheduled).
+Record = tuple[
+    str, Mapping[str, tuple["RecipientState", Reply]], Sequence[Mapping[str, Any]], int | None
+]
+
+
 def _dumps(value: object) -> str:
     return json.dumps(value, separators=(",", ":"))
 
@@ -403,26 +410,35 @@ class StatusStore:
         Refused moves and unknown addresses are skipped and logged. Does nothing for an unknown
         or expired message.
         """
-        arguments: list[str | int] = [
-            self._ttl,
-            ATTEMPTS_KEPT,
-            "" if next_attempt is None else int(next_attempt),
-            len(attempt_json),
-        ]
-        arguments += [_dumps(attempt) for attempt in attempt_json]
-        for address, (state, reply) in outcome_by_address.items():
-            arguments += [address, RecipientState(state).value, int(reply.code), reply.enhanced]
-            arguments.append(reply.text)
-        refused = self._record(keys=self._keys(message_id), args=arguments)
-        for i in range(0, len(refused), 3):
-            address, current, new = (_text(value) for value in refused[i : i + 3])
-            _log.warning(
-                "message %s: recipient %s not moved from %s to %s",
-                message_id,
-                address,
-                current or "(unknown recipient)",
-                new,
-            )
+        self.record_many([(message_id, outcome_by_address, attempt_json, next_attempt)])
+
+    def record_many(self, records: Sequence[Record]) -> None:
+        """`record` for many deliveries in one round trip (each still one atomic script)."""
+        if not records:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for message_id, outcome_by_address, attempt_json, next_attempt in records:
+            arguments: list[str | int] = [
+                self._ttl,
+                ATTEMPTS_KEPT,
+                "" if next_attempt is None else int(next_attempt),
+                len(attempt_json),
+            ]
+            arguments += [_dumps(attempt) for attempt in attempt_json]
+            for address, (state, reply) in outcome_by_address.items():
+                arguments += [address, RecipientState(state).value, int(reply.code)]
+                arguments += [reply.enhanced, reply.text]
+            self._record(keys=self._keys(message_id), args=arguments, client=pipe)
+        for (message_id, *_), refused in zip(records, pipe.execute(), strict=True):
+            for i in range(0, len(refused), 3):
+                address, current, new = (_text(value) for value in refused[i : i + 3])
+                _log.warning(
+                    "message %s: recipient %s not moved from %s to %s",
+                    message_id,
+                    address,
+                    current or "(unknown recipient)",
+                    new,
+                )
 
     def requeue(self, message_id: str, destination: str, now: float) -> list[str]:
         """Put the bounced and expired recipients of one delivery back to queued.
