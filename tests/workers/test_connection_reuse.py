@@ -10,16 +10,21 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 
 import pytest
+import redis
 
 from settings import Settings
+from tests.support.dns_server import DnsServer
 from tests.support.smtp_sink import MakeSink, Sink
 from tests.support.tls_material import TlsMaterial
 from tests.workers.test_smtp_session import FAST, message
 from workers.connection_pool import ConnectionPool, PoolKey
 from workers.delivery import DeliveryAgent
 from workers.envelope import outbound
-from workers.reply import Code
-from workers.smtp_session import Credentials, SessionResult, run_session
+from workers.mx import MxResolver
+from workers.outcome import Deferred, Delivered
+from workers.rate_limits import Granted, Limiter
+from workers.reply import Code, Step
+from workers.smtp_session import Credentials, SessionResult, Timeouts, run_session
 from workers.tls_policy import TlsPolicy, relay_policy
 
 
@@ -259,3 +264,66 @@ def test_the_setting_turns_reuse_off() -> None:
     )
     assert on.pool is not None
     assert off.pool is None
+
+
+# The connection cap with reuse: a real Limiter on a real Redis, MX look-ups from dnsmasq.
+
+
+def capped_agent(
+    dns_server: DnsServer, port: int, client: redis.Redis, cap: int, timeouts: Timeouts = FAST
+) -> tuple[DeliveryAgent, Limiter]:
+    limiter = Limiter(client, rates={}, connections={"implicit.test": cap}, lease_ttl=30)
+    resolver = MxResolver([dns_server.address], port=port, timeout=2)
+    pool = ConnectionPool(max_messages=100, idle_timeout=5)
+    agent = DeliveryAgent(
+        resolver=resolver,
+        mx_port=port,
+        relay=None,
+        helo="client.mailroom.test",
+        timeouts=timeouts,
+        pool=pool,
+        cap=limiter,
+    )
+    return agent, limiter
+
+
+async def test_deliveries_over_the_cap_wait_for_the_open_connection(
+    dns_server: DnsServer, mx_port: int, make_sink: MakeSink, redis_client: redis.Redis
+) -> None:
+    sink = make_sink("127.0.0.5", port=mx_port)  # implicit.test's A record
+    agent, _ = capped_agent(dns_server, mx_port, redis_client, cap=1)
+    try:
+        reports = await asyncio.gather(
+            *(agent.deliver(message(), "implicit.test", [f"u{n}@implicit.test"]) for n in range(5))
+        )
+        # The connection, parked, still holds the cap's one lease.
+        assert redis_client.zcard("mailroom:rate:conn:implicit.test") == 1
+    finally:
+        await agent.close()
+
+    assert all(isinstance(o, Delivered) for r in reports for o in r.outcomes)
+    assert len(sink.messages) == 5
+    assert len(sink.sessions) == 1  # never a second connection: the others waited for it
+    assert sink.wait_until(lambda: sink.sessions[0].closed)
+    # Closed, the connection gave its lease back.
+    assert redis_client.zcard("mailroom:rate:conn:implicit.test") == 0
+
+
+async def test_a_delivery_that_finds_no_connection_in_time_is_throttled_not_attempted(
+    dns_server: DnsServer, mx_port: int, make_sink: MakeSink, redis_client: redis.Redis
+) -> None:
+    make_sink("127.0.0.5", port=mx_port)
+    # A 2 s session deadline: the delivery waits half of it for a connection, then gives up.
+    short = Timeouts(connect=1, command=1, data=1, session=2)
+    agent, limiter = capped_agent(dns_server, mx_port, redis_client, cap=1, timeouts=short)
+    held = limiter.connection_lease("implicit.test")  # another worker holds the only slot
+    assert isinstance(held, Granted)
+    try:
+        report = await agent.deliver(message(), "implicit.test", ["a@implicit.test"])
+    finally:
+        await agent.close()
+
+    [outcome] = report.outcomes
+    assert isinstance(outcome, Deferred)
+    assert (outcome.reply.enhanced, outcome.reply.step) == ("4.4.5", Step.GATE)
+    assert report.attempts == ()
