@@ -184,6 +184,9 @@ def once_each(times: Mapping[str, list[float]], ids: Iterable[str]) -> list[floa
     return sorted(times[h][0] for h in wanted)
 
 
+SESSION_JITTER = 0.1  # seconds: how much sessions' own durations may vary on a loaded machine
+
+
 def most_in_window(times: list[float], width: float) -> int:
     """The most of the sorted `times` inside one closed window [t, t + width]."""
     return max(
@@ -225,8 +228,11 @@ def test_a_rate_limited_destination_is_spaced_cluster_wide_while_another_flows(
 
     slow = once_each(accepted_times([limited]), limited_ids)
     fast = once_each(accepted_times(unlimited), open_ids)
-    # 5/s is one every 0.2 s: a closed 1 s window can hold both ends, hence 6.
-    assert most_in_window(slow, 1.0) <= 6, [round(t - slow[0], 3) for t in slow]
+    # 5/s is one every 0.2 s at the gate: a closed 1 s window can hold both ends, hence 6. The
+    # sink sees the sends shifted by each session's own time (a reused connection's RSET, or a
+    # new one's connect and EHLO, on a loaded machine tens of ms apart): the window is narrowed
+    # by that much, never widened.
+    assert most_in_window(slow, 1.0 - SESSION_JITTER) <= 6, [round(t - slow[0], 3) for t in slow]
     assert slow[-1] - slow[0] >= 3.4  # 19 intervals of 0.2 s, less the limiter's tolerances
     assert fast[-1] - fast[0] < min(2.0, slow[-1] - slow[0])
     # Waiting for a slot is no attempt: each limited message has its one real session.
