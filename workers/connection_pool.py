@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from aiosmtplib import SMTP
 from aiosmtplib.errors import SMTPException
@@ -59,7 +59,6 @@ class Connection:
     tls_active: bool
     opened: float  # event-loop time
     transactions: int = 0
-    reused: bool = field(default=False)
     lease: str | None = None  # the connection-cap lease it was opened under, held until closed
     closed: bool = False
 
@@ -127,7 +126,6 @@ class ConnectionPool:
             connection, expiry = parked.pop()
             expiry.cancel()
             if connection.usable and not self._too_old(connection):
-                connection.reused = True
                 return connection
             self._retire(key, connection)
         return None
@@ -180,7 +178,6 @@ class ConnectionPool:
             or self._too_old(connection)
         ):
             return False
-        connection.reused = True
         if self._hand(key.destination, Handover(key, connection, None)):
             return True  # straight to a waiting delivery
         expiry = loop.call_later(self._idle_timeout, self._expire, key, connection)

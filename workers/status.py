@@ -236,6 +236,25 @@ def _queued_record(destination: str) -> str:
     )
 
 
+def _schedule(value: bytes | str | None) -> DeliveryState | None:
+    """A delivery's schedule from its field in the deliveries hash (None: no such delivery)."""
+    if value is None:
+        return None
+    record = json.loads(value)
+    return DeliveryState(int(record["attempt"]), float(record["first_queued"]))
+
+
+def _pending(entries: Mapping[Any, Any], destination: str) -> list[str]:
+    """The addresses of `destination` still queued or deferred, from the recipients hash."""
+    waiting = {RecipientState.QUEUED, RecipientState.DEFERRED}
+    found = []
+    for address, value in entries.items():
+        recipient = json.loads(value)
+        if recipient["destination"] == destination and recipient["state"] in waiting:
+            found.append(_text(address))
+    return sorted(found)
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -348,18 +367,9 @@ class StatusStore:
             None if created is None else enqueued in (b"1", "1") for created, enqueued in replies
         ]
 
-    def _recipients(self, message_id: str) -> dict[str, dict[str, Any]]:
-        entries = self._redis.hgetall(self._keys(message_id)[1])
-        return {_text(address): json.loads(value) for address, value in entries.items()}
-
     def pending(self, message_id: str, destination: str) -> list[str]:
         """Addresses of `destination` still queued or deferred, sorted; [] for an unknown id."""
-        waiting = {RecipientState.QUEUED, RecipientState.DEFERRED}
-        return sorted(
-            address
-            for address, record in self._recipients(message_id).items()
-            if record["destination"] == destination and record["state"] in waiting
-        )
+        return _pending(self._redis.hgetall(self._keys(message_id)[1]), destination)
 
     def claims(
         self, deliveries: Sequence[tuple[str, str]]
@@ -371,29 +381,14 @@ class StatusStore:
             pipe.hget(keys[2], destination)
             pipe.hgetall(keys[1])
         replies = pipe.execute()
-        waiting = {RecipientState.QUEUED, RecipientState.DEFERRED}
-        claimed = []
-        for index, (_, destination) in enumerate(deliveries):
-            schedule, entries = replies[2 * index], replies[2 * index + 1]
-            state = None
-            if schedule is not None:
-                record = json.loads(schedule)
-                state = DeliveryState(int(record["attempt"]), float(record["first_queued"]))
-            pending = []
-            for address, value in entries.items():
-                recipient = json.loads(value)
-                if recipient["destination"] == destination and recipient["state"] in waiting:
-                    pending.append(_text(address))
-            claimed.append((state, sorted(pending)))
-        return claimed
+        return [
+            (_schedule(replies[2 * index]), _pending(replies[2 * index + 1], destination))
+            for index, (_, destination) in enumerate(deliveries)
+        ]
 
     def delivery(self, message_id: str, destination: str) -> DeliveryState | None:
         """The schedule of one delivery, or None when the message or destination is unknown."""
-        value = self._redis.hget(self._keys(message_id)[2], destination)
-        if value is None:
-            return None
-        record = json.loads(value)
-        return DeliveryState(int(record["attempt"]), float(record["first_queued"]))
+        return _schedule(self._redis.hget(self._keys(message_id)[2], destination))
 
     def record(
         self,
