@@ -39,6 +39,8 @@ from benchlib.scenarios import Options, scenario
 from benchlib.stats import emit_json
 from benchlib.throughput import ThroughputRun
 
+from tasks.cli.errors import positive_int
+
 SCENARIOS = ("cpu", "latency", "deferred")
 DEFAULT_N = {"cpu": 20_000, "latency": 20_000, "deferred": 100_000}
 
@@ -109,13 +111,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--n",
         "--count",
-        type=_positive,
+        type=positive_int,
         help="messages (deferred: deliveries deferred); default 20,000 (deferred 100,000)",
     )
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
-    parser.add_argument("--workers", type=_positive, default=2, help="worker processes (2)")
-    parser.add_argument("--concurrency", type=_positive, default=8, help="threads each (8)")
-    parser.add_argument("--shards", type=_positive, default=8, help="MAILROOM_SHARDS (8)")
+    parser.add_argument("--workers", type=positive_int, default=2, help="worker processes (2)")
+    parser.add_argument("--concurrency", type=positive_int, default=8, help="threads each (8)")
+    parser.add_argument("--shards", type=positive_int, default=8, help="MAILROOM_SHARDS (8)")
     parser.add_argument(
         "--split",
         action="store_true",
@@ -123,14 +125,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--max-connections",
-        type=_positive,
+        type=positive_int,
         default=64,
         help='MAILROOM_MAX_CONNECTIONS {"*": N} (64)',
     )
-    parser.add_argument("--chunk", type=_positive, default=500, help="per notify_many (500)")
+    parser.add_argument("--chunk", type=positive_int, default=500, help="per notify_many (500)")
     parser.add_argument("--rate", type=float, help="pace the producer, msg/s (default: flat out)")
     parser.add_argument(
-        "--redis-sample", type=_positive, default=2000, help="queued for bytes/message (2,000)"
+        "--redis-sample", type=positive_int, default=2000, help="queued for bytes/message (2,000)"
     )
     parser.add_argument("--loglevel", default="info", help="the workers' log level (info)")
     parser.add_argument(
@@ -147,16 +149,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.due < 0:
         parser.error("--due must be 0 or more")
     return args
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is below 1")
-    return value
 
 
 def main() -> None:

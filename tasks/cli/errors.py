@@ -7,6 +7,8 @@ wrong, exit status 2, nothing done. Commands raise `UsageError` before they touc
 
 from __future__ import annotations
 
+import argparse
+
 OK = 0  # the command did what it was asked
 FAILED = 1  # it ran, and what it checked or looked up failed (an unknown id, a failing step)
 USAGE = 2  # bad input or a bad setting: nothing was done
@@ -22,3 +24,14 @@ class UsageError(ValueError):
 def one_line(text: str) -> str:
     """`text` folded onto one line (a placeholder if empty: the line must say something)."""
     return " ".join(text.split()) or "invalid input"
+
+
+def positive_int(text: str) -> int:
+    """An argparse `type`: a whole number of at least 1, or one line saying why not."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is below 1")
+    return value

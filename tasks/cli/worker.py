@@ -12,7 +12,7 @@ import os
 from typing import Any
 
 from settings import Settings
-from tasks.cli.errors import OK, UsageError
+from tasks.cli.errors import OK, UsageError, positive_int
 from tasks.routing import INTAKE_QUEUE, parse_shards, shard_queue
 
 
@@ -20,7 +20,7 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     parser = commands.add_parser("worker", help="run a worker on shard queues (default: all)")
     parser.add_argument("--shards", help="shard numbers and ranges, e.g. 0-3,7 (default: all)")
     parser.add_argument(
-        "--concurrency", type=_positive, default=8, help="batches in flight at once (default 8)"
+        "--concurrency", type=positive_int, default=8, help="batches in flight at once (default 8)"
     )
     parser.add_argument(
         "--loglevel", help="log level for this worker (default: MAILROOM_LOG_LEVEL, info)"
@@ -46,13 +46,3 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         app.worker_main(argv)  # returns only by SystemExit
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else OK
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is below 1")
-    return value
