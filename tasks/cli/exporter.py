@@ -10,13 +10,11 @@ records as `up == 0`. It binds only the configured address, and runs until SIGTE
 from __future__ import annotations
 
 import argparse
-import signal
 import socket
 import sys
 import threading
 from collections.abc import Iterable, Iterator
 from socketserver import ThreadingMixIn
-from types import FrameType
 from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -32,6 +30,7 @@ from prometheus_client.core import (
 from settings import Listen, Settings
 from tasks.cli.errors import FAILED, OK
 from tasks.cli.queues import queue_depths
+from tasks.cli.signals import stop_on_signals
 from tasks.routing import INTAKE_QUEUE
 from workers.metrics import read_metrics
 
@@ -48,13 +47,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     listen = settings.metrics_listen
     registry = CollectorRegistry()
     registry.register(MailroomCollector(redis.Redis.from_url(settings.redis_url), settings.shards))
-    stop = threading.Event()
-
-    def request_stop(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
+    stop = stop_on_signals()
     try:
         server = _server(listen, _unless_redis_fails(make_wsgi_app(registry)))
     except OSError as exc:  # the port is taken, or the host is no address of this machine

@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
-import threading
-from types import FrameType
 from typing import Any
 
 from settings import Settings
 from tasks.cli.errors import FAILED, OK
+from tasks.cli.signals import stop_on_signals
 from tasks.submission.server import build_server
 
 
@@ -33,13 +31,7 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     server = build_server(settings)  # SettingsError here: one line, exit 2 (tasks.cli.main)
     _configure_logging(settings)
-    stop = threading.Event()
-
-    def request_stop(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
+    stop = stop_on_signals()
     try:
         server.start()
     except OSError as exc:  # the port is taken, or the host is no address of this machine
