@@ -15,8 +15,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Self
+
+from tests.support.lifecycle import StartStop
 
 SINK_SCRIPT = Path(__file__).resolve().with_name("smtp_sink.py")
 _START_TIMEOUT = 10.0
@@ -35,7 +36,7 @@ class SinkEvents:
     last_at: float = 0.0
 
 
-class SinkProcess:
+class SinkProcess(StartStop):
     """One sink process on `host` (a 127/8 address) and a port of its choosing."""
 
     def __init__(self, host: str, delay: float, log: Path) -> None:
@@ -134,14 +135,3 @@ class SinkProcess:
                 process.wait()
         if self._reader is not None:
             self._reader.join(timeout=_STOP_TIMEOUT)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
