@@ -32,6 +32,7 @@ from aiosmtplib import SMTP
 from aiosmtplib.errors import SMTPException
 
 from workers.rate_limits import Granted, Throttled
+from workers.smtp_wire import Wire
 
 _QUIT_TIMEOUT = 2.0  # a parked connection's QUIT is a courtesy: never wait long for it
 _POLL_MIN = 0.05  # seconds between a waiting worker's asks for a connection lease
@@ -52,7 +53,11 @@ class PoolKey:
 
 @dataclass(eq=False, slots=True)
 class Connection:
-    """One open, greeted (and, where asked, TLS-protected and authenticated) SMTP connection."""
+    """One open, greeted (and, where asked, TLS-protected and authenticated) SMTP connection.
+
+    aiosmtplib's `smtp` opened it and keeps what EHLO announced; once open, its `wire` carries
+    every transaction.
+    """
 
     smtp: SMTP
     transport: asyncio.Transport | None  # the TLS transport, aborted on close
@@ -61,13 +66,19 @@ class Connection:
     transactions: int = 0
     lease: str | None = None  # the connection-cap lease it was opened under, held until closed
     closed: bool = False
+    wire: Wire | None = None  # set once the session is open
+    pipelining: bool = False  # the server announced PIPELINING (RFC 2920)
 
     @property
     def usable(self) -> bool:
-        return not self.closed and self.smtp.is_connected
+        if self.closed:
+            return False
+        return self.wire.usable if self.wire is not None else self.smtp.is_connected
 
     def close(self) -> None:
         """Drop the connection at once (no QUIT): nothing more is owed to the server."""
+        if self.wire is not None:
+            self.wire.abort("closed")
         self.smtp.close()
         # A graceful TLS shutdown would hold the socket for up to ssl_shutdown_timeout.
         if self.transport is not None:
@@ -76,9 +87,13 @@ class Connection:
 
     async def quit(self) -> None:
         """QUIT politely, briefly, then close whatever the server did."""
-        with contextlib.suppress(SMTPException, OSError, TimeoutError):
-            if self.smtp.is_connected:
-                await asyncio.wait_for(self.smtp.quit(), _QUIT_TIMEOUT)
+        if self.wire is not None:
+            if self.wire.usable:
+                await self.wire.quit(_QUIT_TIMEOUT)
+        else:
+            with contextlib.suppress(SMTPException, OSError, TimeoutError):
+                if self.smtp.is_connected:
+                    await asyncio.wait_for(self.smtp.quit(), _QUIT_TIMEOUT)
         self.close()
 
 

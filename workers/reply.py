@@ -183,6 +183,18 @@ def smtputf8_unavailable(host: str) -> Reply:
     )
 
 
+def bad_address(step: Step) -> Reply:
+    """An address that cannot be written on the wire (a control character, or non-ASCII with
+    no SMTPUTF8): X.1.7 for the sender, X.1.3 for a recipient; the address is not repeated."""
+    enhanced, whose = ("5.1.7", "sender") if step is Step.MAIL_FROM else ("5.1.3", "recipient")
+    return Reply(
+        Code.MAILBOX_NAME_INVALID,
+        enhanced,
+        f"the {whose} address cannot be sent in an SMTP command (control character or encoding)",
+        step,
+    )
+
+
 def auth_unavailable(host: str) -> Reply:
     """The relay offers no AUTH mechanism Mailroom speaks (PLAIN, LOGIN) after TLS: X.7.10."""
     return Reply(

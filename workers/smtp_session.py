@@ -8,10 +8,13 @@ rule 3). Which recipient a failure applies to follows Postfix's `smtp_trouble.c`
 while opening, at MAIL FROM or at DATA hits every recipient still in play; a RCPT refusal hits
 that recipient only; QUIT never changes an outcome.
 
+aiosmtplib opens the session; the transactions then run on the connection's `Wire`
+(`workers.smtp_wire`), pipelined when the server offers PIPELINING (RFC 2920).
+
 With a `ConnectionPool`, a session first takes a parked connection to the same server and sends
-RSET; if RSET fails (the server closed it while it was parked), nothing of this message has been
-sent, so the connection is dropped and a fresh one opened: no duplicate is possible. After the
-transaction a healthy connection is parked again instead of QUIT.
+RSET (pipelined with the transaction); if RSET fails (the server closed it while it was parked),
+nothing of this message has been sent, so the connection is dropped and a fresh one opened: no
+duplicate is possible. After the transaction a healthy connection is parked again instead of QUIT.
 """
 
 from __future__ import annotations
@@ -39,8 +42,15 @@ from workers.connection_pool import Connection, ConnectionPool, PoolKey
 from workers.envelope import OutboundMessage
 from workers.rate_limits import is_throttling
 from workers.reply import Code, Reply, Step, parse_reply
+from workers.smtp_wire import NoReply, Wire, message_bytes
 from workers.tls_policy import TlsMode, TlsPolicy
 
+_STEPS = {
+    "RSET": Step.OPEN_SESSION,
+    "MAIL FROM": Step.MAIL_FROM,
+    "RCPT TO": Step.RCPT_TO,
+    "DATA": Step.DATA,
+}
 _AMBIGUOUS = "; the server may have accepted the message, so it will be retried (at least once)"
 
 
@@ -160,7 +170,7 @@ class _Conversation:
         self.timeouts = timeouts
         self.steps: list[StepRecord] = []
         self.replies: dict[str, Reply] = {}
-        self.accepted: list[str] = []
+        self.accepted: dict[str, Reply] = {}  # recipients accepted at RCPT TO, with that reply
         self.step = Step.OPEN_SESSION
         self.connection: Connection | None = None
         self.pool: ConnectionPool | None = None
@@ -171,6 +181,7 @@ class _Conversation:
         self.greeted = False
         self.tls_active = False
         self.tls_failed = False
+        self.body_sent = False  # the message went out after a 354: a lost reply is ambiguous
         self.lost = False  # the last reply was made up because the server's never came
         self.throttled = False  # the server gave a throttling reply (421, 45x 4.7.x, ...)
 
@@ -210,7 +221,7 @@ class _Conversation:
 
     def abandon(self, reply: Reply) -> None:
         """Give `reply` to every recipient that has no final reply yet."""
-        if self.step is Step.DATA:
+        if self.body_sent:
             reply = Reply(reply.code, reply.enhanced, reply.text + _AMBIGUOUS, reply.step)
         for recipient in self.recipients:
             self.replies.setdefault(recipient, reply)
@@ -228,10 +239,10 @@ class _Conversation:
         parked = given
         if parked is None and pool is not None and key is not None:
             parked = pool.take(key)
-        resumed = parked is not None and await self.resume(parked)
-        if not resumed and not await self.open(port, tls, credentials):
-            return
-        await self.transaction(probe)
+        if parked is None or not await self.resume(parked, probe):
+            if not await self.open(port, tls, credentials):
+                return
+            await self.transaction(probe, reset=False)
         connection = self.connection
         # A server that asked to slow down gets its session ended, not kept open.
         reusable = not self.lost and not self.throttled
@@ -244,34 +255,21 @@ class _Conversation:
                 return
         await self.quit()
 
-    async def transaction(self, probe: bool) -> None:
-        """Steps 3 to 5 on an open connection."""
-        assert self.connection is not None
-        self.connection.transactions += 1
-        if not await self.mail_from():
-            return
-        accepted = await self.rcpt_to_each()
-        if probe:
-            self.replies.update(accepted)
-        elif self.accepted:
-            await self.data()
+    async def resume(self, connection: Connection, probe: bool) -> bool:
+        """Run the transaction on a parked connection, after RSET.
 
-    async def resume(self, connection: Connection) -> bool:
-        """Take over a parked connection: RSET, so it is known alive and in a clean state.
-
-        False (and the connection dropped) when RSET fails: nothing of this message was sent
-        on it, so a fresh connection can be opened without any risk of a duplicate.
+        False (and the connection dropped) when RSET fails: nothing of this message reached
+        the server, so a fresh connection can be opened without any risk of a duplicate.
         """
         self.connection = connection
-        answer = await self.call("RSET", connection.smtp.rset())
-        if answer.reply_class == 2:
-            self.greeted = True
-            self.tls_active = connection.tls_active
+        self.greeted = True
+        self.tls_active = connection.tls_active
+        if await self.transaction(probe, reset=True):
             return True
         # Its lease now covers the fresh connection that replaces it.
         self.spare_lease, connection.lease = connection.lease, None
         self.close()
-        self.lost = False
+        self.lost = self.throttled = False
         return False
 
     # Step 1: open the session.
@@ -314,7 +312,9 @@ class _Conversation:
             return False
         if tls is not None and tls.required and not self.tls_active:
             return self.fail(replies.tls_unavailable(self.host), "STARTTLS")
-        return credentials is None or await self.authenticate(credentials)
+        if credentials is not None and not await self.authenticate(credentials):
+            return False
+        return self.take_over()
 
     async def hello(self) -> bool:
         assert self.smtp is not None
@@ -375,24 +375,94 @@ class _Conversation:
 
     # Steps 3 to 6.
 
-    async def mail_from(self) -> bool:
-        assert self.smtp is not None
+    async def transaction(self, probe: bool, *, reset: bool) -> bool:
+        """Steps 3 to 5 on an open connection; a reused one (`reset`) gets RSET first.
+
+        With PIPELINING every command up to DATA goes out in one write (RFC 2920 §3.1) and
+        the replies are read in order; without it, one command per reply, and nothing is sent
+        that an earlier reply made pointless. The message itself only follows a 354, so a
+        transaction whose MAIL FROM or every RCPT TO failed never sends it. False when RSET
+        failed: the caller drops the connection (and with it whatever was pipelined).
+        """
+        connection = self.connection
+        assert connection is not None
+        assert connection.wire is not None
+        wire = connection.wire
         self.step = Step.MAIL_FROM
-        refusal = self.unsendable()
-        if refusal is not None:
-            return self.fail(refusal, "MAIL FROM")
+        commands = self.unsendable() or self.commands(reset=reset, probe=probe)
+        if isinstance(commands, Reply):
+            self.fail(commands, "MAIL FROM")
+            return True  # nothing was sent: a reused connection is as clean as it was
+        connection.transactions += 1
+        pipelined = connection.pipelining
+        started = time.perf_counter()
+        if pipelined:
+            wire.send(b"".join(line for _, line, _ in commands), len(commands))
+        sender_accepted = False
+        for verb, line, recipient in commands:
+            if not pipelined:
+                if verb in ("RCPT TO", "DATA") and not sender_accepted:
+                    break
+                if verb == "DATA" and not self.accepted:
+                    break
+                started = time.perf_counter()
+                wire.send(line, 1)
+            self.step = _STEPS[verb]
+            answer = await self.read(wire, verb, started, self.timeouts.command)
+            if verb == "RSET":
+                if answer.reply_class != 2:
+                    return False
+            elif verb == "MAIL FROM":
+                sender_accepted = answer.reply_class == 2
+                if not sender_accepted:
+                    self.fail(answer)
+            elif verb == "RCPT TO" and sender_accepted:
+                assert recipient is not None
+                self.rcpt_reply(recipient, answer)
+            elif verb == "DATA":
+                await self.data(wire, answer, started, sendable=sender_accepted)
+            if self.lost or answer.code == Code.SERVICE_UNAVAILABLE:
+                break  # RFC 5321 §3.8: 421 means the server is closing the session
+        if probe:
+            self.replies.update(self.accepted)
+        return True
+
+    def commands(self, *, reset: bool, probe: bool) -> list[tuple[str, bytes, str | None]] | Reply:
+        """The transaction's commands as (verb, line, recipient); a `Reply` for an address that
+        cannot go on the wire (a control character, or non-ASCII without SMTPUTF8)."""
+        assert self.smtp is not None
         options = []
         if self.smtp.supports_extension("size"):
-            options.append(f"SIZE={self.message.size}")
+            options.append(f" SIZE={self.message.size}")
         if self.message.smtputf8:
-            options.append("SMTPUTF8")
+            options.append(" SMTPUTF8")
         if self.message.eight_bit and self.smtp.supports_extension("8bitmime"):
-            options.append("BODY=8BITMIME")
-        answer = await self.call(
-            "MAIL FROM",
-            self.smtp.mail(self.message.sender, options=options, encoding=self.encoding),
-        )
-        return answer.reply_class == 2 or self.fail(answer)
+            options.append(" BODY=8BITMIME")
+        sender = self.line(f"MAIL FROM:<{self.message.sender}>{''.join(options)}")
+        if sender is None:
+            return replies.bad_address(Step.MAIL_FROM)
+        commands: list[tuple[str, bytes, str | None]] = []
+        if reset:
+            commands.append(("RSET", b"RSET\r\n", None))
+        commands.append(("MAIL FROM", sender, None))
+        for recipient in self.recipients:
+            line = self.line(f"RCPT TO:<{recipient}>")
+            if line is None:
+                self.replies[recipient] = replies.bad_address(Step.RCPT_TO)
+            else:
+                commands.append(("RCPT TO", line, recipient))
+        if not probe:
+            commands.append(("DATA", b"DATA\r\n", None))
+        return commands
+
+    def line(self, command: str) -> bytes | None:
+        """`command` as one CRLF-terminated line, or None when it must not be sent as is."""
+        if any(ord(c) < 32 or ord(c) == 127 for c in command):
+            return None  # CR, LF or NUL would smuggle another command in
+        try:
+            return command.encode(self.encoding) + b"\r\n"
+        except UnicodeEncodeError:
+            return None
 
     def unsendable(self) -> Reply | None:
         """A reason this server cannot take this message at all, known before MAIL FROM."""
@@ -404,49 +474,82 @@ class _Conversation:
             return replies.smtputf8_unavailable(self.host)
         return None
 
-    async def rcpt_to_each(self) -> dict[str, Reply]:
-        """RCPT TO for every recipient; returns the replies of those accepted."""
-        assert self.smtp is not None
-        self.step = Step.RCPT_TO
-        accepted: dict[str, Reply] = {}
-        for recipient in self.recipients:
-            answer = await self.call("RCPT TO", self.smtp.rcpt(recipient, encoding=self.encoding))
-            if answer.reply_class == 2:
-                self.accepted.append(recipient)
-                accepted[recipient] = answer
-                continue
-            self.replies[recipient] = answer
-            if not self.smtp.is_connected:
-                # A 421 or a dropped connection ends the session for everyone still waiting,
-                # the recipients already accepted included: no DATA will follow.
-                self.accepted.clear()
-                self.abandon(answer)
-                return {}
-        return accepted
+    def rcpt_reply(self, recipient: str, answer: Reply) -> None:
+        if answer.reply_class == 2:
+            self.accepted[recipient] = answer
+            return
+        self.replies[recipient] = answer
+        if self.lost or answer.code == Code.SERVICE_UNAVAILABLE:
+            # A 421 or a dropped connection ends the session for everyone still waiting, the
+            # recipients already accepted included: no DATA will follow.
+            self.accepted.clear()
+            self.abandon(answer)
 
-    async def data(self) -> None:
-        assert self.smtp is not None
-        self.step = Step.DATA
-        answer = await self.call(
-            "DATA", self.smtp.data(self.message.data, timeout=self.timeouts.data)
-        )
-        if self.lost:
-            # RFC 5321 §6.1's duplicate-delivery window: the dot may have arrived unanswered.
-            answer = Reply(answer.code, answer.enhanced, answer.text + _AMBIGUOUS, answer.step)
+    async def data(self, wire: Wire, answer: Reply, started: float, *, sendable: bool) -> None:
+        """Step 5 from DATA's first reply on: the message after a 354, then the final reply."""
+        if not sendable or not self.accepted:
+            if answer.code == Code.START_INPUT:
+                # Pipelined DATA a server accepted after refusing MAIL FROM or every RCPT TO:
+                # hang up rather than end an empty message with a dot.
+                wire.abort("DATA accepted with nobody to send to")
+                self.lost = True
+            return
+        if answer.code == Code.START_INPUT:
+            self.steps.pop()  # one DATA step, with the reply after the dot, as before
+            wire.send(message_bytes(self.message.data), 1)
+            self.body_sent = True
+            await wire.drain()
+            answer = await self.read(wire, "DATA", started, self.timeouts.data)
+            if self.lost:
+                # RFC 5321 §6.1's duplicate-delivery window: the dot may have arrived unanswered.
+                answer = Reply(answer.code, answer.enhanced, answer.text + _AMBIGUOUS, answer.step)
         for recipient in self.accepted:
             self.replies[recipient] = answer
 
+    async def read(self, wire: Wire, verb: str, started: float, timeout: float) -> Reply:
+        """The next reply from `wire`, recorded as `verb`'s; a made-up one if none came."""
+        got = await wire.read(timeout)
+        if isinstance(got, NoReply):
+            self.lost = True
+            answer = replies.connection_dropped(self.host, self.step, got.reason)
+            self.record(verb, answer, started)
+            return answer
+        answer = parse_reply(got.code, got.text, self.step)
+        if answer.reply_class > 3:
+            self.throttled = self.throttled or is_throttling(answer.code, answer.enhanced)
+        self.steps.append(StepRecord(verb, answer, (got.at - started) * 1000))
+        return answer
+
     async def quit(self) -> None:
-        assert self.smtp is not None
+        connection = self.connection
+        assert connection is not None
         self.step = Step.QUIT
-        if self.smtp.is_connected:
-            await self.call("QUIT", self.smtp.quit())
+        if connection.wire is None:
+            if connection.smtp.is_connected:
+                await self.call("QUIT", connection.smtp.quit())
+            return
+        if connection.wire.usable:
+            started = time.perf_counter()
+            connection.wire.send(b"QUIT\r\n", 1)
+            await self.read(connection.wire, "QUIT", started, self.timeouts.command)
 
     # Plumbing.
 
     @property
     def encoding(self) -> str:
         return "utf-8" if self.message.smtputf8 else "ascii"
+
+    def take_over(self) -> bool:
+        """Hand the open connection to a `Wire` for its transactions (see `workers.smtp_wire`)."""
+        connection = self.connection
+        assert connection is not None
+        self.keep_transport()
+        transport = connection.transport
+        if transport is None or transport.is_closing():
+            return self.fail(replies.connection_dropped(self.host, self.step, "connection lost"))
+        connection.wire = Wire.take_over(transport)
+        connection.pipelining = connection.smtp.supports_extension("pipelining")
+        return True
 
     def keep_transport(self) -> None:
         """Remember the transport in use (the TLS one after a handshake), to abort on close."""
@@ -501,6 +604,9 @@ async def _connect(address: str, port: int, timeout: float) -> socket.socket | s
     family = socket.AF_INET6 if ip_address(address).version == 6 else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setblocking(False)
+    # Commands go out at once, not held for the server's delayed ACK (Nagle): asyncio only
+    # sets this on sockets it creates itself.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         await asyncio.wait_for(
             asyncio.get_running_loop().sock_connect(sock, (address, port)), timeout

@@ -94,12 +94,15 @@ class SinkSession(asyncio.Protocol):
         )
         self._timer: asyncio.TimerHandle | None = None
         self._closing = False
+        self._out: list[tuple[bytes, str | None, bool]] | None = None  # replies being grouped
 
     # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
+        # Replies must not wait for the client's delayed ACK (Nagle), as a real MTA's don't.
+        transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._conn = self._journal.connection()
         self._reply(f"220 {self._hostname} ESMTP bench sink\r\n".encode())
 
@@ -111,6 +114,17 @@ class SinkSession(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closing:
             return
+        # The replies to a pipelined group go out as one write, as RFC 2920 §3.2 asks of a
+        # server and Postfix's smtpd does (it flushes only when no more input is pending).
+        self._out = []
+        try:
+            self._received(data)
+        finally:
+            out, self._out = self._out, None
+            if out:
+                self._flush(out)
+
+    def _received(self, data: bytes) -> None:
         if self._data is not None:
             self._data += data
             self._scan_data()
@@ -196,7 +210,10 @@ class SinkSession(asyncio.Protocol):
         if close:
             self._closing = True
         if self._delay <= 0:
-            self._send(reply, message_id, close)
+            if self._out is not None:
+                self._out.append((reply, message_id, close))
+            else:
+                self._flush([(reply, message_id, close)])
             return
         loop = asyncio.get_running_loop()
         self._pending.append((loop.time() + self._delay, reply, message_id, close))
@@ -207,21 +224,27 @@ class SinkSession(asyncio.Protocol):
         self._timer = None
         loop = asyncio.get_running_loop()
         now = loop.time()
+        due = []
         while self._pending and self._pending[0][0] <= now:
             _, reply, message_id, close = self._pending.popleft()
-            self._send(reply, message_id, close)
+            due.append((reply, message_id, close))
+        self._flush(due)
         if self._pending:
             self._timer = loop.call_at(self._pending[0][0], self._due)
 
-    def _send(self, reply: bytes, message_id: str | None, close: bool) -> None:
+    def _flush(self, replies: list[tuple[bytes, str | None, bool]]) -> None:
+        """Write `replies` at once; then journal the messages they accepted, and close if asked."""
         transport = self._transport
         if transport is None:
             return
-        transport.write(reply)
-        if message_id is not None:
-            self._journal.message(self._conn, message_id, time.time())
-        if close:
-            transport.close()
+        transport.write(b"".join(reply for reply, _, _ in replies))
+        at = time.time()
+        for _, message_id, close in replies:
+            if message_id is not None:
+                self._journal.message(self._conn, message_id, at)
+            if close:
+                transport.close()
+                return
 
 
 async def serve(host: str, port: int, delay: float) -> None:

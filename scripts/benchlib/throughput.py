@@ -191,6 +191,7 @@ class ThroughputRun:
             "redis": procstat.cpu_seconds(self.redis.pid),
             "sink": procstat.cpu_seconds(self.sink.pid),
             "dns": procstat.cpu_seconds(dns_pid(self.dns)),
+            **{f"worker{i}": procstat.cpu_seconds(pid) for i, pid in enumerate(self.workers.pids)},
         }
 
     def _progress_line(self, timed: Timed) -> str:
@@ -283,6 +284,10 @@ class ThroughputRun:
             "p99_ms": rounded(percentile(latencies, 0.99), 1),
             "max_ms": rounded(max(latencies), 1),
             "worker_rss_mb": rounded(mib(max(peaks)), 1),
+            # How evenly the workers share the work: one busy worker is bound by its GIL.
+            "worker_cpu_ms_per_msg_each": [
+                rounded(per[f"worker{i}"]) for i in range(len(self.workers.pids))
+            ],
             "worker_rss_mb_each": [rounded(mib(peak), 1) for peak in peaks],
             "redis_bytes_per_msg": round(bytes_per_message),
             "seconds": rounded(seconds, 2),

@@ -4,6 +4,9 @@
   anything else with 503 (RFC 5321 §3.1: after a 554 greeting the server waits for QUIT), then
   closes; `close_after_greeting=True` hangs up right after the greeting instead.
 - `SilentServer()`: accepts connections and never sends a byte (greeting timeouts).
+- `ScriptedServer(replies={"RCPT": "550 5.1.1 no"})`: an ESMTP server announcing PIPELINING
+  that answers each verb from the script (250 by default), even where a real server would not
+  (a 354 to DATA after every RCPT failed); `out_of_turn` is sent, unasked, after each message.
 - `refused_port(host)`: a context manager giving a port where nothing listens, so connecting is
   refused; the port stays bound (not listening) meanwhile, so nothing else can take it.
 A STARTTLS whose handshake fails is a `Sink(broken_starttls=True)` (tests/support/smtp_sink.py):
@@ -166,6 +169,45 @@ class SilentServer(RawServer):
         with conn.makefile("rb") as reader:
             while self.readline(reader, lines) is not None:
                 pass
+
+
+class ScriptedServer(RawServer):
+    """Answers every command from `replies` (by verb; 250 when not named), DATA's content too."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        *,
+        replies: dict[str, str] | None = None,
+        out_of_turn: str | None = None,
+    ) -> None:
+        super().__init__(host)
+        self.replies = dict(replies or {})
+        self.out_of_turn = out_of_turn
+
+    def serve(self, conn: socket.socket, lines: list[str]) -> None:
+        conn.sendall(b"220 scripted.test ESMTP\r\n")
+        with conn.makefile("rb") as reader:
+            while (line := self.readline(reader, lines)) is not None:
+                verb = line[:4].upper()
+                if verb == "EHLO":
+                    conn.sendall(b"250-scripted.test\r\n250 PIPELINING\r\n")
+                elif verb == "QUIT":
+                    conn.sendall(b"221 2.0.0 bye\r\n")
+                    return
+                else:
+                    reply = self.replies.get(verb, "354 go ahead" if verb == "DATA" else "250 ok")
+                    conn.sendall(reply.encode() + b"\r\n")
+                    if verb == "DATA" and reply.startswith("354"):
+                        self._content(conn, reader, lines)
+
+    def _content(self, conn: socket.socket, reader: BinaryIO, lines: list[str]) -> None:
+        while (line := self.readline(reader, lines)) is not None:
+            if line == ".":
+                conn.sendall(b"250 2.0.0 queued\r\n")
+                if self.out_of_turn is not None:
+                    conn.sendall(self.out_of_turn.encode() + b"\r\n")
+                return
 
 
 class MakeGreetingServer(Protocol):

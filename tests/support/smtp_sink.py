@@ -107,6 +107,7 @@ class SinkOptions(TypedDict, total=False):
     slow_seconds: float
     idle_timeout: float
     drop_on_rset: bool
+    pipelining: bool
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,7 @@ class SinkConfig:
     slow_seconds: float = 5.0  # delay of slow-rcpt@ and slow-data@
     idle_timeout: float = 300.0  # aiosmtpd closes a connection idle that long
     drop_on_rset: bool = False  # hang up without a reply on RSET (a reused connection gone bad)
+    pipelining: bool = False  # announce PIPELINING (RFC 2920); aiosmtpd reads commands in order
 
 
 @dataclass
@@ -210,6 +212,7 @@ class SessionRecord:
     helo: str | None = None  # name given in the last accepted EHLO or HELO
     ehlo: bool = False  # that name came with EHLO (False: HELO, or no greeting accepted)
     commands: list[str] = field(default_factory=list)  # verbs, e.g. ["EHLO", "MAIL", ...]
+    chunks: list[bytes] = field(default_factory=list)  # the bytes of each read, as they came
     auth: list[AuthAttempt] = field(default_factory=list)
     mail_from: list[MailCommand] = field(default_factory=list)
     rcpt_to: list[RcptCommand] = field(default_factory=list)
@@ -443,6 +446,8 @@ class _Connection:
         tls = _tls_active(server)
         if self.config.broken_starttls and not tls:
             lines.insert(-1, "250-STARTTLS")
+        if self.config.pipelining:
+            lines.insert(-1, "250-PIPELINING")
         return lines
 
     async def handle_MAIL(
@@ -558,6 +563,11 @@ class _SinkSMTP(SMTP):
         if tls:
             with self.connection.change() as record:
                 record.tls = True
+
+    def data_received(self, data: bytes) -> None:
+        with self.connection.change() as record:
+            record.chunks.append(data)
+        super().data_received(data)
 
     def connection_lost(self, error: Exception | None) -> None:
         super().connection_lost(error)
