@@ -31,7 +31,7 @@ from tasks.api import Mailroom
 from tasks.app import make_celery
 from tasks.notification import InvalidNotification
 from tasks.routing import DELIVER_TASK, NOTIFY_TASK
-from workers.batch import BatchRunner, Item
+from workers.batch import BatchRunner, Handled, Item
 from workers.content import ContentStore, record_ttl
 from workers.dead_letters import DeadLetters
 from workers.deferred import DeferredSet
@@ -48,12 +48,6 @@ from workers.sweeper import Sweeper
 log = logging.getLogger(__name__)
 
 _RESULT_CHARS = 1000  # under Celery's resultrepr_maxsize (1024), so the tally is never cut
-# The counts that open a line's summary ("1 delivered, 2 deferred 451 4.7.1 greylisted").
-_COUNTS = re.compile(r"(?:[0-9]+ (?:delivered|deferred|bounced|expired)(?:, |(?= )|$))+")
-_COUNT = re.compile(r"([0-9]+) (delivered|deferred|bounced|expired)")
-# The reply that follows the counts: its code and enhanced code ("451 4.7.1").
-_REPLY_CODES = re.compile(r" *([2-5][0-9]{2}(?: [2-5]\.[0-9]{1,3}\.[0-9]{1,3})?)\b")
-_OUTCOMES = ("delivered", "deferred", "bounced", "expired")
 # Receivers often quote an address in their reply ("550 5.1.1 <bob@example.org>: unknown").
 _ADDRESS = re.compile(r"[^\s<>()\[\]@;,'\"]+@([^\s<>()\[\]@;,'\"]+)")
 _QUIT_WAIT = 5.0  # seconds a stopping worker gives its parked connections' QUITs
@@ -155,36 +149,30 @@ def _requeue_when_redis_fails() -> Iterator[None]:
         raise Reject(str(exc), requeue=True) from exc
 
 
-def delivery_result(lines: Sequence[str]) -> str:
-    """The result of a `mailroom.deliver` task, from the batch runner's one line per delivery.
+def delivery_result(handled: Sequence[Handled]) -> str:
+    """The result of a `mailroom.deliver` task, from what the batch runner handled.
 
     :returns: "nothing due" for an empty batch; else the tally of outcomes with the codes of
-        the replies behind them, " | ", and the lines ("<id> <destination>: <summary>") joined
-        by "; ", e.g. "1 deferred (451 4.7.1) | 3f… mx.test: 1 deferred 451 4.7.1 greylisted".
-        Flower shows only the first forty-odd characters of a result in its tasks list, so
-        the outcome leads. Addresses quoted in replies keep only their domain
+        the replies behind them, " | ", and one line per delivery ("<id> <destination>:
+        <summary>") joined by "; ", e.g. "1 deferred (451 4.7.1) | 3f… mx.test: 1 deferred 451
+        4.7.1 greylisted". Flower shows only the first forty-odd characters of a result in its
+        tasks list, so the outcome leads. Addresses quoted in replies keep only their domain
         (`*@example.org`): Flower and the worker log carry ids and destinations, no personal
         data.
     """
-    if not lines:
+    if not handled:
         return "nothing due"
-    totals = dict.fromkeys(_OUTCOMES, 0)
-    codes: dict[str, None] = {}  # distinct, in order of appearance
-    for line in lines:
-        # Ids and destinations hold no ": ", so the summary is what follows the first one.
-        summary = line.partition(": ")[2]
-        counts = _COUNTS.match(summary)
-        if counts is None:
-            continue
-        for number, outcome in _COUNT.findall(counts.group()):
-            totals[outcome] += int(number)
-        reply = _REPLY_CODES.match(summary, counts.end())
-        if reply is not None:
-            codes[reply.group(1)] = None
+    totals = {
+        "delivered": sum(h.summary.delivered for h in handled),
+        "deferred": sum(h.summary.deferred for h in handled),
+        "bounced": sum(h.summary.bounced for h in handled),
+        "expired": sum(h.summary.expired for h in handled),
+    }
+    codes = dict.fromkeys(h.summary.code for h in handled if h.summary.code)  # in order
     tally = ", ".join(f"{n} {outcome}" for outcome, n in totals.items() if n) or "no outcome"
     if codes:
         tally += f" ({', '.join(codes)})"
-    text = f"{tally} | {'; '.join(lines)}"
+    text = f"{tally} | {'; '.join(str(h) for h in handled)}"
     return _ADDRESS.sub(r"*@\1", text)[:_RESULT_CHARS]
 
 
@@ -197,8 +185,8 @@ def create_app(settings: Settings) -> Celery:
     def deliver(items: Sequence[Sequence[Any]]) -> str:
         batch = [Item(str(m), str(d), int(a)) for m, d, a in items]
         with _requeue_when_redis_fails():
-            lines = context.runner().run(batch)
-        return delivery_result(lines)
+            handled = context.runner().run(batch)
+        return delivery_result(handled)
 
     @app.task(name=NOTIFY_TASK, shared=False, acks_late=True, reject_on_worker_lost=True)
     def notify(**fields: Any) -> str:

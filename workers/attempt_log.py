@@ -15,7 +15,7 @@ import logging
 from typing import Any
 
 from workers.delivery import DeliveryReport
-from workers.smtp_session import StepRecord
+from workers.smtp_record import StepRecord
 
 log = logging.getLogger("mailroom.attempts")
 

@@ -36,7 +36,7 @@ from workers.leases import Leases
 from workers.outcome import Deferred
 from workers.rate_limits import Granted, Limiter, Throttled, is_throttling
 from workers.reply import Code, Reply, Step
-from workers.smtp_session import StepRecord
+from workers.smtp_record import StepRecord
 from workers.status import StatusStore
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,18 @@ class _Running:
     first_queued: float
     recipients: tuple[str, ...]
     lease: str
+
+
+@dataclass(frozen=True, slots=True)
+class Handled:
+    """One delivery the batch handled, and what it came to."""
+
+    message_id: str
+    destination: str
+    summary: Summary
+
+    def __str__(self) -> str:
+        return f"{self.message_id} {self.destination}: {self.summary}"
 
 
 class BatchRunner:
@@ -90,14 +102,14 @@ class BatchRunner:
         self._limiter = limiter
         self._clock = clock
 
-    def run(self, items: Sequence[Item]) -> list[str]:
-        """Deliver every item that is due; returns one summary line per item handled.
+    def run(self, items: Sequence[Item]) -> list[Handled]:
+        """Deliver every item that is due; returns what each item handled came to.
 
         The checks before the sessions cost one Redis round trip each for the whole batch
         (status, leases, the gate, content), not one per item.
         """
         futures: dict[Future[DeliveryReport], _Running] = {}
-        lines: list[str] = []
+        lines: list[Handled] = []
         claimed = self._claim(items)
         gates = self._gate(claimed)
         admitted: list[_Running] = []
@@ -127,7 +139,7 @@ class BatchRunner:
         return lines
 
     def _finish_all(
-        self, finished: Sequence[tuple[_Running, DeliveryReport]], lines: list[str]
+        self, finished: Sequence[tuple[_Running, DeliveryReport]], lines: list[Handled]
     ) -> None:
         """Log, record and release a group of finished deliveries: one round trip for their
         status records and one for their leases, not one of each per delivery."""
@@ -142,7 +154,7 @@ class BatchRunner:
                 self._clock(),
             )
             for (running, _), summary in zip(finished, summaries, strict=True):
-                lines.append(f"{running.item.message_id} {running.item.destination}: {summary}")
+                lines.append(Handled(running.item.message_id, running.item.destination, summary))
         finally:
             self._leases.release_many(
                 [(r.item.message_id, r.item.destination, r.lease) for r, _ in finished]

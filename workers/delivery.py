@@ -31,7 +31,8 @@ from workers.outcome import Deferred, Outcome, classify, try_next_host
 from workers.profiles import traffic
 from workers.rate_limits import Granted, Throttled
 from workers.reply import Code, Reply, Step, not_attempted
-from workers.smtp_session import Credentials, SessionResult, StepRecord, Timeouts, run_session
+from workers.smtp_record import StepRecord, Timeouts
+from workers.smtp_session import Credentials, SessionResult, run_session
 from workers.tls_policy import TlsPolicy, opportunistic_policy, relay_policy
 
 T = TypeVar("T")

@@ -33,7 +33,7 @@ from workers.metrics import MetricsRecorder
 from workers.outcome import Bounced, Deferred, Delivered, Outcome
 from workers.reply import Reply, Step
 from workers.retry_schedule import next_due
-from workers.smtp_session import StepRecord
+from workers.smtp_record import StepRecord
 from workers.status import RecipientState, Record, StatusStore
 
 
@@ -46,6 +46,7 @@ class Summary:
     bounced: int = 0
     expired: int = 0
     last: str = ""  # the last non-2xx reply, e.g. "451 4.7.1 greylisted"
+    code: str = ""  # its codes, e.g. "451 4.7.1"
 
     def __str__(self) -> str:
         counts = ", ".join(
@@ -197,17 +198,19 @@ def _dead_recipient(address: str, reply: Reply) -> dict[str, Any]:
 
 def _summary(states: dict[str, tuple[RecipientState, Reply]]) -> Summary:
     count = dict.fromkeys(RecipientState, 0)
-    last = ""
+    last = code = ""
     for state, reply in states.values():
         count[state] += 1
         if reply.reply_class != 2:
             last = str(reply)
+            code = f"{reply.code} {reply.enhanced}".strip()
     return Summary(
         delivered=count[RecipientState.DELIVERED],
         deferred=count[RecipientState.DEFERRED],
         bounced=count[RecipientState.BOUNCED],
         expired=count[RecipientState.EXPIRED],
         last=last,
+        code=code,
     )
 
 

@@ -43,7 +43,7 @@ from workers.status import RecipientState
 
 if TYPE_CHECKING:
     from workers.delivery import DeliveryReport
-    from workers.smtp_session import StepRecord
+    from workers.smtp_record import StepRecord
 
 log = logging.getLogger(__name__)
 

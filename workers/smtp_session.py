@@ -1,12 +1,12 @@
-"""One SMTP conversation with one server address: steps 1 and 3 to 6 of the session.
+"""One SMTP conversation with one server address: steps 1 and 6 of the session, around 3 to 5.
 
-open (TCP connect, greeting, EHLO with HELO fallback, STARTTLS, EHLO again, AUTH) → MAIL FROM →
-RCPT TO per recipient → DATA → QUIT. Every command's reply is recorded with its step, enhanced
-code and duration. The session never raises for anything the network or the server does: each
-library exception becomes a `Reply` in `_translate`, the one boundary with aiosmtplib (STYLE.md
-rule 3). Which recipient a failure applies to follows Postfix's `smtp_trouble.c`: a failure
-while opening, at MAIL FROM or at DATA hits every recipient still in play; a RCPT refusal hits
-that recipient only; QUIT never changes an outcome.
+open (TCP connect, greeting, EHLO with HELO fallback, STARTTLS, EHLO again, AUTH) → one mail
+transaction (`workers.smtp_transaction`: MAIL FROM, RCPT TO per recipient, DATA) → QUIT, or the
+connection parked for the next message. Every command's reply is recorded with its step, enhanced
+code and duration (`workers.smtp_record`). The session never raises for anything the network or
+the server does: each library exception becomes a `Reply` in `_translate`, the one boundary with
+aiosmtplib (STYLE.md rule 3). A failure while opening hits every recipient; QUIT never changes an
+outcome.
 
 aiosmtplib opens the session; the transactions then run on the connection's `Wire`
 (`workers.smtp_wire`), pipelined when the server offers PIPELINING (RFC 2920).
@@ -42,26 +42,10 @@ from workers.connection_pool import Connection, ConnectionPool, PoolKey
 from workers.envelope import OutboundMessage
 from workers.rate_limits import is_throttling
 from workers.reply import Code, Reply, Step, parse_reply
-from workers.smtp_wire import NoReply, Wire, message_bytes
+from workers.smtp_record import Ledger, StepRecord, Timeouts
+from workers.smtp_transaction import read_reply, transaction
+from workers.smtp_wire import Wire
 from workers.tls_policy import TlsMode, TlsPolicy
-
-_STEPS = {
-    "RSET": Step.OPEN_SESSION,
-    "MAIL FROM": Step.MAIL_FROM,
-    "RCPT TO": Step.RCPT_TO,
-    "DATA": Step.DATA,
-}
-_AMBIGUOUS = "; the server may have accepted the message, so it will be retried (at least once)"
-
-
-@dataclass(frozen=True, slots=True)
-class Timeouts:
-    """Seconds allowed per phase (RFC 5321 §4.5.3.2 gives the upper bounds)."""
-
-    connect: float  # TCP connect (and the TLS handshake of implicit TLS)
-    command: float  # each command's reply: greeting, EHLO, STARTTLS, AUTH, MAIL, RCPT, QUIT
-    data: float  # DATA: the 354 and the reply after the final dot
-    session: float  # the whole delivery, every server tried included
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,15 +54,6 @@ class Credentials:
 
     username: str
     password: str = field(repr=False)
-
-
-@dataclass(frozen=True, slots=True)
-class StepRecord:
-    """One command and its reply, as the status record shows it."""
-
-    command: str  # "connect", "EHLO", "HELO", "STARTTLS", "AUTH PLAIN", "MAIL FROM", ...
-    reply: Reply
-    ms: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,8 +125,8 @@ async def run_session(
     return conversation.result()
 
 
-class _Conversation:
-    """The state of one session: the client, the steps so far, the replies decided so far."""
+class _Conversation(Ledger):
+    """The state of one session: the connection, and (as a `Ledger`) what it recorded."""
 
     def __init__(
         self,
@@ -162,16 +137,11 @@ class _Conversation:
         helo: str,
         timeouts: Timeouts,
     ) -> None:
-        self.host = host
+        super().__init__(host, recipients)
         self.address = address
         self.message = message
-        self.recipients = list(recipients)
         self.helo = helo
         self.timeouts = timeouts
-        self.steps: list[StepRecord] = []
-        self.replies: dict[str, Reply] = {}
-        self.accepted: dict[str, Reply] = {}  # recipients accepted at RCPT TO, with that reply
-        self.step = Step.OPEN_SESSION
         self.connection: Connection | None = None
         self.pool: ConnectionPool | None = None
         self.key: PoolKey | None = None
@@ -181,9 +151,6 @@ class _Conversation:
         self.greeted = False
         self.tls_active = False
         self.tls_failed = False
-        self.body_sent = False  # the message went out after a 354: a lost reply is ambiguous
-        self.lost = False  # the last reply was made up because the server's never came
-        self.throttled = False  # the server gave a throttling reply (421, 45x 4.7.x, ...)
 
     def result(self) -> SessionResult:
         return SessionResult(
@@ -219,13 +186,6 @@ class _Conversation:
             self.pool.give_back_lease(self.key, self.spare_lease)
             self.spare_lease = None
 
-    def abandon(self, reply: Reply) -> None:
-        """Give `reply` to every recipient that has no final reply yet."""
-        if self.body_sent:
-            reply = Reply(reply.code, reply.enhanced, reply.text + _AMBIGUOUS, reply.step)
-        for recipient in self.recipients:
-            self.replies.setdefault(recipient, reply)
-
     async def run(
         self,
         port: int,
@@ -242,7 +202,10 @@ class _Conversation:
         if parked is None or not await self.resume(parked, probe):
             if not await self.open(port, tls, credentials):
                 return
-            await self.transaction(probe, reset=False)
+            assert self.connection is not None
+            await transaction(
+                self, self.connection, self.message, self.timeouts, reset=False, probe=probe
+            )
         connection = self.connection
         # A server that asked to slow down gets its session ended, not kept open.
         reusable = not self.lost and not self.throttled
@@ -264,7 +227,9 @@ class _Conversation:
         self.connection = connection
         self.greeted = True
         self.tls_active = connection.tls_active
-        if await self.transaction(probe, reset=True):
+        if await transaction(
+            self, connection, self.message, self.timeouts, reset=True, probe=probe
+        ):
             return True
         # Its lease now covers the fresh connection that replaces it.
         self.spare_lease, connection.lease = connection.lease, None
@@ -375,151 +340,6 @@ class _Conversation:
 
     # Steps 3 to 6.
 
-    async def transaction(self, probe: bool, *, reset: bool) -> bool:
-        """Steps 3 to 5 on an open connection; a reused one (`reset`) gets RSET first.
-
-        With PIPELINING every command up to DATA goes out in one write (RFC 2920 §3.1) and
-        the replies are read in order; without it, one command per reply, and nothing is sent
-        that an earlier reply made pointless. The message itself only follows a 354, so a
-        transaction whose MAIL FROM or every RCPT TO failed never sends it. False when RSET
-        failed: the caller drops the connection (and with it whatever was pipelined).
-        """
-        connection = self.connection
-        assert connection is not None
-        assert connection.wire is not None
-        wire = connection.wire
-        self.step = Step.MAIL_FROM
-        commands = self.unsendable() or self.commands(reset=reset, probe=probe)
-        if isinstance(commands, Reply):
-            self.fail(commands, "MAIL FROM")
-            return True  # nothing was sent: a reused connection is as clean as it was
-        connection.transactions += 1
-        pipelined = connection.pipelining
-        started = time.perf_counter()
-        if pipelined:
-            wire.send(b"".join(line for _, line, _ in commands), len(commands))
-        sender_accepted = False
-        for verb, line, recipient in commands:
-            if not pipelined:
-                if verb in ("RCPT TO", "DATA") and not sender_accepted:
-                    break
-                if verb == "DATA" and not self.accepted:
-                    break
-                started = time.perf_counter()
-                wire.send(line, 1)
-            self.step = _STEPS[verb]
-            answer = await self.read(wire, verb, started, self.timeouts.command)
-            if verb == "RSET":
-                if answer.reply_class != 2:
-                    return False
-            elif verb == "MAIL FROM":
-                sender_accepted = answer.reply_class == 2
-                if not sender_accepted:
-                    self.fail(answer)
-            elif verb == "RCPT TO" and sender_accepted:
-                assert recipient is not None
-                self.rcpt_reply(recipient, answer)
-            elif verb == "DATA":
-                await self.data(wire, answer, started, sendable=sender_accepted)
-            if self.lost or answer.code == Code.SERVICE_UNAVAILABLE:
-                break  # RFC 5321 §3.8: 421 means the server is closing the session
-        if probe:
-            self.replies.update(self.accepted)
-        return True
-
-    def commands(self, *, reset: bool, probe: bool) -> list[tuple[str, bytes, str | None]] | Reply:
-        """The transaction's commands as (verb, line, recipient); a `Reply` for an address that
-        cannot go on the wire (a control character, or non-ASCII without SMTPUTF8)."""
-        assert self.smtp is not None
-        options = []
-        if self.smtp.supports_extension("size"):
-            options.append(f" SIZE={self.message.size}")
-        if self.message.smtputf8:
-            options.append(" SMTPUTF8")
-        if self.message.eight_bit and self.smtp.supports_extension("8bitmime"):
-            options.append(" BODY=8BITMIME")
-        sender = self.line(f"MAIL FROM:<{self.message.sender}>{''.join(options)}")
-        if sender is None:
-            return replies.bad_address(Step.MAIL_FROM)
-        commands: list[tuple[str, bytes, str | None]] = []
-        if reset:
-            commands.append(("RSET", b"RSET\r\n", None))
-        commands.append(("MAIL FROM", sender, None))
-        for recipient in self.recipients:
-            line = self.line(f"RCPT TO:<{recipient}>")
-            if line is None:
-                self.replies[recipient] = replies.bad_address(Step.RCPT_TO)
-            else:
-                commands.append(("RCPT TO", line, recipient))
-        if not probe:
-            commands.append(("DATA", b"DATA\r\n", None))
-        return commands
-
-    def line(self, command: str) -> bytes | None:
-        """`command` as one CRLF-terminated line, or None when it must not be sent as is."""
-        if any(ord(c) < 32 or ord(c) == 127 for c in command):
-            return None  # CR, LF or NUL would smuggle another command in
-        try:
-            return command.encode(self.encoding) + b"\r\n"
-        except UnicodeEncodeError:
-            return None
-
-    def unsendable(self) -> Reply | None:
-        """A reason this server cannot take this message at all, known before MAIL FROM."""
-        assert self.smtp is not None
-        limit = self.smtp.esmtp_extensions.get("size", "")
-        if limit.isdigit() and 0 < int(limit) < self.message.size:
-            return replies.message_too_big(self.host, self.message.size, int(limit))
-        if self.message.smtputf8 and not self.smtp.supports_extension("smtputf8"):
-            return replies.smtputf8_unavailable(self.host)
-        return None
-
-    def rcpt_reply(self, recipient: str, answer: Reply) -> None:
-        if answer.reply_class == 2:
-            self.accepted[recipient] = answer
-            return
-        self.replies[recipient] = answer
-        if self.lost or answer.code == Code.SERVICE_UNAVAILABLE:
-            # A 421 or a dropped connection ends the session for everyone still waiting, the
-            # recipients already accepted included: no DATA will follow.
-            self.accepted.clear()
-            self.abandon(answer)
-
-    async def data(self, wire: Wire, answer: Reply, started: float, *, sendable: bool) -> None:
-        """Step 5 from DATA's first reply on: the message after a 354, then the final reply."""
-        if not sendable or not self.accepted:
-            if answer.code == Code.START_INPUT:
-                # Pipelined DATA a server accepted after refusing MAIL FROM or every RCPT TO:
-                # hang up rather than end an empty message with a dot.
-                wire.abort("DATA accepted with nobody to send to")
-                self.lost = True
-            return
-        if answer.code == Code.START_INPUT:
-            self.steps.pop()  # one DATA step, with the reply after the dot, as before
-            wire.send(message_bytes(self.message.data), 1)
-            self.body_sent = True
-            await wire.drain()
-            answer = await self.read(wire, "DATA", started, self.timeouts.data)
-            if self.lost:
-                # RFC 5321 §6.1's duplicate-delivery window: the dot may have arrived unanswered.
-                answer = Reply(answer.code, answer.enhanced, answer.text + _AMBIGUOUS, answer.step)
-        for recipient in self.accepted:
-            self.replies[recipient] = answer
-
-    async def read(self, wire: Wire, verb: str, started: float, timeout: float) -> Reply:
-        """The next reply from `wire`, recorded as `verb`'s; a made-up one if none came."""
-        got = await wire.read(timeout)
-        if isinstance(got, NoReply):
-            self.lost = True
-            answer = replies.connection_dropped(self.host, self.step, got.reason)
-            self.record(verb, answer, started)
-            return answer
-        answer = parse_reply(got.code, got.text, self.step)
-        if answer.reply_class > 3:
-            self.throttled = self.throttled or is_throttling(answer.code, answer.enhanced)
-        self.steps.append(StepRecord(verb, answer, (got.at - started) * 1000))
-        return answer
-
     async def quit(self) -> None:
         connection = self.connection
         assert connection is not None
@@ -531,13 +351,9 @@ class _Conversation:
         if connection.wire.usable:
             started = time.perf_counter()
             connection.wire.send(b"QUIT\r\n", 1)
-            await self.read(connection.wire, "QUIT", started, self.timeouts.command)
+            await read_reply(self, connection.wire, "QUIT", started, self.timeouts.command)
 
     # Plumbing.
-
-    @property
-    def encoding(self) -> str:
-        return "utf-8" if self.message.smtputf8 else "ascii"
 
     def take_over(self) -> bool:
         """Hand the open connection to a `Wire` for its transactions (see `workers.smtp_wire`)."""
@@ -561,19 +377,6 @@ class _Conversation:
     def set_tls(self, active: bool) -> None:
         assert self.connection is not None
         self.tls_active = self.connection.tls_active = active
-
-    def fail(self, reply: Reply, command: str | None = None) -> bool:
-        """Apply a session-wide failure to everyone still waiting; always False.
-
-        `command` names a reply Mailroom decided itself, which no `call` has recorded yet.
-        """
-        if command is not None:
-            self.steps.append(StepRecord(command, reply, 0.0))
-        self.abandon(reply)
-        return False
-
-    def record(self, command: str, reply: Reply, started: float) -> None:
-        self.steps.append(StepRecord(command, reply, (time.perf_counter() - started) * 1000))
 
     async def call(
         self,

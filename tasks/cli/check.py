@@ -29,7 +29,7 @@ from tasks.notification import InvalidNotification, Notification, parse_mailbox
 from workers.delivery import DeliveryAgent, DeliveryReport
 from workers.envelope import OutboundMessage
 from workers.outcome import Bounced, Deferred, Delivered, Outcome
-from workers.smtp_session import StepRecord
+from workers.smtp_record import StepRecord
 
 SUBJECT = "Mailroom check"
 _TEXT = (

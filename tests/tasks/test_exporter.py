@@ -35,7 +35,7 @@ from workers.deferred import DeferredSet
 from workers.delivery import Attempt, DeliveryReport
 from workers.metrics import MetricsRecorder
 from workers.reply import Reply, Step
-from workers.smtp_session import StepRecord
+from workers.smtp_record import StepRecord
 from workers.status import RecipientState
 
 SHARDS = 3

@@ -44,6 +44,8 @@ from tests.tasks.pipeline_support import (
     worker_env,
 )
 from tests.tasks.test_cli import assert_usage_error, run_mailroom
+from workers.batch import Handled
+from workers.disposition import Summary
 from workers.status import StatusStore
 
 ARTIFACTS = REPO / "var" / "test-artifacts"
@@ -242,30 +244,30 @@ def test_flower_off_loopback_without_basic_auth_is_refused(tmp_path: Path, liste
     assert_usage_error(run, "MAILROOM_FLOWER_BASIC_AUTH")
 
 
+def handled(message_id: str, destination: str, **summary: Any) -> Handled:
+    return Handled(message_id, destination, Summary(**summary))
+
+
 def test_delivery_result_leads_with_the_tally() -> None:
-    lines = [
-        "a1 one.test: 1 delivered",
-        "b2 two.test: 2 delivered, 1 deferred 451 4.7.1 greylisted",
-        "c3 three.test: 1 bounced 550 5.1.1 unknown user",
+    batch = [
+        handled("a1", "one.test", delivered=1),
+        handled(
+            "b2", "two.test", delivered=2, deferred=1, last="451 4.7.1 greylisted", code="451 4.7.1"
+        ),
+        handled("c3", "three.test", bounced=1, last="550 5.1.1 unknown user", code="550 5.1.1"),
     ]
 
-    assert delivery_result(lines) == (
+    assert delivery_result(batch) == (
         "3 delivered, 1 deferred, 1 bounced (451 4.7.1, 550 5.1.1) | a1 one.test: 1 delivered; "
         "b2 two.test: 2 delivered, 1 deferred 451 4.7.1 greylisted; "
         "c3 three.test: 1 bounced 550 5.1.1 unknown user"
     )
 
 
-def test_delivery_result_counts_no_numbers_from_reply_text() -> None:
-    line = "a1 one.test: 1 deferred 452 4.2.2 3 delivered today, 9 expired quota"
-
-    assert delivery_result([line]).startswith("1 deferred (452 4.2.2) | ")
-
-
 def test_delivery_result_keeps_only_the_domain_of_quoted_addresses() -> None:
-    line = "a1 one.test: 1 bounced 550 5.1.1 <bob.smith+x@one.test>: Recipient address rejected"
+    last = "550 5.1.1 <bob.smith+x@one.test>: Recipient address rejected"
 
-    result = delivery_result([line])
+    result = delivery_result([handled("a1", "one.test", bounced=1, last=last, code="550 5.1.1")])
 
     assert result == (
         "1 bounced (550 5.1.1) | a1 one.test: 1 bounced 550 5.1.1 <*@one.test>: "
@@ -275,13 +277,16 @@ def test_delivery_result_keeps_only_the_domain_of_quoted_addresses() -> None:
 
 def test_delivery_result_of_nothing_and_of_a_long_batch() -> None:
     assert delivery_result([]) == "nothing due"
-    long = delivery_result([f"{n:032x} one.test: 1 delivered" for n in range(100)])
+    long = delivery_result([handled(f"{n:032x}", "one.test", delivered=1) for n in range(100)])
     assert long.startswith("100 delivered | ")
     assert len(long) == 1000
 
 
 def test_delivery_result_without_counts_or_enhanced_codes() -> None:
-    lines = ["a1 one.test: nothing to do", "b2 two.test: 1 expired 421 service closing"]
+    batch = [
+        handled("a1", "one.test"),
+        handled("b2", "two.test", expired=1, last="421 service closing", code="421"),
+    ]
 
-    assert delivery_result(lines[:1]) == "no outcome | a1 one.test: nothing to do"
-    assert delivery_result(lines).startswith("1 expired (421) | ")
+    assert delivery_result(batch[:1]) == "no outcome | a1 one.test: nothing to do"
+    assert delivery_result(batch).startswith("1 expired (421) | ")

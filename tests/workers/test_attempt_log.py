@@ -12,7 +12,7 @@ from workers.attempt_log import log_attempts
 from workers.delivery import Attempt, DeliveryReport
 from workers.outcome import Bounced, Deferred, Delivered
 from workers.reply import Reply, Step
-from workers.smtp_session import StepRecord
+from workers.smtp_record import StepRecord
 
 RESOLVED = StepRecord("resolve", Reply(250, "2.0.0", "x.test -> mx", Step.RESOLVE_MX), 2.0)
 

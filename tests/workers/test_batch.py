@@ -15,7 +15,7 @@ from workers.disposition import Disposition
 from workers.leases import Leases
 from workers.mx import MxResolver
 from workers.runtime import runtime
-from workers.smtp_session import Timeouts
+from workers.smtp_record import Timeouts
 from workers.status import StatusStore
 
 NOW = 1_800_000_000.0

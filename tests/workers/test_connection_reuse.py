@@ -24,7 +24,8 @@ from workers.mx import MxResolver
 from workers.outcome import Deferred, Delivered
 from workers.rate_limits import Granted, Limiter
 from workers.reply import Code, Step
-from workers.smtp_session import Credentials, SessionResult, Timeouts, run_session
+from workers.smtp_record import Timeouts
+from workers.smtp_session import Credentials, SessionResult, run_session
 from workers.tls_policy import TlsPolicy, relay_policy
 
 

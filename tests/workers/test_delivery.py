@@ -20,7 +20,8 @@ from workers.delivery import DeliveryAgent, DeliveryReport
 from workers.mx import MxResolver
 from workers.outcome import Bounced, Deferred, Delivered
 from workers.reply import Step
-from workers.smtp_session import Credentials, Timeouts
+from workers.smtp_record import Timeouts
+from workers.smtp_session import Credentials
 
 FAST = Timeouts(connect=1, command=2, data=2, session=10)
 

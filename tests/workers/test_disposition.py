@@ -14,7 +14,7 @@ from workers.delivery import Attempt, DeliveryReport
 from workers.disposition import Disposition
 from workers.outcome import Bounced, Deferred, Delivered, Outcome
 from workers.reply import Reply, Step
-from workers.smtp_session import StepRecord
+from workers.smtp_record import StepRecord
 from workers.status import StatusStore
 
 NOW = 1_800_000_000.0

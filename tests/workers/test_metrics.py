@@ -23,7 +23,7 @@ from workers.metrics import (
 )
 from workers.outcome import Bounced, Deferred, Delivered, Outcome
 from workers.reply import Reply, Step
-from workers.smtp_session import StepRecord
+from workers.smtp_record import StepRecord
 from workers.status import RecipientState, StatusStore
 
 NOW = 1_800_000_000.0

@@ -18,7 +18,8 @@ from tests.workers.test_smtp_session import FAST, message
 from workers.connection_pool import ConnectionPool
 from workers.envelope import OutboundMessage, outbound
 from workers.reply import Code, Step
-from workers.smtp_session import SessionResult, Timeouts, run_session
+from workers.smtp_record import Timeouts
+from workers.smtp_session import SessionResult, run_session
 from workers.smtp_wire import message_bytes
 
 

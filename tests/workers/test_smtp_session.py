@@ -15,7 +15,8 @@ from tests.support.raw_servers import MakeGreetingServer, MakeRefusedPort, MakeS
 from tests.support.smtp_sink import MakeSink
 from workers.envelope import OutboundMessage, outbound
 from workers.reply import Reply, Step
-from workers.smtp_session import Credentials, SessionResult, Timeouts, run_session
+from workers.smtp_record import Timeouts
+from workers.smtp_session import Credentials, SessionResult, run_session
 from workers.tls_policy import TlsPolicy
 
 FAST = Timeouts(connect=2, command=2, data=2, session=10)
