@@ -190,7 +190,7 @@ class BatchRunner:
         if self._limiter is None:
             return [_UNCAPPED] * len(claimed)
         keys = [(r.item.destination, f"{r.item.message_id}|{r.item.destination}") for r in claimed]
-        return self._limiter.acquire_many(keys, connection=False)
+        return self._limiter.acquire_many(keys)
 
 
 def _report_of(future: Future[DeliveryReport], running: _Running) -> DeliveryReport:

@@ -1,12 +1,13 @@
 """Cluster-wide gate before a delivery: per-destination rate (GCRA) and connection cap, in Redis.
 
-One Lua script decides atomically on Redis `TIME`, the only clock: the destination's connection
-cap (expiring leases, so a killed worker frees its slots after the lease TTL), then its rate (GCRA
-without burst: one send every T = per_seconds / count). A caller told to wait holds a reservation
-for its slot, so a delivery deferred to exactly that slot does not race everybody else again; a
-throttled delivery never holds a connection. `penalize` slows a destination down after a receiver's
-throttling reply (1 s spacing, doubling up to 60 s) until the penalty key expires. Destinations are
-case-insensitive; a destination's own entry wins over `*`, and neither means unlimited.
+Lua scripts decide atomically on Redis `TIME`, the only clock: a destination's rate (GCRA without
+burst: one send every T = per_seconds / count), asked before each delivery, and its connection cap
+(expiring leases, so a killed worker frees its slots after the lease TTL), asked only to open a
+connection, which holds its lease until it closes. A caller told to wait holds a reservation for
+its slot, so a delivery deferred to exactly that slot does not race everybody else again.
+`penalize` slows a destination down after a receiver's throttling reply (1 s spacing, doubling up
+to 60 s) until the penalty key expires. Destinations are case-insensitive; a destination's own
+entry wins over `*`, and neither means unlimited.
 
 Keys (times in microseconds of Redis TIME):
     mailroom:rate:tat:{destination}               GCRA theoretical arrival time, PX until it passes
@@ -37,67 +38,50 @@ _FOUR_SEVEN_THROTTLING = (Code.MAILBOX_BUSY, Code.LOCAL_ERROR, Code.INSUFFICIENT
 _CONNECTION_RETRY_MIN = 0.2
 _CONNECTION_RETRY_MAX = 1.0
 
-# KEYS: conn zset, tat, slow, reservation.
-# ARGV: cap (0 = uncapped), token, lease ttl µs, interval µs (0 = unlimited), most wait reserved µs,
-#       reservation tolerance µs, reservation grace ms.
+# KEYS: tat, slow, reservation.
+# ARGV: interval µs (0 = unlimited), most wait reserved µs, reservation tolerance µs,
+#       reservation grace ms.
 # Returns {granted 0|1, wait µs, reason}. Numbers are written with %.0f: tostring() would print
 # 1.7e+15 and lose the microseconds.
 _ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local cap = tonumber(ARGV[1])
-local lease_us = tonumber(ARGV[3])
-local interval = tonumber(ARGV[4])
-local ahead = tonumber(ARGV[5])
-local tolerance = tonumber(ARGV[6])
-local grace_ms = tonumber(ARGV[7])
+local interval = tonumber(ARGV[1])
+local ahead = tonumber(ARGV[2])
+local tolerance = tonumber(ARGV[3])
+local grace_ms = tonumber(ARGV[4])
 local function num(x) return string.format('%.0f', x) end
 
-if cap > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', num(now))
-  if redis.call('ZCARD', KEYS[1]) >= cap then
-    local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-    return {0, tonumber(first[2]) - now, 'connections'}
-  end
-end
-
-local slow = redis.call('GET', KEYS[3])
+local slow = redis.call('GET', KEYS[2])
 if slow then interval = math.max(interval, tonumber(slow) * 1000) end
 
-local granted = false
-local slot = redis.call('GET', KEYS[4])
+local slot = redis.call('GET', KEYS[3])
 if slot and interval > 0 then
   slot = tonumber(slot)
   if slot > now + tolerance then return {0, slot - now, 'rate'} end
-  redis.call('DEL', KEYS[4])
-  granted = true
+  redis.call('DEL', KEYS[3])
+  return {1, 0, ''}
 elseif slot then
-  redis.call('DEL', KEYS[4])
+  redis.call('DEL', KEYS[3])
 end
 
-if not granted and interval > 0 then
-  local tat = tonumber(redis.call('GET', KEYS[2]) or '0')
+if interval > 0 then
+  local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
   local start = math.max(tat, now)
   local wait = start - now
   if wait > ahead then return {0, wait, 'rate'} end
   local next_tat = start + interval
-  redis.call('SET', KEYS[2], num(next_tat), 'PX', math.ceil((next_tat - now) / 1000) + 1000)
+  redis.call('SET', KEYS[1], num(next_tat), 'PX', math.ceil((next_tat - now) / 1000) + 1000)
   if wait > 0 then
-    redis.call('SET', KEYS[4], num(start), 'PX', math.ceil(wait / 1000) + grace_ms)
+    redis.call('SET', KEYS[3], num(start), 'PX', math.ceil(wait / 1000) + grace_ms)
     return {0, wait, 'rate'}
   end
-end
-
-if cap > 0 then
-  redis.call('ZADD', KEYS[1], num(now + lease_us), ARGV[2])
-  local keep_ms = math.ceil(lease_us / 1000) + 1000
-  if redis.call('PTTL', KEYS[1]) < keep_ms then redis.call('PEXPIRE', KEYS[1], keep_ms) end
 end
 return {1, 0, ''}
 """
 
-# KEYS: conn zset. ARGV: cap, token, lease ttl µs. A connection lease alone (no rate slot), for a
-# connection opened for deliveries that already passed the rate gate. Returns as _ACQUIRE does.
+# KEYS: conn zset. ARGV: cap, token, lease ttl µs. A lease for one new connection (no rate slot:
+# its deliveries passed the rate gate before). Returns as _ACQUIRE does.
 _CONNECT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -166,7 +150,8 @@ def is_throttling(code: int, enhanced: str) -> bool:
 
 
 class Limiter:
-    """The cluster-wide gate: `acquire` before a session, `release` after it, `penalize`."""
+    """The cluster-wide gate: `acquire` a rate slot before a session, `connection_lease` to open
+    a connection (`release_lease` when it closes), `penalize` after a throttling reply."""
 
     def __init__(
         self,
@@ -206,55 +191,39 @@ class Limiter:
         self._connect = client.register_script(_CONNECT)
         self._penalize = client.register_script(_PENALIZE)
 
-    def acquire(
-        self, destination: str, delivery_key: str, *, connection: bool = True
-    ) -> Granted | Throttled:
-        """Ask to open a session to `destination` for the delivery named `delivery_key`.
+    def acquire(self, destination: str, delivery_key: str) -> Granted | Throttled:
+        """Ask for a rate slot to send to `destination` for the delivery named `delivery_key`.
 
-        Returns `Granted` (release it after the session) or `Throttled` with `retry_after`
-        seconds; a rate wait reserves the slot at now + retry_after for this `delivery_key`, and
-        the next `acquire` with the same key at (or up to 50 ms before) that time takes it.
-        `connection=False` asks for a rate slot only, for a delivery that will use a connection
-        already open (and already holding its lease).
+        Returns `Granted(None)`, or `Throttled` with `retry_after` seconds; a wait reserves the
+        slot at now + retry_after for this `delivery_key`, and the next `acquire` with the same
+        key at (or up to 50 ms before) that time takes it. Connections are the cap's business
+        (`connection_lease`), asked for only when a connection is opened.
         """
-        [answer] = self.acquire_many([(destination, delivery_key)], connection=connection)
+        [answer] = self.acquire_many([(destination, delivery_key)])
         return answer
 
-    def acquire_many(
-        self, requests: Sequence[tuple[str, str]], *, connection: bool = True
-    ) -> list[Granted | Throttled]:
+    def acquire_many(self, requests: Sequence[tuple[str, str]]) -> list[Granted | Throttled]:
         """`acquire` for many (destination, delivery_key) pairs, decided in order, in one round
         trip (each decision is still one atomic script run)."""
         if not requests:
             return []
         pipe = self._redis.pipeline(transaction=False)
-        asked = []
         for destination, delivery_key in requests:
             name = destination.lower()
             rate = _lookup(self._rates, name)
-            cap = (_lookup(self._connections, name) or 0) if connection else 0
-            token = uuid.uuid4().hex
             keys = [
-                f"mailroom:rate:conn:{name}",
                 f"mailroom:rate:tat:{name}",
                 f"mailroom:rate:slow:{name}",
                 f"mailroom:rate:resv:{name}:{delivery_key}",
             ]
-            args: list[int | str] = [
-                cap,
-                token,
-                self._lease_us,
+            args = [
                 0 if rate is None else _micros(rate.interval),
                 self._ahead_us,
                 self._tolerance_us,
                 self._grace_ms,
             ]
             self._acquire(keys=keys, args=args, client=pipe)
-            asked.append((cap, token))
-        return [
-            _answer(reply, cap, token)
-            for reply, (cap, token) in zip(pipe.execute(), asked, strict=True)
-        ]
+        return [_answer(reply, 0, "") for reply in pipe.execute()]
 
     def connection_lease(self, destination: str) -> Granted | Throttled:
         """A lease for one new connection to `destination` under its cap, with no rate slot.
@@ -271,11 +240,6 @@ class Limiter:
             keys=[f"mailroom:rate:conn:{name}"], args=[cap, token, self._lease_us]
         )
         return _answer(reply, cap, token)
-
-    def release(self, destination: str, granted: Granted) -> None:
-        """Give back the connection lease of a finished session (nothing to do when uncapped)."""
-        if granted.lease is not None:
-            self.release_lease(destination, granted.lease)
 
     def release_lease(self, destination: str, lease: str) -> None:
         """Give back one connection lease (a parked connection's, when it closes)."""

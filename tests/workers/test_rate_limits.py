@@ -190,19 +190,19 @@ def test_no_sliding_second_holds_more_than_the_rate(redis_client: redis.Redis) -
 
 def test_connection_cap_grants_up_to_the_cap(redis_client: redis.Redis) -> None:
     limiter = _limiter(redis_client, connections={DEST: 2})
-    first, second = limiter.acquire(DEST, _key()), limiter.acquire(DEST, _key())
+    first, second = limiter.connection_lease(DEST), limiter.connection_lease(DEST)
     assert isinstance(first, Granted)
     assert isinstance(second, Granted)
     assert first.lease is not None
     assert second.lease is not None
     assert first.lease != second.lease
-    third = limiter.acquire(DEST, _key())
+    third = limiter.connection_lease(DEST)
     assert isinstance(third, Throttled)
     assert third.reason == "connections"
     assert third.retry_after == 1.0  # leases of 30 s: the cap on the suggested wait
-    limiter.release(DEST, first)
+    limiter.release_lease(DEST, first.lease)
     assert redis_client.zcard(CONN_KEY) == 1
-    assert isinstance(limiter.acquire(DEST, _key()), Granted)
+    assert isinstance(limiter.connection_lease(DEST), Granted)
     assert redis_client.zcard(CONN_KEY) == 2
 
 
@@ -218,36 +218,34 @@ def test_connection_cap_lookup(
     redis_client: redis.Redis, connections: dict[str, int], destination: str, capped: bool
 ) -> None:
     limiter = _limiter(redis_client, connections=connections)
-    limiter.acquire(destination, _key())
-    second = limiter.acquire(destination, _key())
+    limiter.connection_lease(destination)
+    second = limiter.connection_lease(destination)
     assert isinstance(second, Throttled) is capped
 
 
 def test_uncapped_destination_has_no_lease(redis_client: redis.Redis) -> None:
     limiter = _limiter(redis_client)
-    granted = limiter.acquire(DEST, _key())
-    assert granted == Granted(None)
-    limiter.release(DEST, Granted(None))
+    assert limiter.connection_lease(DEST) == Granted(None)
     assert not redis_client.exists(CONN_KEY)
 
 
 def test_leases_of_a_killed_holder_expire(redis_client: redis.Redis) -> None:
     limiter = _limiter(redis_client, connections={DEST: 2}, lease_ttl=0.3)
-    assert isinstance(limiter.acquire(DEST, _key()), Granted)
-    assert isinstance(limiter.acquire(DEST, _key()), Granted)
+    assert isinstance(limiter.connection_lease(DEST), Granted)
+    assert isinstance(limiter.connection_lease(DEST), Granted)
     # Neither lease is released: their holder "died".
-    refused = limiter.acquire(DEST, _key())
+    refused = limiter.connection_lease(DEST)
     assert isinstance(refused, Throttled)
     assert refused.retry_after == pytest.approx(0.3, abs=SLACK)
     time.sleep(0.2)
-    soon = limiter.acquire(DEST, _key())
+    soon = limiter.connection_lease(DEST)
     assert soon == Throttled(0.2, ThrottleReason.CONNECTIONS)  # the floor on the suggested wait
     time.sleep(0.15)
-    assert isinstance(limiter.acquire(DEST, _key()), Granted)
+    assert isinstance(limiter.connection_lease(DEST), Granted)
     assert 0 < redis_client.pttl(CONN_KEY) <= 1300  # the set itself goes once its leases have
 
 
-def test_never_more_sessions_than_the_cap(redis_client: redis.Redis) -> None:
+def test_never_more_connections_than_the_cap(redis_client: redis.Redis) -> None:
     limiter = _limiter(redis_client, connections={DEST: 2})
     lock = threading.Lock()
     held = 0
@@ -257,9 +255,10 @@ def test_never_more_sessions_than_the_cap(redis_client: redis.Redis) -> None:
     def worker() -> None:
         nonlocal held, most, grants
         for _ in range(40):
-            answer = limiter.acquire(DEST, _key())
+            answer = limiter.connection_lease(DEST)
             if isinstance(answer, Throttled):
                 continue
+            assert answer.lease is not None
             with lock:
                 held += 1
                 most = max(most, held)
@@ -267,7 +266,7 @@ def test_never_more_sessions_than_the_cap(redis_client: redis.Redis) -> None:
             time.sleep(0.002)
             with lock:
                 held -= 1
-            limiter.release(DEST, answer)
+            limiter.release_lease(DEST, answer.lease)
 
     threads = [threading.Thread(target=worker) for _ in range(8)]
     for thread in threads:
@@ -279,35 +278,14 @@ def test_never_more_sessions_than_the_cap(redis_client: redis.Redis) -> None:
     assert redis_client.zcard(CONN_KEY) == 0
 
 
-def test_a_rate_wait_holds_no_connection(redis_client: redis.Redis) -> None:
-    limiter = _limiter(redis_client, {DEST: FIVE_A_SECOND}, {DEST: 2})
-    assert isinstance(limiter.acquire(DEST, _key()), Granted)
-    assert redis_client.zcard(CONN_KEY) == 1
+def test_a_rate_slot_takes_no_connection_lease(redis_client: redis.Redis) -> None:
+    limiter = _limiter(redis_client, {DEST: FIVE_A_SECOND}, {DEST: 1})
+    assert limiter.acquire(DEST, _key()) == Granted(None)
     holder = _key()
     assert _wait(limiter.acquire(DEST, holder)) > 0  # takes a reservation
-    assert redis_client.zcard(CONN_KEY) == 1
-    assert _wait(limiter.acquire(DEST, holder)) > 0  # reservation not yet due
-    assert redis_client.zcard(CONN_KEY) == 1
-
-
-def test_a_full_cap_keeps_the_reservation(redis_client: redis.Redis) -> None:
-    limiter = _limiter(redis_client, {DEST: FIVE_A_SECOND}, {DEST: 1})
-    first = limiter.acquire(DEST, _key())
-    assert isinstance(first, Granted)
-    limiter.release(DEST, first)
-    holder = _key()
-    wait = _wait(limiter.acquire(DEST, holder))
-    # A worker configured without the rate takes the only connection meanwhile.
-    other = _limiter(redis_client, connections={DEST: 1}).acquire(DEST, _key())
-    assert isinstance(other, Granted)
-    time.sleep(wait)
-    busy = limiter.acquire(DEST, holder)
-    assert isinstance(busy, Throttled)
-    assert busy.reason == "connections"
-    limiter.release(DEST, other)
-    tat = redis_client.get(TAT_KEY)
-    assert isinstance(limiter.acquire(DEST, holder), Granted)
-    assert redis_client.get(TAT_KEY) == tat
+    assert not redis_client.exists(CONN_KEY)
+    # The cap is untouched by either: its one connection is still there to open.
+    assert isinstance(limiter.connection_lease(DEST), Granted)
 
 
 # --- slow-down after throttling replies ---------------------------------------------------------
