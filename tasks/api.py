@@ -110,6 +110,24 @@ class Mailroom:
         self._write([_Write(message.message_id, message, destinations)])
         return message.message_id
 
+    def withdraw(self, message_id: str) -> bool:
+        """Take back a message whose `submit` failed part-way; True once nothing of it is left.
+
+        `submit` stores content and status in one MULTI, publishes the delivery tasks, then
+        marks the record enqueued. Marked means every task was published (only the reply was
+        lost): the message stays queued and this returns False. Otherwise the status record
+        goes first, so a delivery task that did get published finds none and skips
+        (workers.batch), then the content.
+
+        :raises redis.RedisError: Redis is unreachable; the unmarked record then expires with
+            the message TTL.
+        """
+        if self._status.is_enqueued(message_id):
+            return False
+        self._status.delete(message_id)
+        self._content.delete(message_id)
+        return True
+
     def enqueue(self, items: Iterable[tuple[str, str, int]]) -> None:
         """Put deliveries on their shard queues (the sweeper and DLQ replay use this too)."""
         batches: dict[int, list[list[Any]]] = defaultdict(list)

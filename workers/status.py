@@ -352,6 +352,10 @@ class StatusStore:
         keys = [self._keys(message_id)[0] for message_id in message_ids]
         return int(self._mark_enqueued(keys=keys))
 
+    def delete(self, message_id: str) -> None:
+        """Forget a message's status record entirely (a submit that failed part-way)."""
+        self._redis.delete(*self._keys(message_id))
+
     def is_enqueued(self, message_id: str) -> bool:
         """Whether `mark_enqueued` was called for this (existing) message."""
         return self._redis.hget(self._keys(message_id)[0], "enqueued") in (b"1", "1")

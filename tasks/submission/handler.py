@@ -11,8 +11,8 @@ Order of a transaction and what each step refuses (replies in tasks/submission/r
 - DATA: aiosmtpd enforces the SIZE limit (552 5.3.4); the message is completed (headers.py) and
   handed to `Mailroom.submit`, and 250 is sent only once content, status record and delivery
   tasks are all in Redis. Any failure there is 451 4.3.0: the client keeps the message and tries
-  again, so it is never lost. What a failure may leave behind is cleared (`_settle`), so the
-  retried copy is the only one delivered.
+  again, so it is never lost. What a failure may leave behind is cleared (`Mailroom.withdraw`),
+  so the retried copy is the only one delivered.
 Blocking work (scrypt, Redis, Celery's publish) runs in threads, never on the event loop.
 """
 
@@ -36,9 +36,7 @@ from tasks.submission import replies
 from tasks.submission.accounts import Account, Accounts
 from tasks.submission.auth_limits import AuthFailureLimiter
 from tasks.submission.headers import Trace, complete
-from workers.content import content_key
 from workers.envelope import OutboundMessage, outbound
-from workers.status import StatusStore
 
 log = logging.getLogger("mailroom.submission")
 
@@ -47,6 +45,8 @@ class Producer(Protocol):
     """What the handler needs of `tasks.api.Mailroom`."""
 
     def submit(self, message: OutboundMessage, recipients: list[str]) -> str: ...
+
+    def withdraw(self, message_id: str) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,16 +76,12 @@ class SubmissionHandler:
         accounts: Accounts,
         limiter: AuthFailureLimiter,
         producer: Producer,
-        client: redis.Redis,
-        status: StatusStore,
         hostname: str,
         max_recipients: int,
     ) -> None:
         self._accounts = accounts
         self._limiter = limiter
         self._producer = producer
-        self._redis = client
-        self._status = status
         self._hostname = hostname
         self._max_recipients = max_recipients
         self._in_flight = 0
@@ -316,36 +312,11 @@ class SubmissionHandler:
         else:
             return True
         try:
-            return self._settle(message_id)
+            # Queued after all (only the reply was lost), or cleared away for the client's retry.
+            return not self._producer.withdraw(message_id)
         except redis.RedisError as exc:
             log.warning("message %s: its partial record stays: %s", message_id, exc)
             return False
-
-    def _settle(self, message_id: str) -> bool:
-        """After a failed submit: True if the message is queued after all, else clear it away.
-
-        `submit` stores content and status in one MULTI, publishes the delivery tasks, then
-        marks the record enqueued. Marked means every task was published (the failure was a
-        lost reply), so the message is accepted. Otherwise the record, if any, is deleted:
-        a delivery task that did get published then finds no status record and skips
-        (workers.batch), so the client's retry is the only copy delivered. With Redis down this
-        raises: the record then stays unmarked and expires with the message TTL.
-        """
-        if self._status.is_enqueued(message_id):
-            return True
-        self._redis.delete(*message_keys(message_id))
-        return False
-
-
-def message_keys(message_id: str) -> list[str]:
-    """Every Redis key `Mailroom.submit` writes for a message (workers/content.py, status.py)."""
-    return [
-        content_key(message_id),
-        f"mailroom:msg:{message_id}",
-        f"mailroom:rcpt:{message_id}",
-        f"mailroom:dlv:{message_id}",
-        f"mailroom:attempts:{message_id}",
-    ]
 
 
 def _account(session: Session) -> Account | None:

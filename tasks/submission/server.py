@@ -29,8 +29,6 @@ from tasks.submission import replies
 from tasks.submission.accounts import AccountError, Accounts
 from tasks.submission.auth_limits import AuthFailureLimiter
 from tasks.submission.handler import Producer, SubmissionHandler
-from workers.content import record_ttl
-from workers.status import StatusStore
 
 log = logging.getLogger("mailroom.submission")
 
@@ -308,8 +306,6 @@ def build_server(
         accounts=accounts,
         limiter=limiter or AuthFailureLimiter(client),
         producer=producer,
-        client=client,
-        status=StatusStore(client, record_ttl(settings.max_age)),
         hostname=settings.helo_name,
         max_recipients=settings.submission_max_recipients,
     )
