@@ -7,9 +7,8 @@ connections and commands, so reuse (and its limits) is proven on the wire, not i
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 
-import pytest
 import redis
 
 from settings import Settings
@@ -19,7 +18,7 @@ from tests.support.tls_material import TlsMaterial
 from tests.workers.test_smtp_session import FAST, message
 from workers.connection_pool import ConnectionPool, PoolKey
 from workers.delivery import DeliveryAgent
-from workers.envelope import outbound
+from workers.envelope import OutboundMessage, outbound
 from workers.mx import MxResolver
 from workers.outcome import Deferred, Delivered
 from workers.rate_limits import Granted, Limiter
@@ -27,13 +26,6 @@ from workers.reply import Code, Step
 from workers.smtp_record import Timeouts
 from workers.smtp_session import Credentials, SessionResult, run_session
 from workers.tls_policy import TlsPolicy, relay_policy
-
-
-@pytest.fixture
-async def pool() -> AsyncIterator[ConnectionPool]:
-    pool = ConnectionPool(max_messages=100, idle_timeout=5)
-    yield pool
-    await pool.close()
 
 
 async def send(
@@ -47,12 +39,11 @@ async def send(
     host: str = "mx.test",
 ) -> SessionResult:
     deadline = asyncio.get_running_loop().time() + FAST.session
-    data = b"Subject: n%d\r\nMessage-ID: <m%d@mailroom.test>\r\n\r\nbody\r\n" % (number, number)
     return await run_session(
         host,
         sink.host,
         sink.port,
-        outbound(f"m{number}", "app@example.test", data, smtputf8=False),
+        numbered(number),
         recipients,
         tls=tls,
         helo="client.mailroom.test",
@@ -61,6 +52,12 @@ async def send(
         deadline=deadline,
         pool=pool,
     )
+
+
+def numbered(number: int) -> OutboundMessage:
+    """Message number `number`: its Subject is "n<number>", its Message-ID <m<number>@…>."""
+    data = b"Subject: n%d\r\nMessage-ID: <m%d@mailroom.test>\r\n\r\nbody\r\n" % (number, number)
+    return outbound(f"m{number}", "app@example.test", data, smtputf8=False)
 
 
 def commands(sink: Sink) -> list[list[str]]:

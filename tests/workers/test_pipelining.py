@@ -8,26 +8,20 @@ message it must not.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 
 import pytest
 
 from tests.support.raw_servers import ScriptedServer
 from tests.support.smtp_sink import MakeSink, Sink
+from tests.workers.test_connection_reuse import numbered
 from tests.workers.test_smtp_session import FAST, message
 from workers.connection_pool import ConnectionPool
-from workers.envelope import OutboundMessage, outbound
+from workers.envelope import OutboundMessage
 from workers.reply import Code, Step
 from workers.smtp_record import Timeouts
 from workers.smtp_session import SessionResult, run_session
 from workers.smtp_wire import message_bytes
-
-
-@pytest.fixture
-async def pool() -> AsyncIterator[ConnectionPool]:
-    pool = ConnectionPool(max_messages=100, idle_timeout=5)
-    yield pool
-    await pool.close()
 
 
 async def send(
@@ -53,11 +47,6 @@ async def send(
         deadline=deadline,
         pool=pool,
     )
-
-
-def numbered(number: int) -> OutboundMessage:
-    data = b"Subject: n%d\r\nMessage-ID: <m%d@mailroom.test>\r\n\r\nbody\r\n" % (number, number)
-    return outbound(f"m{number}", "app@example.test", data, smtputf8=False)
 
 
 def chunk_with(sink: Sink, needle: bytes, session: int = 0) -> bytes:
