@@ -109,7 +109,7 @@ class BatchRunner:
         (status, leases, the gate, content), not one per item.
         """
         futures: dict[Future[DeliveryReport], _Running] = {}
-        lines: list[Handled] = []
+        handled: list[Handled] = []
         claimed = self._claim(items)
         gates = self._gate(claimed)
         admitted: list[_Running] = []
@@ -128,18 +128,18 @@ class BatchRunner:
                 continue
             coroutine = self._agent.deliver(message, item.destination, running.recipients)
             futures[self._submit(coroutine)] = running
-        self._finish_all(settled, lines)
+        self._finish_all(settled, handled)
         waiting = set(futures)
         while waiting:
             # Whatever has finished by now is disposed of together: its leases go back in one
             # round trip, while the rest of the batch is still in its sessions.
             done, waiting = wait(waiting, return_when=FIRST_COMPLETED)
-            self._finish_all([(futures[f], _report_of(f, futures[f])) for f in done], lines)
+            self._finish_all([(futures[f], _report_of(f, futures[f])) for f in done], handled)
         self._disposition.flush()  # the batch's metrics, in one round trip
-        return lines
+        return handled
 
     def _finish_all(
-        self, finished: Sequence[tuple[_Running, DeliveryReport]], lines: list[Handled]
+        self, finished: Sequence[tuple[_Running, DeliveryReport]], handled: list[Handled]
     ) -> None:
         """Log, record and release a group of finished deliveries: one round trip for their
         status records and one for their leases, not one of each per delivery."""
@@ -154,7 +154,7 @@ class BatchRunner:
                 self._clock(),
             )
             for (running, _), summary in zip(finished, summaries, strict=True):
-                lines.append(Handled(running.item.message_id, running.item.destination, summary))
+                handled.append(Handled(running.item.message_id, running.item.destination, summary))
         finally:
             self._leases.release_many(
                 [(r.item.message_id, r.item.destination, r.lease) for r, _ in finished]
