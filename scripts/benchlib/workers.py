@@ -17,10 +17,11 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
 from celery import Celery
+
+from tests.support.lifecycle import StartStop
 
 REPO = Path(__file__).resolve().parents[2]
 _EXIT_TIMEOUT = 20.0
@@ -47,7 +48,7 @@ class WorkerSpec:
     concurrency: int
 
 
-class Workers:
+class Workers(StartStop):
     """Several `mailroom worker` processes sharing one deployment's settings."""
 
     def __init__(
@@ -127,18 +128,3 @@ class Workers:
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
-
-    def __enter__(self) -> Self:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()  # the ones started before the failure
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -1,4 +1,5 @@
-"""`with server:` for every test server: start on entry, stop on exit, whatever happened."""
+"""`with server:` for every test server: start on entry, stop on exit, whatever happened
+(a start that fails part-way included)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,11 @@ class StartStop:
         raise NotImplementedError
 
     def __enter__(self) -> Self:
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            self.stop()  # whatever started before the failure (every `stop` is idempotent)
+            raise
         return self
 
     def __exit__(
