@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import time
 
-from aiosmtplib import SMTP
-
 from workers import reply as replies
 from workers.connection_pool import Connection
 from workers.envelope import OutboundMessage
@@ -49,10 +47,7 @@ async def transaction(
     False when RSET failed: the caller drops the connection (and with it whatever was
     pipelined), and nothing of this message reached the server.
     """
-    assert connection.wire is not None
-    return await _Transaction(ledger, connection.smtp, connection.wire, message, timeouts).run(
-        connection, reset=reset, probe=probe
-    )
+    return await _Transaction(ledger, connection, message, timeouts).run(reset=reset, probe=probe)
 
 
 async def read_reply(
@@ -77,20 +72,21 @@ class _Transaction:
     def __init__(
         self,
         ledger: Ledger,
-        smtp: SMTP,
-        wire: Wire,
+        connection: Connection,
         message: OutboundMessage,
         timeouts: Timeouts,
     ) -> None:
+        assert connection.wire is not None
         self.ledger = ledger
-        self.smtp = smtp  # what EHLO announced
-        self.wire = wire
+        self.connection = connection
+        self.smtp = connection.smtp  # what EHLO announced
+        self.wire = connection.wire
         self.message = message
         self.timeouts = timeouts
         self.accepted: dict[str, Reply] = {}  # recipients accepted at RCPT TO, with that reply
 
-    async def run(self, connection: Connection, *, reset: bool, probe: bool) -> bool:
-        ledger, wire = self.ledger, self.wire
+    async def run(self, *, reset: bool, probe: bool) -> bool:
+        ledger, wire, connection = self.ledger, self.wire, self.connection
         ledger.step = Step.MAIL_FROM
         commands = self.unsendable() or self.commands(reset=reset, probe=probe)
         if isinstance(commands, Reply):

@@ -197,8 +197,8 @@ class Wire(asyncio.Protocol):
         self.resume_writing()
 
     def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+        if self._waiter is not None:
+            _wake(self._waiter)
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
