@@ -57,11 +57,6 @@ def cpu_seconds(pid: int, descendants: bool = True) -> float:
     return total
 
 
-def total_cpu(pids: Iterable[int]) -> float:
-    """CPU seconds of every process in `pids`, descendants included."""
-    return sum(cpu_seconds(pid) for pid in pids)
-
-
 def _status_kib(pid: int, field: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):

@@ -186,12 +186,13 @@ class ThroughputRun:
     def _cpu(self) -> dict[str, float]:
         """Cumulative CPU seconds of the workers, Redis, the sink and dnsmasq now."""
         assert self.redis.pid is not None
+        each = {f"worker{i}": procstat.cpu_seconds(pid) for i, pid in enumerate(self.workers.pids)}
         return {
-            "workers": procstat.total_cpu(self.workers.pids),
+            "workers": sum(each.values()),
             "redis": procstat.cpu_seconds(self.redis.pid),
             "sink": procstat.cpu_seconds(self.sink.pid),
             "dns": procstat.cpu_seconds(dns_pid(self.dns)),
-            **{f"worker{i}": procstat.cpu_seconds(pid) for i, pid in enumerate(self.workers.pids)},
+            **each,
         }
 
     def _progress_line(self, timed: Timed) -> str:
