@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -41,6 +40,7 @@ from workers.leases import Leases, lease_ttl
 from workers.metrics import MetricsRecorder
 from workers.profiles import traffic
 from workers.rate_limits import Limiter
+from workers.redaction import redact_addresses
 from workers.runtime import runtime
 from workers.status import StatusStore
 from workers.sweeper import Sweeper
@@ -49,7 +49,6 @@ log = logging.getLogger(__name__)
 
 _RESULT_CHARS = 1000  # under Celery's resultrepr_maxsize (1024), so the tally is never cut
 # Receivers often quote an address in their reply ("550 5.1.1 <bob@example.org>: unknown").
-_ADDRESS = re.compile(r"[^\s<>()\[\]@;,'\"]+@([^\s<>()\[\]@;,'\"]+)")
 _QUIT_WAIT = 5.0  # seconds a stopping worker gives its parked connections' QUITs
 
 
@@ -173,7 +172,7 @@ def delivery_result(handled: Sequence[Handled]) -> str:
     if codes:
         tally += f" ({', '.join(codes)})"
     text = f"{tally} | {'; '.join(str(h) for h in handled)}"
-    return _ADDRESS.sub(r"*@\1", text)[:_RESULT_CHARS]
+    return redact_addresses(text)[:_RESULT_CHARS]
 
 
 def create_app(settings: Settings) -> Celery:

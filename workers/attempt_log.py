@@ -3,8 +3,9 @@
 Each line is a JSON object on the `mailroom.attempts` logger: message id, destination, attempt
 number, the server (host and address), the step the attempt ended at with its command, reply
 code, enhanced code and text, the attempt's duration, and whether it went over TLS. Recipient
-addresses, message content and credentials never appear: the reply text is the server's, and
-Mailroom's own replies name hosts, never accounts' secrets. A delivery that never reached a
+addresses, message content and credentials never appear: the reply text is the server's with
+any address it quotes cut to `*@domain` (workers/redaction.py), and Mailroom's own replies name
+hosts, never accounts' secrets. A delivery that never reached a
 server (DNS failure, throttled at the gate) logs one line for that step.
 """
 
@@ -15,6 +16,7 @@ import logging
 from typing import Any
 
 from workers.delivery import DeliveryReport
+from workers.redaction import redact_addresses
 from workers.smtp_record import StepRecord
 
 log = logging.getLogger("mailroom.attempts")
@@ -55,7 +57,7 @@ def _line(
         "command": last.command if last else "",
         "code": int(last.reply.code) if last else 0,
         "enhanced": last.reply.enhanced if last else "",
-        "text": last.reply.text if last else "",
+        "text": redact_addresses(last.reply.text) if last else "",
         "ms": round(sum(step.ms for step in steps), 1),
         "tls": any(step.command == "STARTTLS" and step.reply.reply_class == 2 for step in steps),
     }

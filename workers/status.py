@@ -28,6 +28,7 @@ from typing import Any
 import redis
 from redis.client import Pipeline
 
+from workers.redaction import redact_addresses
 from workers.reply import Reply
 
 ATTEMPTS_KEPT = 100
@@ -255,6 +256,13 @@ def _pending(entries: Mapping[Any, Any], destination: str) -> list[str]:
     return sorted(found)
 
 
+def _redacted_attempt(attempt: dict[str, Any]) -> dict[str, Any]:
+    for step in attempt.get("steps", ()):
+        if isinstance(step.get("text"), str):
+            step["text"] = redact_addresses(step["text"])
+    return attempt
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -455,7 +463,8 @@ class StatusStore:
     def view(self, message_id: str) -> dict[str, Any] | None:
         """The record in the shape of `mailroom status --json`, or None for an unknown id.
 
-        Recipients are sorted by address; attempts are oldest first.
+        Recipients are sorted by address; attempts are oldest first. A recipient's address is
+        in its own "address" field only: addresses quoted in reply texts keep just their domain.
         """
         msg, rcpt, _, attempts = self._keys(message_id)
         pipe = self._redis.pipeline(transaction=True)
@@ -483,9 +492,9 @@ class StatusStore:
                     "state": record["state"],
                     "code": record["code"],
                     "enhanced": record["enhanced"],
-                    "reply": record["reply"],
+                    "reply": redact_addresses(record["reply"]),
                 }
                 for record in recipients
             ],
-            "attempts": [json.loads(value) for value in attempt_values],
+            "attempts": [_redacted_attempt(json.loads(value)) for value in attempt_values],
         }

@@ -86,3 +86,22 @@ def test_no_server_reached_logs_the_stopping_step(
 
     [line] = lines(caplog)
     assert (line["step"], line["code"], line["host"]) == (reply.step.value, reply.code, "")
+
+
+def test_addresses_quoted_in_a_reply_keep_only_their_domain(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    rejected = Reply(550, "5.1.1", "<bob@example.org>: Recipient address rejected", Step.RCPT_TO)
+    tried = (StepRecord("RCPT TO", rejected, 1.0),)
+    report = DeliveryReport(
+        "example.org",
+        (Bounced("bob@example.org", rejected),),
+        RESOLVED,
+        (Attempt(datetime.now(UTC), "mx.example.org", "127.0.0.2", tried),),
+    )
+    with caplog.at_level(logging.INFO, logger="mailroom.attempts"):
+        log_attempts("m1", 1, report)
+
+    [line] = lines(caplog)
+    assert line["text"] == "<*@example.org>: Recipient address rejected"
+    assert "bob" not in caplog.text
