@@ -138,6 +138,9 @@ class Settings(BaseSettings):
     submission_accounts: Path | None = None
     # RFC 5321 §4.5.3.1.8 asks servers to take at least 100 recipients per message.
     submission_max_recipients: _Positive = 100
+    # Open connections a listener serves at once, in all and per client address (IPv6: a /64).
+    submission_max_connections: _Positive = 100
+    submission_max_connections_per_client: _Positive = 20
 
     def __init__(self, **values: Any) -> None:
         # Explicit so type checkers accept raw strings ("30/m", "127.0.0.1:5353") as well as

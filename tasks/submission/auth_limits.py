@@ -6,7 +6,9 @@ AUTH, without its credentials being checked, until the window ends; a success do
 count (a guessed password would otherwise buy more guesses). IPv6 clients are counted per /64,
 the block one host or subscriber usually holds, so rotating addresses within it does not help;
 IPv4-mapped IPv6 addresses count as their IPv4 address. Expiry is Redis's, so listeners' clocks
-do not matter.
+do not matter. A login takes its place in the count before its password is checked
+(`reserve`) and gives it back when the password was right (`release`): parallel connections from
+one address can never have more passwords checked than the limit allows.
 
 Keys:
     mailroom:authfail:{address or IPv6 /64}   failures so far (integer), EXPIRE window
@@ -23,6 +25,22 @@ DEFAULT_WINDOW = 900  # seconds
 
 _PREFIX = "mailroom:authfail:"
 _IPV6_BLOCK = 64
+
+# KEYS: the client's key. ARGV: max failures, window. Returns the count with this login in it,
+# or -1 (the address is blocked, nothing counted).
+_RESERVE = """
+local count = tonumber(redis.call('GET', KEYS[1]) or '0')
+if count >= tonumber(ARGV[1]) then return -1 end
+redis.call('SET', KEYS[1], 0, 'EX', ARGV[2], 'NX')
+return redis.call('INCR', KEYS[1])
+"""
+# KEYS: the client's key. Takes back one reserved place; a count back at 0 is dropped, so a
+# window starts at a real failure. Never creates the key (its window may have ended meanwhile).
+_RELEASE = """
+local count = tonumber(redis.call('GET', KEYS[1]) or '0')
+if count <= 1 then redis.call('DEL', KEYS[1]) return 0 end
+return redis.call('DECR', KEYS[1])
+"""
 
 
 def client_key(address: str) -> str:
@@ -52,6 +70,26 @@ class AuthFailureLimiter:
         self._redis = client
         self.max_failures = max_failures
         self.window = window
+        self._reserve = client.register_script(_RESERVE)
+        self._release = client.register_script(_RELEASE)
+
+    def reserve(self, address: str) -> int | None:
+        """Count a login of `address` as failed before its password is checked; None when the
+        address is blocked (nothing counted), else its failures in the window with this one.
+
+        :raises redis.RedisError: Redis cannot answer (callers refuse the login then).
+        """
+        count = int(
+            self._reserve(keys=[client_key(address)], args=[self.max_failures, self.window])
+        )
+        return None if count < 0 else count
+
+    def release(self, address: str) -> None:
+        """Take back the place `reserve` took: the password was right.
+
+        :raises redis.RedisError: Redis cannot record it.
+        """
+        self._release(keys=[client_key(address)])
 
     def blocked(self, address: str) -> bool:
         """Whether `address` has used up its failures for the current window.

@@ -2,8 +2,10 @@
 
 Order of a transaction and what each step refuses (replies in tasks/submission/replies.py):
 - AUTH PLAIN or LOGIN, only over TLS: a client address with too many recent failures is cut off
-  (421) before its credentials are read; bad credentials are counted and get 535; Redis down
-  gets 454, so a client never learns anything from an unchecked login.
+  (421) before its credentials are read; every login is counted as failed before its password
+  is checked and given back when it was right, so parallel connections cannot check more
+  passwords than the limit; bad credentials get 535; Redis down gets 454, so a client never
+  learns anything from an unchecked login.
 - MAIL FROM: only once authenticated (530, so nothing is relayed for anyone unauthenticated);
   the address must be valid and one the account may use (553 5.7.1).
 - RCPT TO: valid addresses, at most SUBMISSION_MAX_RECIPIENTS distinct ones (452 4.5.3, which
@@ -208,12 +210,15 @@ class SubmissionHandler:
                 return _refused(replies.AUTH_INVALID)
 
     def _verify(self, peer: str, username: bytes, password: bytes) -> _Verdict:
-        # Checked again here: another connection from the address may have used up its tries.
-        if self._limiter.blocked(peer):
+        # Counted as a failure before the check: parallel connections from one address would
+        # otherwise all pass a "blocked?" test while their passwords are being hashed.
+        failures = self._limiter.reserve(peer)
+        if failures is None:
             return _Blocked()
         account = self._accounts.verify(username, password)
         if account is None:
-            return _Failed(self._limiter.record_failure(peer))
+            return _Failed(failures)
+        self._limiter.release(peer)
         return account
 
     # --- envelope ---------------------------------------------------------------------------

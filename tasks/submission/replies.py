@@ -25,6 +25,9 @@ ENCRYPTION_REQUIRED = "538 5.7.11 Encryption required for requested authenticati
 AUTH_INVALID = "535 5.7.8 Authentication credentials invalid"
 AUTH_UNAVAILABLE = "454 4.7.0 Temporary authentication failure, try again later"
 TOO_MANY_FAILURES = "421 4.7.0 Too many failed logins from your address, try again later"
+# Connection caps (sent instead of the greeting, then the connection is closed).
+TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections, try again later"
+TOO_MANY_FROM_CLIENT = "421 4.7.0 Too many connections from your address, try again later"
 # Envelope.
 BAD_SENDER = "553 5.1.7 Bad sender address syntax"
 SENDER_NOT_ALLOWED = "553 5.7.1 Sender address not allowed for this account"

@@ -5,8 +5,11 @@ raises `SettingsError` (one line naming the variable) when something is missing 
 TLS is required for everything that matters: with SUBMISSION_TLS=starttls the client must
 STARTTLS before any other command but EHLO, NOOP and QUIT (RFC 3207 §4, 530 5.7.0), and AUTH is
 announced only after it; with `tls` the whole connection is TLS from the first byte (RFC 8314).
-TLS 1.2 is the minimum. `stop()` stops accepting, lets every message being queued finish (so no
-client loses a 250 it was owed), then drops the remaining connections; their clients retry.
+TLS 1.2 is the minimum. Connections beyond SUBMISSION_MAX_CONNECTIONS, or beyond
+SUBMISSION_MAX_CONNECTIONS_PER_CLIENT from one client address (IPv6: its /64, as the failed-login
+count), get `421 4.7.0` instead of the greeting and are closed. `stop()` stops accepting, lets
+every message being queued finish (so no client loses a 250 it was owed), then drops the
+remaining connections; their clients retry.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import logging
 import socket
 import ssl
 from collections.abc import Awaitable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AnyStr
 
@@ -27,8 +31,9 @@ from settings import Listen, Settings, SettingsError, SubmissionTls, env_name
 from tasks.api import Mailroom
 from tasks.submission import replies
 from tasks.submission.accounts import AccountError, Accounts
-from tasks.submission.auth_limits import AuthFailureLimiter
+from tasks.submission.auth_limits import AuthFailureLimiter, client_key
 from tasks.submission.handler import Producer, SubmissionHandler
+from workers.redis_client import redis_client
 
 log = logging.getLogger("mailroom.submission")
 
@@ -36,8 +41,6 @@ IDENT = "Mailroom ESMTP submission"
 IDLE_TIMEOUT = 300.0  # RFC 5321 §4.5.3.2.7: a server waits at least 5 minutes for a command
 STOP_GRACE = 30.0  # seconds a shutdown waits for messages being queued
 _CLOSE_TIMEOUT = 1.0  # seconds for the TLS close handshake after a 421, then abort
-_REDIS_CONNECT_TIMEOUT = 5.0
-_REDIS_TIMEOUT = 30.0
 
 
 class SubmissionServer:
@@ -52,8 +55,11 @@ class SubmissionServer:
         tls_context: ssl.SSLContext,
         hostname: str,
         max_message_bytes: int,
+        max_connections: int = 100,
+        max_connections_per_client: int = 20,
     ) -> None:
         self.handler = handler
+        self._caps = _Caps(max_connections, max_connections_per_client)
         self.listen = listen
         self.tls = tls
         starttls = tls is SubmissionTls.STARTTLS
@@ -86,7 +92,11 @@ class SubmissionServer:
             raise RuntimeError("the submission listener is already running")
         listener = _bind(self.listen)
         controller = _Controller(
-            self.handler, listener, ssl_context=self._implicit_context, **self._smtp_options
+            self.handler,
+            listener,
+            ssl_context=self._implicit_context,
+            caps=self._caps,
+            **self._smtp_options,
         )
         try:
             controller.start()
@@ -115,26 +125,67 @@ class SubmissionServer:
         await controller.close_connections(replies.SHUTTING_DOWN)
 
 
-class _SubmissionSMTP(SMTP):
-    """aiosmtpd's SMTP with an enhanced status code on every reply it writes itself, and
-    known to the controller while connected (so a shutdown can close it)."""
+@dataclass(frozen=True, slots=True)
+class _Caps:
+    """Most connections a listener serves at once: in all, and from one client address."""
 
-    def __init__(self, handler: SubmissionHandler, live: set[_SubmissionSMTP], **options: Any):
+    total: int
+    per_client: int
+
+    def refusal(self, live: set[_SubmissionSMTP], client: str) -> str | None:
+        """The 421 for a new connection from `client` (a `client_key`), or None to serve it."""
+        if len(live) >= self.total:
+            return replies.TOO_MANY_CONNECTIONS
+        if sum(1 for smtp in live if smtp.client == client) >= self.per_client:
+            return replies.TOO_MANY_FROM_CLIENT
+        return None
+
+
+class _SubmissionSMTP(SMTP):
+    """aiosmtpd's SMTP with an enhanced status code on every reply it writes itself, known to
+    the controller while connected (so a shutdown can close it), and refusing connections
+    over the listener's caps before its greeting."""
+
+    def __init__(
+        self, handler: SubmissionHandler, live: set[_SubmissionSMTP], caps: _Caps, **options: Any
+    ):
         super().__init__(handler, **options)
         self.live = live
         self.lost = asyncio.Event()
+        self.client = ""  # the client's address as counted (client_key), once connected
+        self._caps = caps
+        self._refused = False
         self._in_mail = False
 
     def _create_session(self) -> Session:
         return _Session(self.loop)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.transport is None:  # the connection itself, not the call after STARTTLS
+            peer = transport.get_extra_info("peername")
+            self.client = client_key(str(peer[0]) if peer else "")
+            refusal = self._caps.refusal(self.live, self.client)
+            if refusal is not None:
+                # aiosmtpd never starts on this connection: no session, no handler task.
+                self._refused = True
+                if isinstance(transport, asyncio.WriteTransport):
+                    transport.write(refusal.encode("ascii") + b"\r\n")
+                transport.close()
+                return
         super().connection_made(transport)
         self.live.add(self)  # a set: the second call, after STARTTLS, changes nothing
 
+    def data_received(self, data: bytes) -> None:
+        if not self._refused:
+            super().data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return False if self._refused else super().eof_received()
+
     def connection_lost(self, error: Exception | None) -> None:
-        super().connection_lost(error)
-        self.live.discard(self)
+        if not self._refused:
+            super().connection_lost(error)
+            self.live.discard(self)
         self.lost.set()
 
     async def smtp_MAIL(self, arg: str | None) -> None:
@@ -189,16 +240,20 @@ class _Controller(Controller):
         listener: socket.socket,
         *,
         ssl_context: ssl.SSLContext | None,
+        caps: _Caps,
         **smtp_options: Any,
     ) -> None:
         host, port = listener.getsockname()[:2]
         super().__init__(handler, hostname=host, port=port, ssl_context=ssl_context)
         self.smtp_options = smtp_options
+        self.caps = caps
         self.listener = listener
         self.live: set[_SubmissionSMTP] = set()
 
     def factory(self) -> SMTP:
-        return _SubmissionSMTP(self.handler, self.live, loop=self.loop, **self.smtp_options)
+        return _SubmissionSMTP(
+            self.handler, self.live, self.caps, loop=self.loop, **self.smtp_options
+        )
 
     async def close_connections(self, reply: str) -> None:
         """Tell every connected client `reply` (a 421), close, and wait until each has ended."""
@@ -295,11 +350,7 @@ def build_server(
     accounts = load_accounts(settings.submission_accounts)
     if client is None:
         # Bounded, so a hung Redis turns into a 451 rather than a stuck client.
-        client = redis.Redis.from_url(
-            settings.redis_url,
-            socket_connect_timeout=_REDIS_CONNECT_TIMEOUT,
-            socket_timeout=_REDIS_TIMEOUT,
-        )
+        client = redis_client(settings.redis_url, settings.redis_timeout)
     if producer is None:
         producer = Mailroom(settings, client=client)
     handler = SubmissionHandler(
@@ -316,4 +367,6 @@ def build_server(
         tls_context=context,
         hostname=settings.helo_name,
         max_message_bytes=settings.max_message_bytes,
+        max_connections=settings.submission_max_connections,
+        max_connections_per_client=settings.submission_max_connections_per_client,
     )

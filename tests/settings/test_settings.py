@@ -80,6 +80,8 @@ DEFAULTS: dict[str, object] = {
     "submission_key_file": None,
     "submission_accounts": None,
     "submission_max_recipients": 100,
+    "submission_max_connections": 100,
+    "submission_max_connections_per_client": 20,
     "visibility_timeout": 900,
     "connect_timeout": 30.0,
     "command_timeout": 300.0,

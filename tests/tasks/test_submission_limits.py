@@ -54,3 +54,18 @@ def test_the_count_is_shared_by_every_listener(redis_client: redis.Redis) -> Non
 def test_bad_limits_are_refused(redis_client: redis.Redis) -> None:
     with pytest.raises(ValueError, match="max_failures"):
         AuthFailureLimiter(redis_client, max_failures=0)
+
+
+def test_reserve_counts_before_the_check_and_release_gives_it_back(
+    redis_client: redis.Redis,
+) -> None:
+    limiter = AuthFailureLimiter(redis_client, max_failures=2, window=120)
+    key = client_key("192.0.2.9")
+    assert [limiter.reserve("192.0.2.9") for _ in range(3)] == [1, 2, None]
+    assert int(redis_client.get(key) or 0) == 2  # a blocked login is not counted
+    limiter.release("192.0.2.9")
+    assert int(redis_client.get(key) or 0) == 1
+    limiter.release("192.0.2.9")
+    assert redis_client.get(key) is None  # back at 0: the next failure opens a new window
+    limiter.release("192.0.2.9")
+    assert redis_client.get(key) is None  # never brought back without its expiry
