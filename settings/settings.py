@@ -96,6 +96,8 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     shards: int = Field(default=8, ge=1)
     visibility_timeout: _Positive = 900
+    # Seconds one Redis connect or reply may take (every client, broker connections included).
+    redis_timeout: _Timeout = 10
     # Where mail goes.
     delivery: DeliveryMode = DeliveryMode.MX
     relay_host: str | None = None

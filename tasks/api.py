@@ -46,6 +46,7 @@ from workers.content import ContentStore, record_ttl
 from workers.dead_letters import DeadLetters
 from workers.deferred import DeferredSet
 from workers.envelope import OutboundMessage
+from workers.redis_client import redis_client
 from workers.status import StatusStore
 
 MAX_BATCH = 100  # deliveries per mailroom.deliver task
@@ -69,7 +70,7 @@ class Mailroom:
         self, settings: Settings, *, client: redis.Redis | None = None, app: Celery | None = None
     ) -> None:
         self._settings = settings
-        self._redis = client or redis.Redis.from_url(settings.redis_url)
+        self._redis = client or redis_client(settings.redis_url, settings.redis_timeout)
         self._app = app or make_celery(settings)
         ttl = record_ttl(settings.max_age)
         self._content = ContentStore(self._redis, ttl)

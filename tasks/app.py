@@ -14,6 +14,7 @@ from celery import Celery
 
 from settings import Settings
 from tasks.routing import INTAKE_QUEUE
+from workers.redis_client import broker_transport_options
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -33,6 +34,8 @@ def make_celery(settings: Settings) -> Celery:
         task_create_missing_queues=True,
         broker_connection_retry_on_startup=True,
         broker_transport_options={
+            # Bounded waits and keepalive, as every Redis client of Mailroom's own has.
+            **broker_transport_options(settings.redis_timeout),
             "visibility_timeout": settings.visibility_timeout,
             # kombu scans for a dead worker's unacknowledged tasks on every 10th idle poll by
             # default (about every 100 s); every poll brings the hand-over near the timeout.

@@ -41,6 +41,7 @@ from workers.metrics import MetricsRecorder
 from workers.profiles import traffic
 from workers.rate_limits import Limiter
 from workers.redaction import redact_addresses
+from workers.redis_client import redis_client
 from workers.runtime import runtime
 from workers.status import StatusStore
 from workers.sweeper import Sweeper
@@ -95,7 +96,7 @@ class WorkerContext:
             if self._pid == os.getpid():
                 return
             settings = self.settings
-            client = redis.Redis.from_url(settings.redis_url)
+            client = redis_client(settings.redis_url, settings.redis_timeout)
             ttl = record_ttl(settings.max_age)
             status = StatusStore(client, ttl)
             deferred = DeferredSet(client)

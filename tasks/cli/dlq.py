@@ -7,13 +7,12 @@ import json
 import sys
 from typing import Any
 
-import redis
-
 from settings import Settings
 from tasks.api import Mailroom
 from tasks.cli.errors import FAILED, OK, UsageError
 from workers.content import record_ttl
 from workers.dead_letters import DeadLetters
+from workers.redis_client import redis_client
 
 
 def register(commands: argparse._SubParsersAction[Any]) -> None:
@@ -31,7 +30,9 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    dead = DeadLetters(redis.Redis.from_url(settings.redis_url), record_ttl(settings.max_age))
+    dead = DeadLetters(
+        redis_client(settings.redis_url, settings.redis_timeout), record_ttl(settings.max_age)
+    )
     action: str = args.dlq_action
     if action == "list":
         entries = dead.list()

@@ -33,6 +33,7 @@ from tasks.cli.queues import queue_depths
 from tasks.cli.signals import stop_on_signals
 from tasks.routing import INTAKE_QUEUE
 from workers.metrics import read_metrics
+from workers.redis_client import redis_client
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -46,7 +47,9 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     listen = settings.metrics_listen
     registry = CollectorRegistry()
-    registry.register(MailroomCollector(redis.Redis.from_url(settings.redis_url), settings.shards))
+    registry.register(
+        MailroomCollector(redis_client(settings.redis_url, settings.redis_timeout), settings.shards)
+    )
     stop = stop_on_signals()
     try:
         server = _server(listen, _unless_redis_fails(make_wsgi_app(registry)))

@@ -13,6 +13,7 @@ from tasks.cli.errors import OK
 from tasks.routing import INTAKE_QUEUE, all_shard_queues
 from workers.dead_letters import DeadLetters
 from workers.deferred import DeferredSet
+from workers.redis_client import redis_client
 
 # kombu's Redis transport keeps priority sub-queues beside each queue ("name\x06\x16N").
 _PRIORITY_SEPARATOR = "\x06\x16"
@@ -25,7 +26,7 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis_client(settings.redis_url, settings.redis_timeout)
     depths = queue_depths(client, settings.shards)
     if args.json:
         print(json.dumps(depths))

@@ -7,11 +7,10 @@ import json
 import sys
 from typing import Any
 
-import redis
-
 from settings import Settings
 from tasks.cli.errors import FAILED, OK
 from workers.content import record_ttl
+from workers.redis_client import redis_client
 from workers.status import StatusStore
 
 
@@ -23,7 +22,9 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    store = StatusStore(redis.Redis.from_url(settings.redis_url), record_ttl(settings.max_age))
+    store = StatusStore(
+        redis_client(settings.redis_url, settings.redis_timeout), record_ttl(settings.max_age)
+    )
     view = store.view(args.id)
     if view is None:
         print(f"mailroom: status: no message with id {args.id!r}", file=sys.stderr)

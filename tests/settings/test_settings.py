@@ -83,6 +83,7 @@ DEFAULTS: dict[str, object] = {
     "submission_max_connections": 100,
     "submission_max_connections_per_client": 20,
     "visibility_timeout": 900,
+    "redis_timeout": 10,
     "connect_timeout": 30.0,
     "command_timeout": 300.0,
     "data_timeout": 600.0,
