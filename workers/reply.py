@@ -51,6 +51,10 @@ class Code(IntEnum):
 # RFC 3463 §2: class.subject.detail, the class matching the basic code's first digit.
 _ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?:\s+|$)")
 
+# How much of a server's text a reply keeps: RFC 5321 §4.5.3.1.5 allows 512 octets a reply line.
+MAX_TEXT = 512
+_SURROGATES = range(0xDC80, 0xDD00)  # the bytes surrogateescape could not decode
+
 
 @dataclass(frozen=True, slots=True)
 class Reply:
@@ -79,9 +83,32 @@ def parse_reply(code: int, message: str, step: Step) -> Reply:
     text = " ".join(line.strip() for line in message.splitlines() if line.strip())
     match = _ENHANCED.match(text)
     if match is None or int(match.group(1)) != code // 100:
-        return Reply(code, "", text, step)
+        return Reply(code, "", printable(text), step)
     enhanced = ".".join(match.groups())
-    return Reply(code, enhanced, text[match.end() :].strip(), step)
+    return Reply(code, enhanced, printable(text[match.end() :].strip()), step)
+
+
+def printable(text: str, limit: int = MAX_TEXT) -> str:
+    """`text` safe to show anywhere: control characters (a terminal's escape sequences) and
+    undecodable bytes escaped as Python does, cut to `limit` characters with "..." after.
+
+    A server's words end up in status records, logs and on an operator's terminal.
+    """
+    if len(text) <= limit and text.isprintable():
+        return text
+    shown = "".join(c if c.isprintable() else _escape(c) for c in text[: limit + 1])
+    return shown if len(shown) <= limit and len(text) <= limit else shown[:limit] + "..."
+
+
+def _escape(char: str) -> str:
+    point = ord(char)
+    if point in _SURROGATES:
+        return f"\\x{point - 0xDC00:02x}"
+    if point < 0x100:
+        return f"\\x{point:02x}"
+    if point < 0x10000:
+        return f"\\u{point:04x}"
+    return f"\\U{point:08x}"
 
 
 # Synthetic replies, one function per situation Mailroom itself detects.
@@ -156,6 +183,18 @@ def no_address(domain: str) -> Reply:
     )
 
 
+def denied_network(domain: str) -> Reply:
+    """Every address of the domain's mail exchangers is in MX_DENY_NETWORKS: X.7.1, delivery
+    not authorized. Permanent, as Postfix bounces mail whose MX loops back to itself: waiting
+    does not change the operator's policy."""
+    return Reply(
+        Code.MAILBOX_UNAVAILABLE,
+        "5.7.1",
+        f"every mail exchanger of {domain} is in MX_DENY_NETWORKS",
+        Step.RESOLVE_MX,
+    )
+
+
 def deadline_exceeded(host: str, step: Step) -> Reply:
     """The whole session ran past its overall deadline: X.4.7, delivery time expired (for now)."""
     return Reply(
@@ -202,6 +241,20 @@ def auth_unavailable(host: str) -> Reply:
         "4.7.10",
         f"{host} offers no AUTH mechanism Mailroom supports (PLAIN, LOGIN); nothing was sent",
         Step.OPEN_SESSION,
+    )
+
+
+def protocol_error(host: str, step: Step, detail: str) -> Reply:
+    """The server said something that is no reply, or a reply that fits no command sent: X.5.0.
+
+    Transient: the stream is out of step, so whatever it said cannot be trusted either way.
+    `detail` may quote the server; it is escaped and cut here.
+    """
+    return Reply(
+        Code.SERVICE_UNAVAILABLE,
+        "4.5.0",
+        f"protocol error from {host}: {printable(detail)}",
+        step,
     )
 
 

@@ -83,3 +83,41 @@ def test_synthetic_replies_carry_rfc3463_codes(
 ) -> None:
     assert (made.code, made.enhanced, made.step) == (code, enhanced, step)
     assert made.text
+
+
+@pytest.mark.parametrize(
+    ("message", "text"),
+    [
+        ("2.0.0 \x1b[31mred\x1b[0m", "\\x1b[31mred\\x1b[0m"),
+        ("bell\x07 nul\x00 del\x7f", "bell\\x07 nul\\x00 del\\x7f"),
+        # bytes that were not UTF-8 (decoded with surrogateescape) show as the bytes they were
+        (b"raw \xff\xfe".decode("utf-8", "surrogateescape"), "raw \\xff\\xfe"),
+        ("c1 \x9b31m", "c1 \\x9b31m"),
+        ("zoë ok", "zoë ok"),
+    ],
+)
+def test_parse_reply_escapes_control_characters(message: str, text: str) -> None:
+    parsed = parse_reply(250, message, Step.DATA)
+    assert parsed.text == text
+    assert parsed.text.isprintable()
+
+
+def test_parse_reply_keeps_a_bounded_excerpt() -> None:
+    parsed = parse_reply(550, "5.1.1 " + "x" * 100_000, Step.RCPT_TO)
+    assert parsed.enhanced == "5.1.1"
+    assert len(parsed.text) <= replies.MAX_TEXT + 3
+    assert parsed.text.startswith("xxx")
+    assert parsed.text.endswith("...")
+
+
+@given(st.text())
+def test_printable_is_printable_and_bounded(text: str) -> None:
+    shown = replies.printable(text)
+    assert shown.isprintable()
+    assert len(shown) <= replies.MAX_TEXT + 3
+
+
+def test_protocol_error_is_a_transient_421_4_5_0() -> None:
+    made = replies.protocol_error("mx.test", Step.DATA, "garbage \x1b[2J")
+    assert (made.code, made.enhanced, made.step) == (421, "4.5.0", Step.DATA)
+    assert made.text == "protocol error from mx.test: garbage \\x1b[2J"
