@@ -161,6 +161,22 @@ def parse_nameserver(text: str) -> Nameserver:
     return Nameserver(ip=str(ip), port=port)
 
 
+def parse_networks(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """Parse comma-separated CIDR networks (`10.0.0.0/8, fd00::/8`; a bare address is a /32 or
+    /128); empty means none. Host bits must be zero: `10.0.0.1/8` is refused as a likely typo."""
+    networks = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(item))
+        except ValueError:
+            raise ValueError(
+                f"each entry must be a network in CIDR form, as in 10.0.0.0/8 (got {item!r})"
+            ) from None
+    return tuple(networks)
+
+
 def parse_listen(text: str) -> Listen:
     """Parse `host:port` or `[ipv6]:port` into a Listen; the port is required."""
     item = text.strip()

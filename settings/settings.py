@@ -12,6 +12,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterator
 from enum import StrEnum
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 from urllib.parse import urlsplit
@@ -108,6 +109,8 @@ class Settings(BaseSettings):
     relay_profile: RelayProfile = RelayProfile.NONE
     mx_port: _Port = 25
     dns_nameservers: Annotated[tuple[Nameserver, ...], NoDecode] = ()
+    # MX hosts whose addresses fall in these networks are never dialled (mx mode only).
+    mx_deny_networks: Annotated[tuple[IPv4Network | IPv6Network, ...], NoDecode] = ()
     tls_ca_file: Path | None = None
     helo_name: str = Field(default_factory=socket.getfqdn)
     # Pace, retries and limits.
@@ -208,6 +211,15 @@ class Settings(BaseSettings):
             return parsing.parse_nameservers(value)
         if isinstance(value, list | tuple):
             return tuple(parsing.parse_nameserver(v) if isinstance(v, str) else v for v in value)
+        return value
+
+    @field_validator("mx_deny_networks", mode="before")
+    @classmethod
+    def _networks(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return parsing.parse_networks(value)
+        if isinstance(value, list | tuple):
+            return parsing.parse_networks(",".join(map(str, value)))
         return value
 
     @field_validator("rate_limits", mode="before")

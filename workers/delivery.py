@@ -145,6 +145,7 @@ class DeliveryAgent:
             [(server.ip, server.port) for server in settings.dns_nameservers],
             port=settings.mx_port,
             timeout=settings.dns_timeout,
+            deny_networks=settings.mx_deny_networks,
         )
         timeouts = Timeouts(
             connect=settings.connect_timeout,

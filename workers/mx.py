@@ -3,14 +3,18 @@
 RFC 5321 §5.1: MX records by preference, equal preferences in random order (shuffled on every
 call); a domain without MX records is its own mail exchanger (implicit MX); a single `MX 0 .`
 means the domain takes no mail (RFC 7505). A and AAAA of every host are looked up concurrently;
-hosts without an address are dropped. Answers (and null MX) are cached in memory for the smallest
-TTL involved, on an injected clock. dnspython's exceptions become `Reply`s in `_reply_for` only.
-The relay is resolved by the system resolver instead (`resolve_host`), as DESIGN.md says.
+hosts without an address are dropped. Addresses inside `deny_networks` (MX_DENY_NETWORKS) are
+dropped too, before anything connects; when that leaves no address at all, the delivery bounces
+(`denied_network`, 550 5.7.1) unless a temporary DNS failure hid a host. Answers (and null MX)
+are cached in memory for the smallest TTL involved, on an injected clock. dnspython's exceptions
+become `Reply`s in `_reply_for` only. The relay is resolved by the system resolver instead
+(`resolve_host`), as DESIGN.md says.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import random
 import socket
 import time
@@ -28,10 +32,19 @@ import dns.rdtypes.IN.A
 import dns.rdtypes.IN.AAAA
 import dns.resolver
 
-from workers.reply import Reply, dns_temporary, no_address, no_such_domain, null_mx
+from workers.reply import (
+    Reply,
+    denied_network,
+    dns_temporary,
+    no_address,
+    no_such_domain,
+    null_mx,
+)
 
 _MAX_CACHED = 10_000  # domains; a worker's memory must not grow with every domain ever seen
 _ADDRESS_RDATA = (dns.rdtypes.IN.A.A, dns.rdtypes.IN.AAAA.AAAA)
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,11 +67,13 @@ class _Records:
 
 @dataclass(frozen=True, slots=True)
 class _Addresses:
-    """Every address of one host, their smallest TTL, and the first temporary failure if any."""
+    """Every allowed address of one host, their smallest TTL, the first temporary failure if
+    any, and whether addresses were dropped for being in a denied network."""
 
     addresses: tuple[str, ...]
     ttl: int | None
     temporary: Reply | None
+    denied: bool = False
 
 
 # Preference groups, lowest first, each unshuffled; or the null MX reply.
@@ -103,12 +118,14 @@ class MxResolver:
         timeout: float,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        deny_networks: Sequence[Network] = (),
     ) -> None:
         """Use `nameservers` ((ip, port) pairs), or the system's resolver when empty.
 
         `port` is the SMTP port of every target; `timeout` bounds each DNS query, retries
-        included. Raises dnspython's `NoResolverConfiguration` at once when `nameservers` is
-        empty and the system has no usable resolver configuration.
+        included; addresses in `deny_networks` are never targets. Raises dnspython's
+        `NoResolverConfiguration` at once when `nameservers` is empty and the system has no
+        usable resolver configuration.
         """
         if nameservers:
             self._resolver = dns.asyncresolver.Resolver(configure=False)
@@ -124,12 +141,21 @@ class MxResolver:
         self._clock = clock
         self._rng = rng if rng is not None else random.Random()
         self._cache: dict[dns.name.Name, _Cached] = {}
+        self._deny = tuple(deny_networks)
+
+    def denies(self, address: str) -> bool:
+        """Whether `address` is in a denied network (an IPv4-mapped IPv6 address as its IPv4)."""
+        ip = ipaddress.ip_address(address)
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in network for network in self._deny)
 
     async def resolve(self, domain: str) -> tuple[Target, ...] | Reply:
         """The targets for `domain` (U-labels accepted), best first, or the `Reply` saying why not.
 
         Returns `null_mx` (556 5.1.10) for `MX 0 .`, `no_such_domain` (550 5.1.2) for NXDOMAIN,
-        `dns_temporary` (451 4.4.3) for SERVFAIL, timeouts and unreachable nameservers, and
+        `dns_temporary` (451 4.4.3) for SERVFAIL, timeouts and unreachable nameservers,
+        `denied_network` (550 5.7.1) when every address is in a denied network, and
         `no_address` (451 4.4.4) when no host has an address.
         """
         shown = domain.rstrip(".")
@@ -194,7 +220,7 @@ class MxResolver:
                 groups.setdefault(target.preference, []).append(target)
         temporary = next((a.temporary for a in found if a.temporary is not None), None)
         if not groups:
-            return (temporary or no_address(shown)), None
+            return (temporary or _none_left(shown, any(a.denied for a in found))), None
         # A temporary failure hid a host: caching would hide it for the whole TTL.
         ttl = None if temporary else _min_ttl(mx.ttl, *(a.ttl for a in found if a.addresses))
         return tuple(tuple(groups[pref]) for pref in sorted(groups)), ttl
@@ -204,7 +230,7 @@ class MxResolver:
     ) -> tuple[_Answer, int | None]:
         """RFC 5321 §5.1: no MX records, so the domain's own addresses, at preference 0."""
         if not found.addresses:
-            return (found.temporary or no_address(shown)), None
+            return (found.temporary or _none_left(shown, found.denied)), None
         target = Target(name.to_text(omit_final_dot=True), found.addresses, self._port, 0)
         return ((target,),), None if found.temporary else found.ttl
 
@@ -225,7 +251,8 @@ class MxResolver:
             addresses += [r.address for r in result.rdata if isinstance(r, _ADDRESS_RDATA)]
             ttls.append(result.ttl)
         unique = tuple(dict.fromkeys(addresses))
-        return _Addresses(unique, _min_ttl(*ttls), temporary)
+        allowed = tuple(address for address in unique if not self.denies(address))
+        return _Addresses(allowed, _min_ttl(*ttls), temporary, len(allowed) < len(unique))
 
     async def _query(
         self, name: dns.name.Name, rdtype: dns.rdatatype.RdataType
@@ -240,6 +267,10 @@ class MxResolver:
         if answer.rrset is None:
             return _Records((), None)
         return _Records(tuple(answer.rrset), answer.chaining_result.minimum_ttl)
+
+
+def _none_left(shown: str, denied: bool) -> Reply:
+    return denied_network(shown) if denied else no_address(shown)
 
 
 async def resolve_host(host: str, port: int) -> Target | Reply:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 
 import pytest
@@ -15,6 +16,7 @@ from settings.parsing import (
     parse_listen,
     parse_max_connections,
     parse_nameservers,
+    parse_networks,
     parse_rate,
     parse_rate_limits,
     parse_relay_host,
@@ -271,3 +273,18 @@ def test_parse_relay_host_refuses(text: str, fragment: str) -> None:
     with pytest.raises(ValueError, match=re.escape(fragment)) as excinfo:
         parse_relay_host(text)
     _single_line_error(excinfo)
+
+
+def test_parse_networks() -> None:
+    assert parse_networks(" 10.0.0.0/8, fd00::/8,127.0.0.2 ,") == (
+        ipaddress.ip_network("10.0.0.0/8"),
+        ipaddress.ip_network("fd00::/8"),
+        ipaddress.ip_network("127.0.0.2/32"),
+    )
+    assert parse_networks("") == ()
+
+
+@pytest.mark.parametrize("text", ["10.0.0.1/8", "10.0.0.0/33", "example.org", "10.0.0.0/8;"])
+def test_parse_networks_refuses_what_is_no_network(text: str) -> None:
+    with pytest.raises(ValueError, match="CIDR"):
+        parse_networks(text)

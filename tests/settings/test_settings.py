@@ -63,6 +63,7 @@ DEFAULTS: dict[str, object] = {
     "relay_password": None,
     "mx_port": 25,
     "dns_nameservers": (),
+    "mx_deny_networks": (),
     "tls_ca_file": None,
     "rate_limits": {},
     "retry_delays": (60, 300, 900, 1800, 3600, 7200, 14400, 28800),
@@ -392,3 +393,16 @@ def test_a_bad_connection_reuse_value_is_one_line_naming_the_variable(
     message = str(raised.value)
     assert "MAILROOM_CONNECTION_REUSE" in message
     assert "\n" not in message
+
+
+def test_mx_deny_networks_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    _set(monkeypatch, {"MX_DENY_NETWORKS": "10.0.0.0/8,fd00::/8"})
+    assert [str(n) for n in load_settings().mx_deny_networks] == ["10.0.0.0/8", "fd00::/8"]
+
+
+def test_a_bad_mx_deny_network_is_one_line_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    message = _error(monkeypatch, {"MX_DENY_NETWORKS": "10.0.0.0/8,10.1.2.3/16"})
+    assert message.startswith("MAILROOM_MX_DENY_NETWORKS: ")
+    assert "'10.1.2.3/16'" in message
