@@ -16,10 +16,12 @@ _STORE_BYTES), the tasks are Celery's own messages published in one pipeline (ko
 
 Idempotency: `mailroom:idem:{sha256(key)}` → message id for IDEMPOTENCY_TTL seconds. The key is
 taken first (SET NX, read back in the same pipeline), so two producers racing with one key get
-one message; the message is marked `enqueued` last, so a producer that crashed in between and
-retries with the same key gets the message enqueued again (delivery is idempotent per
-recipient), stored first if the crash came before the content was. A key given twice in one call
-gives the first notification's id to both.
+one message id. Content and status records are created only where none exist, and only the
+producer whose MULTI created a record enqueues it; the message is marked `enqueued` last, so a
+producer that crashed in between is found out by the next one with the same key, which waits
+TAKEOVER_AFTER for the mark, then takes the enqueueing over (compare and set on the record's
+claim: one producer of many), stored first if the crash came before the content was. A key
+given twice in one call gives the first notification's id to both.
 """
 
 from __future__ import annotations
@@ -52,6 +54,10 @@ from workers.status import StatusStore
 MAX_BATCH = 100  # deliveries per mailroom.deliver task
 SLICE = 1000  # notifications per round of writes (a multiple of MAX_BATCH: no part-filled tasks)
 _STORE_BYTES = 16 * 1024 * 1024  # message bytes per MULTI, beyond which a new one starts
+# A live producer marks its slice enqueued one publish after its MULTI (milliseconds); a record
+# still unmarked this long after another producer found it is a crashed producer's.
+TAKEOVER_AFTER = 5.0
+_TAKEOVER_POLL = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,9 +73,15 @@ class Mailroom:
     """The producer API bound to one deployment's settings."""
 
     def __init__(
-        self, settings: Settings, *, client: redis.Redis | None = None, app: Celery | None = None
+        self,
+        settings: Settings,
+        *,
+        client: redis.Redis | None = None,
+        app: Celery | None = None,
+        takeover_after: float = TAKEOVER_AFTER,
     ) -> None:
         self._settings = settings
+        self._takeover_after = takeover_after
         self._redis = client or redis_client(settings.redis_url, settings.redis_timeout)
         self._app = app or make_celery(settings)
         ttl = record_ttl(settings.max_age)
@@ -241,22 +253,54 @@ class Mailroom:
         }
 
     def _write(self, writes: Sequence[_Write]) -> None:
-        """Store, enqueue, mark enqueued: each step for all `writes` before the next starts."""
+        """Store, enqueue, mark enqueued: each step for all `writes` before the next starts.
+
+        Only the producer whose MULTI created a record enqueues its message. A record found
+        already there (another producer's, racing with the same idempotency key, or one that
+        crashed) is left to its creator for `_takeover_after` seconds, then taken over by
+        exactly one of the producers waiting for it.
+        """
         if not writes:
             return
-        self._store([write for write in writes if write.message is not None])
+        claim = uuid.uuid4().hex
+        created = self._store([write for write in writes if write.message is not None], claim)
+        ours = [write for write in writes if write.message_id in created]
+        others = [write for write in writes if write.message_id not in created]
+        ours += self._take_over(others, claim)
         self.enqueue(
             (write.message_id, destination, 1)
-            for write in writes
+            for write in ours
             for destination in sorted(set(write.destinations.values()))
         )
-        self._status.mark_all_enqueued([write.message_id for write in writes])
+        self._status.mark_all_enqueued([write.message_id for write in ours])
 
-    def _store(self, writes: Sequence[_Write]) -> None:
+    def _take_over(self, writes: Sequence[_Write], claim: str) -> list[_Write]:
+        """Of messages another producer created, those it has not marked enqueued within
+        `_takeover_after` seconds and whose enqueueing this producer took over."""
+        ids = list(dict.fromkeys(write.message_id for write in writes))
+        seen = dict(zip(ids, self._status.unmarked_claims(ids), strict=True))
+        deadline = time.monotonic() + self._takeover_after
+        while (waiting := [i for i, claim_seen in seen.items() if claim_seen is not None]) and (
+            time.monotonic() < deadline
+        ):
+            time.sleep(_TAKEOVER_POLL)
+            # A record marked enqueued (or gone) drops out; the others keep the claim first seen.
+            for message_id, now in zip(waiting, self._status.unmarked_claims(waiting), strict=True):
+                if now is None:
+                    seen[message_id] = None
+        taken = {
+            message_id
+            for message_id, claim_seen in seen.items()
+            if claim_seen is not None and self._status.take_over(message_id, claim_seen, claim)
+        }
+        return [write for write in writes if write.message_id in taken]
+
+    def _store(self, writes: Sequence[_Write], claim: str) -> set[str]:
         """Content and status records in one transaction: each message has both, or neither.
 
         One script call for the contents and one for the records, in one MULTI, however many
-        messages; a new MULTI starts only past _STORE_BYTES of content.
+        messages; a new MULTI starts only past _STORE_BYTES of content. Existing content and
+        records are kept as they are; returns the ids whose records this call created.
         """
         now = time.time()
         groups: list[list[OutboundMessage]] = [[]]
@@ -269,12 +313,15 @@ class Mailroom:
             groups[-1].append(write.message)
             size += write.message.size
         destinations = {write.message_id: write.destinations for write in writes}
+        created: set[str] = set()
         with self._redis.pipeline(transaction=True) as pipe:
-            for messages in groups:
-                self._content.put_many(messages, pipe=pipe)
+            for messages in filter(None, groups):
+                self._content.put_many(messages, pipe=pipe, keep_existing=True)
                 records = [(m.message_id, m.sender, destinations[m.message_id]) for m in messages]
-                self._status.create_many(records, now, pipe=pipe)
-                pipe.execute()
+                self._status.create_many(records, now, pipe=pipe, claim=claim)
+                _, reply = pipe.execute()
+                created.update(self._status.created_ids([m.message_id for m in messages], reply))
+        return created
 
     def _enqueue(self, batches: Mapping[int, list[list[Any]]]) -> None:
         """Publish the delivery tasks: Celery's own messages (so workers and Flower see normal

@@ -33,13 +33,16 @@ def content_key(message_id: str) -> str:
     return f"{_PREFIX}{message_id}"
 
 
-# KEYS: the content key of each message. ARGV: ttl, then sender, data, smtputf8 per message.
+# KEYS: the content key of each message. ARGV: ttl, "1" to keep existing content ("0": replace
+# it), then sender, data, smtputf8 per message.
 _PUT = """
 for i, key in ipairs(KEYS) do
-  local at = 3 * i - 1
-  redis.call('DEL', key)
-  redis.call('HSET', key, 'sender', ARGV[at], 'data', ARGV[at + 1], 'smtputf8', ARGV[at + 2])
-  redis.call('EXPIRE', key, ARGV[1])
+  local at = 3 * i
+  if ARGV[2] ~= '1' or redis.call('EXISTS', key) == 0 then
+    redis.call('DEL', key)
+    redis.call('HSET', key, 'sender', ARGV[at], 'data', ARGV[at + 1], 'smtputf8', ARGV[at + 2])
+    redis.call('EXPIRE', key, ARGV[1])
+  end
 end
 return #KEYS
 """
@@ -63,11 +66,21 @@ class ContentStore:
         """
         self.put_many([message], pipe=pipe)
 
-    def put_many(self, messages: Sequence[OutboundMessage], pipe: Pipeline | None = None) -> None:
-        """`put` for many messages at once: one script call, so one command on `pipe`."""
+    def put_many(
+        self,
+        messages: Sequence[OutboundMessage],
+        pipe: Pipeline | None = None,
+        *,
+        keep_existing: bool = False,
+    ) -> None:
+        """`put` for many messages at once: one script call, so one command on `pipe`.
+
+        `keep_existing` leaves content already stored under an id as it is (producers racing
+        with one idempotency key: the first content stays).
+        """
         if not messages:
             return
-        args: list[bytes | int] = [self._ttl]
+        args: list[bytes | int] = [self._ttl, b"1" if keep_existing else b"0"]
         for message in messages:
             args += [message.sender.encode(), message.data, b"1" if message.smtputf8 else b"0"]
         keys = [content_key(message.message_id) for message in messages]

@@ -8,7 +8,8 @@ two workers recording at once cannot move a state backwards; an illegal one is s
 logged. The message's own state is derived from its recipients' (`message_state`).
 
 Keys (every one EXPIREs after `ttl`, refreshed on each write):
-    mailroom:msg:{id}        hash {created: UNIX time, sender, enqueued: "1" once on its queues}
+    mailroom:msg:{id}        hash {created: UNIX time, sender, enqueued: "1" once on its queues,
+                             claim: token of the producer that enqueues it}
     mailroom:rcpt:{id}       hash address → JSON {"destination","state","code","enhanced","reply"}
     mailroom:dlv:{id}        hash destination → JSON {"attempt": int, "first_queued": UNIX time}
     mailroom:attempts:{id}   list of attempt JSON objects, the newest 100 kept
@@ -176,9 +177,11 @@ return requeued
 """
 
 
-# KEYS: msg, rcpt, dlv, attempts of each message. ARGV: ttl, created, then per message: sender,
-# n, n pairs (address, recipient JSON), m, m pairs (destination, delivery JSON). HSET takes the
-# pairs 500 at a time: Lua's unpack has a stack limit of a few thousand values.
+# KEYS: msg, rcpt, dlv, attempts of each message. ARGV: ttl, created, claim, then per message:
+# sender, n, n pairs (address, recipient JSON), m, m pairs (destination, delivery JSON). HSET
+# takes the pairs 500 at a time: Lua's unpack has a stack limit of a few thousand values. A
+# message whose record exists is left as it is (a racing producer wrote it, and its recipients
+# may have moved on since). Returns the indexes (from 1) of the messages created.
 _CREATE = """
 local function hset_pairs(key, first, count)
   for done = 0, count - 1, 500 do
@@ -186,22 +189,35 @@ local function hset_pairs(key, first, count)
     redis.call('HSET', key, unpack(ARGV, first + 2 * done, first + 2 * last - 1))
   end
 end
-local at = 3
+local at, created = 4, {}
 for i = 1, #KEYS, 4 do
   local msg, rcpt, dlv = KEYS[i], KEYS[i + 1], KEYS[i + 2]
-  redis.call('DEL', msg, rcpt, dlv, KEYS[i + 3])
-  redis.call('HSET', msg, 'created', ARGV[2], 'sender', ARGV[at])
   local n = tonumber(ARGV[at + 1])
-  hset_pairs(rcpt, at + 2, n)
-  at = at + 2 + 2 * n
-  local m = tonumber(ARGV[at])
-  hset_pairs(dlv, at + 1, m)
-  at = at + 1 + 2 * m
-  redis.call('EXPIRE', msg, ARGV[1])
-  redis.call('EXPIRE', rcpt, ARGV[1])
-  redis.call('EXPIRE', dlv, ARGV[1])
+  local m = tonumber(ARGV[at + 2 + 2 * n])
+  if redis.call('EXISTS', msg) == 0 then
+    redis.call('DEL', rcpt, dlv, KEYS[i + 3])
+    redis.call('HSET', msg, 'created', ARGV[2], 'sender', ARGV[at], 'claim', ARGV[3])
+    hset_pairs(rcpt, at + 2, n)
+    hset_pairs(dlv, at + 3 + 2 * n, m)
+    redis.call('EXPIRE', msg, ARGV[1])
+    redis.call('EXPIRE', rcpt, ARGV[1])
+    redis.call('EXPIRE', dlv, ARGV[1])
+    table.insert(created, (i + 3) / 4)
+  end
+  at = at + 3 + 2 * n + 2 * m
 end
-return #KEYS / 4
+return created
+"""
+
+# KEYS: msg. ARGV: the claim seen, a new claim. Takes over enqueueing a message whose producer
+# never marked it enqueued: only if nobody did, and nobody else took it over since (compare and
+# set), so of many waiting producers exactly one takes it. Returns 1 when taken.
+_TAKE_OVER = """
+local claim = redis.call('HMGET', KEYS[1], 'enqueued', 'claim')
+if claim[1] == '1' or (claim[2] or '') ~= ARGV[1] then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'claim', ARGV[2])
+return 1
 """
 
 # KEYS: the msg key of each message. Marks existing records only, so an expired one is not
@@ -279,6 +295,7 @@ class StatusStore:
         self._requeue = redis.register_script(_REQUEUE)
         self._mark_enqueued = redis.register_script(_MARK_ENQUEUED)
         self._create = redis.register_script(_CREATE)
+        self._take_over = redis.register_script(_TAKE_OVER)
 
     @staticmethod
     def _keys(message_id: str) -> list[str]:
@@ -296,39 +313,44 @@ class StatusStore:
         recipients: Mapping[str, str],
         now: float,
         pipe: Pipeline | None = None,
-    ) -> None:
+    ) -> bool:
         """Record a new message: every recipient (address → destination) queued, attempt 1.
 
-        With `pipe`, the commands are queued on the caller's pipeline and run when the caller
-        executes it.
+        False (and nothing written) when a record exists already. With `pipe`, the commands
+        are queued on the caller's pipeline and run when the caller executes it.
 
         :raises ValueError: no recipients, or `now` not finite.
         """
-        self.create_many([(message_id, sender, recipients)], now, pipe=pipe)
+        return bool(self.create_many([(message_id, sender, recipients)], now, pipe=pipe))
 
     def create_many(
         self,
         messages: Sequence[tuple[str, str, Mapping[str, str]]],
         now: float,
         pipe: Pipeline | None = None,
-    ) -> None:
+        *,
+        claim: str = "",
+    ) -> list[str]:
         """`create` for many (message id, sender, recipients) at once: one script call.
 
-        Any record already under one of the ids is replaced. With `pipe`, the call is queued on
-        the caller's pipeline (one MULTI can then hold the content too).
+        Only records that do not exist yet are written, each holding `claim` (the creator's
+        token, see `take_over`); an existing record is left as it is, so a producer racing
+        another with the same id can never put delivered recipients back to queued. Returns
+        the ids created; with `pipe`, the call is queued on the caller's pipeline (one MULTI
+        can then hold the content too) and returns [] (`created_ids` reads the reply).
 
         :raises ValueError: a message without recipients, or `now` not finite.
         """
         if not math.isfinite(now):
             raise ValueError(f"now must be finite, got {now}")
         if not messages:
-            return
+            return []
         # The JSON is written from templates: json.dumps per recipient was most of the cost.
         # The bytes are what _dumps writes ("attempt" must stay compact: _RECORD edits it).
         delivery = '{"attempt":1,"first_queued":' + _dumps(now) + "}"
         queued: dict[str, str] = {}
         keys: list[str] = []
-        args: list[str | int] = [self._ttl, repr(now)]
+        args: list[str | int] = [self._ttl, repr(now), claim]
         for message_id, sender, recipients in messages:
             if not recipients:
                 raise ValueError("a message needs at least one recipient")
@@ -343,7 +365,32 @@ class StatusStore:
             args.append(len(destinations))
             for destination in destinations:
                 args += [destination, delivery]
-        self._create(keys=keys, args=args, client=pipe)
+        reply = self._create(keys=keys, args=args, client=pipe)
+        if pipe is not None:
+            return []
+        return self.created_ids([message_id for message_id, *_ in messages], reply)
+
+    @staticmethod
+    def created_ids(message_ids: Sequence[str], reply: Sequence[int]) -> list[str]:
+        """The ids `create_many` created, from its script's reply (indexes from 1)."""
+        return [message_ids[int(index) - 1] for index in reply]
+
+    def unmarked_claims(self, message_ids: Sequence[str]) -> list[str | None]:
+        """Each message's claim while it is not marked enqueued; None once it is (or has no
+        record): one round trip."""
+        with self._redis.pipeline(transaction=False) as pipe:
+            for message_id in message_ids:
+                pipe.hmget(self._keys(message_id)[0], ["created", "enqueued", "claim"])
+            replies = pipe.execute()
+        return [
+            None if created is None or enqueued in (b"1", "1") else _text(claim or b"")
+            for created, enqueued, claim in replies
+        ]
+
+    def take_over(self, message_id: str, seen: str, claim: str) -> bool:
+        """Take over enqueueing a message still not marked enqueued, if its claim is still
+        `seen`; True for exactly one of any number of callers that saw the same claim."""
+        return bool(self._take_over(keys=[self._keys(message_id)[0]], args=[seen, claim]))
 
     def exists(self, message_id: str) -> bool:
         """Whether a status record exists (and has not expired) for `message_id`."""

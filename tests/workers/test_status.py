@@ -106,6 +106,24 @@ def test_new_message_view_has_the_status_json_shape(store: StatusStore, message_
     assert store.exists(message_id)
 
 
+def test_create_leaves_an_existing_record_as_it_is(store: StatusStore, message_id: str) -> None:
+    # A producer racing another with the same idempotency key must not put recipients that
+    # were delivered meanwhile back to queued (they would get the message twice).
+    store.record(message_id, {"a@example.org": (S.DELIVERED, OK)}, [_attempt("example.org", OK)], 2)
+
+    assert store.create(message_id, "other@example.com", {"z@example.com": "example.com"}, NOW) is (
+        False
+    )
+
+    assert _states(store, message_id) == {
+        "a@example.org": "delivered",
+        "b@example.org": "queued",
+        "c@example.net": "queued",
+    }
+    assert store.delivery(message_id, "example.org") == DeliveryState(2, NOW)
+    assert len(store.view(message_id)["attempts"]) == 1  # type: ignore[index]
+
+
 def test_recorded_attempt_shows_in_the_view(store: StatusStore, message_id: str) -> None:
     attempt = _attempt("example.org", OK)
     store.record(
