@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 _RESULT_CHARS = 1000  # under Celery's resultrepr_maxsize (1024), so the tally is never cut
 # Receivers often quote an address in their reply ("550 5.1.1 <bob@example.org>: unknown").
 _QUIT_WAIT = 5.0  # seconds a stopping worker gives its parked connections' QUITs
+# Results Redis refused are recorded again while the batch still holds its delivery leases.
+_RECORD_SHARE = 0.9
 
 
 class WorkerContext:
@@ -126,6 +128,7 @@ class WorkerContext:
                 disposition=disposition,
                 submit=runtime().submit,
                 limiter=limiter,
+                record_window=ttl_of_leases * _RECORD_SHARE,
             )
             self._producer = Mailroom(settings, client=client, app=self.app)
             self._redis = client

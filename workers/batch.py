@@ -16,6 +16,17 @@ on the event loop for one of this worker's connections to its destination (`work
 The rest run concurrently on the process's event loop, and each is disposed of as soon as its
 own session ends, not when the whole batch does, so a delivered recipient is marked long before
 the task is acknowledged.
+
+Once a session has started, its delivery is never lost nor sent twice because recording failed.
+Every session of the batch is awaited whatever happens to the others' records. A result Redis
+would not take (an outage, a timeout) is kept with its lease and recorded again with backoff
+once the batch's sessions are over, until the leases are about to expire (`record_window`):
+meanwhile nobody else can deliver it, so a recipient that got its 250 is not sent again. Only a
+Redis outage longer than that hands the unrecorded deliveries back (`UnrecordedError`, a
+`RedisError`: the worker requeues its task, and they are tried again; the documented at-least-
+once case). A result that cannot be applied for any other reason (a bug) is handed back at
+once: its delivery is deferred at the same attempt, so the sweeper brings it back; the rest of
+its group is recorded one by one.
 """
 
 from __future__ import annotations
@@ -27,11 +38,14 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 from typing import Any
 
+import redis
+
 from workers.attempt_log import log_attempts
 from workers.content import ContentStore
 from workers.deferred import DeferredSet
 from workers.delivery import DeliveryAgent, DeliveryReport
 from workers.disposition import Disposition, Summary
+from workers.envelope import OutboundMessage
 from workers.leases import Leases
 from workers.outcome import Deferred
 from workers.rate_limits import Granted, Limiter, Throttled, is_throttling
@@ -54,6 +68,13 @@ class Item:
 
 
 _UNCAPPED = Granted(None)
+_RECORD_FIRST_PAUSE = 0.1  # seconds before recording a kept result again; doubles each time
+_RECORD_MOST_PAUSE = 2.0
+_HAND_BACK_DELAY = 60.0  # seconds before a delivery whose result could not be applied runs again
+
+
+class UnrecordedError(redis.RedisError):
+    """Redis did not take some finished deliveries' results within the recording window."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +112,10 @@ class BatchRunner:
         submit: Submit,
         limiter: Limiter | None = None,
         clock: Callable[[], float] = time.time,
+        record_window: float = 30.0,
     ) -> None:
+        """`record_window`: seconds after a batch's claim within which its results must be
+        recorded; below the delivery leases' TTL, so nobody else runs them meanwhile."""
         self._agent = agent
         self._content = content
         self._status = status
@@ -101,15 +125,18 @@ class BatchRunner:
         self._submit = submit
         self._limiter = limiter
         self._clock = clock
+        self._record_window = record_window
 
     def run(self, items: Sequence[Item]) -> list[Handled]:
         """Deliver every item that is due; returns what each item handled came to.
 
         The checks before the sessions cost one Redis round trip each for the whole batch
-        (status, leases, the gate, content), not one per item.
+        (status, leases, the gate, content), not one per item. A Redis error before any session
+        starts is raised as it is (nothing was sent).
+
+        :raises UnrecordedError: some results were still unrecorded when the window closed.
         """
-        futures: dict[Future[DeliveryReport], _Running] = {}
-        handled: list[Handled] = []
+        record_by = time.monotonic() + self._record_window
         claimed = self._claim(items)
         gates = self._gate(claimed)
         admitted: list[_Running] = []
@@ -120,45 +147,134 @@ class BatchRunner:
             else:
                 admitted.append(running)
         messages = self._content.get_many(list({r.item.message_id: r for r in admitted}))
+        futures: dict[Future[DeliveryReport], _Running] = {}
         for running in admitted:
-            item = running.item
-            message = messages.get(item.message_id)
+            message = messages.get(running.item.message_id)
             if message is None:
                 settled.append((running, _content_gone(running)))
-                continue
-            coroutine = self._agent.deliver(message, item.destination, running.recipients)
-            futures[self._submit(coroutine)] = running
-        self._finish_all(settled, handled)
+            else:
+                futures[self._start(running, message)] = running
+        # From here on sessions run: nothing may leave before every one of them has ended.
+        handled: list[Handled] = []
+        _log_all(settled)
+        kept = self._record(settled, handled)
         waiting = set(futures)
         while waiting:
             # Whatever has finished by now is disposed of together: its leases go back in one
             # round trip, while the rest of the batch is still in its sessions.
             done, waiting = wait(waiting, return_when=FIRST_COMPLETED)
-            self._finish_all([(futures[f], _report_of(f, futures[f])) for f in done], handled)
-        self._disposition.flush()  # the batch's metrics, in one round trip
+            finished = [(futures[f], _report_of(f, futures[f])) for f in done]
+            _log_all(finished)
+            kept = self._record(kept + finished, handled)
+        kept = self._record_again(kept, handled, record_by)
+        try:
+            self._disposition.flush()  # the batch's metrics, in one round trip
+        except redis.RedisError as exc:  # counts lost, never a delivery
+            log.warning("the batch's metrics were not written: %s", exc)
+        if kept:
+            log.error(
+                "%d finished deliveries could not be recorded within %.0f s; handing them back",
+                len(kept),
+                self._record_window,
+            )
+            raise UnrecordedError(f"{len(kept)} delivery results unrecorded")
         return handled
 
-    def _finish_all(
-        self, finished: Sequence[tuple[_Running, DeliveryReport]], handled: list[Handled]
-    ) -> None:
-        """Log, record and release a group of finished deliveries: one round trip for their
-        status records and one for their leases, not one of each per delivery."""
+    def _start(self, running: _Running, message: OutboundMessage) -> Future[DeliveryReport]:
+        item = running.item
+        coroutine = self._agent.deliver(message, item.destination, running.recipients)
         try:
-            for running, report in finished:
-                item = running.item
-                log_attempts(item.message_id, item.attempt, report)
-                if self._limiter is not None and any(_slows_down(o.reply) for o in report.outcomes):
-                    self._limiter.penalize(item.destination)
+            return self._submit(coroutine)
+        except Exception as exc:  # the runtime is gone: the delivery did not start
+            coroutine.close()
+            failed: Future[DeliveryReport] = Future()
+            failed.set_exception(exc)
+            return failed
+
+    def _record(
+        self, finished: Sequence[tuple[_Running, DeliveryReport]], handled: list[Handled]
+    ) -> list[tuple[_Running, DeliveryReport]]:
+        """Record a group of finished deliveries, then release their leases: one round trip for
+        their status records and one for their leases, not one of each per delivery.
+
+        Returns the deliveries Redis did not take, still leased, to be recorded again.
+        """
+        if not finished:
+            return []
+        now = self._clock()
+        try:
             summaries: list[Summary] = self._disposition.apply_many(
                 [(r.item.message_id, r.item.attempt, r.first_queued, rep) for r, rep in finished],
-                self._clock(),
+                now,
             )
-            for (running, _), summary in zip(finished, summaries, strict=True):
-                handled.append(Handled(running.item.message_id, running.item.destination, summary))
-        finally:
+        except redis.RedisError as exc:
+            log.warning(
+                "recording %d finished deliveries failed; keeping their results: %s",
+                len(finished),
+                exc,
+            )
+            return list(finished)
+        except Exception:
+            if len(finished) > 1:  # one bad report must not hold up the rest of its group
+                return [kept for one in finished for kept in self._record([one], handled)]
+            [(running, _)] = finished
+            return self._hand_back(running, handled, now)
+        for (running, _), summary in zip(finished, summaries, strict=True):
+            handled.append(Handled(running.item.message_id, running.item.destination, summary))
+        self._after_recording(finished)
+        return []
+
+    def _hand_back(
+        self, running: _Running, handled: list[Handled], now: float
+    ) -> list[tuple[_Running, DeliveryReport]]:
+        """Defer a delivery whose result could not be applied, at the same attempt, so the
+        sweeper brings it back; it is not left queued with nothing to move it."""
+        item = running.item
+        log.exception(
+            "delivery %s|%s: its result could not be recorded; trying it again in %.0f s",
+            item.message_id,
+            item.destination,
+            _HAND_BACK_DELAY,
+        )
+        report = _internal_error(running)
+        try:
+            self._deferred.defer(
+                item.message_id, item.destination, item.attempt, now + _HAND_BACK_DELAY
+            )
+        except redis.RedisError:
+            return [(running, report)]
+        summary = Summary(deferred=len(running.recipients), last=str(report.outcomes[0].reply))
+        handled.append(Handled(item.message_id, item.destination, summary))
+        self._after_recording([(running, report)])
+        return []
+
+    def _after_recording(self, recorded: Sequence[tuple[_Running, DeliveryReport]]) -> None:
+        """Leases back and throttling penalties: best effort, as the results are safe now (a
+        lease left behind expires; a redelivered task finds its attempt stale and skips)."""
+        try:
             self._leases.release_many(
-                [(r.item.message_id, r.item.destination, r.lease) for r, _ in finished]
+                [(r.item.message_id, r.item.destination, r.lease) for r, _ in recorded]
             )
+            if self._limiter is not None:
+                for running, report in recorded:
+                    if any(_slows_down(o.reply) for o in report.outcomes):
+                        self._limiter.penalize(running.item.destination)
+        except redis.RedisError as exc:
+            log.warning("releasing leases after recording failed: %s", exc)
+
+    def _record_again(
+        self,
+        kept: list[tuple[_Running, DeliveryReport]],
+        handled: list[Handled],
+        record_by: float,
+    ) -> list[tuple[_Running, DeliveryReport]]:
+        """Record kept results again with backoff, until they are recorded or `record_by`."""
+        pause = _RECORD_FIRST_PAUSE
+        while kept and time.monotonic() + pause < record_by:
+            time.sleep(pause)
+            kept = self._record(kept, handled)
+            pause = min(pause * 2, _RECORD_MOST_PAUSE)
+        return kept
 
     def _claim(self, items: Sequence[Item]) -> list[_Running]:
         """The items due now, each with its lease; stale and finished ones are skipped."""
@@ -191,6 +307,11 @@ class BatchRunner:
             return [_UNCAPPED] * len(claimed)
         keys = [(r.item.destination, f"{r.item.message_id}|{r.item.destination}") for r in claimed]
         return self._limiter.acquire_many(keys)
+
+
+def _log_all(finished: Sequence[tuple[_Running, DeliveryReport]]) -> None:
+    for running, report in finished:
+        log_attempts(running.item.message_id, running.item.attempt, report)
 
 
 def _report_of(future: Future[DeliveryReport], running: _Running) -> DeliveryReport:

@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import logging
 import time
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 import redis
 
+from tests.support.dns_server import DnsServer
+from tests.support.redis_server import RedisServerFactory
+from tests.support.smtp_sink import MakeSink
+from tests.tasks.pipeline_support import wait_for
 from workers.batch import BatchRunner, Item
 from workers.content import ContentStore
 from workers.dead_letters import DeadLetters
 from workers.deferred import DeferredSet
-from workers.delivery import DeliveryAgent
-from workers.disposition import Disposition
+from workers.delivery import DeliveryAgent, DeliveryReport
+from workers.disposition import Disposition, Summary
+from workers.envelope import outbound
 from workers.leases import Leases
 from workers.mx import MxResolver
+from workers.redis_client import redis_client
 from workers.runtime import runtime
 from workers.smtp_record import Timeouts
 from workers.status import StatusStore
@@ -68,4 +79,126 @@ def test_stale_attempt_and_done_deliveries_are_skipped(redis_client: redis.Redis
     # attempt 2 was never scheduled: a stale or forged item does nothing and parks nothing
     assert runner(redis_client).run([Item("m1", "one.test", 2), Item("nope", "one.test", 1)]) == []
     assert redis_client.zcard("mailroom:deferred") == 0
+    assert redis_client.keys("mailroom:lease:*") == []
+
+
+def sink_runner(
+    client: redis.Redis, dns_server: DnsServer, mx_port: int, disposition: Disposition | None = None
+) -> BatchRunner:
+    """A runner whose agent delivers for real (implicit.test → 127.0.0.5 on `mx_port`)."""
+    status = StatusStore(client, ttl=3600)
+    deferred = DeferredSet(client)
+    agent = DeliveryAgent(
+        resolver=MxResolver([dns_server.address], port=mx_port, timeout=2),
+        mx_port=mx_port,
+        relay=None,
+        helo="client.mailroom.test",
+        timeouts=Timeouts(connect=1, command=2, data=3, session=5),
+    )
+    return BatchRunner(
+        agent=agent,
+        content=ContentStore(client, ttl=3600),
+        status=status,
+        leases=Leases(client, ttl=30),
+        deferred=deferred,
+        disposition=disposition
+        or Disposition(status, deferred, DeadLetters(client, 3600), delays=(60,), max_age=3600),
+        submit=runtime().submit,
+        record_window=25,
+    )
+
+
+def queue(client: redis.Redis, message_id: str, to: str, *, content: bool = True) -> Item:
+    """A queued message of one recipient (its content stored unless told not to)."""
+    StatusStore(client, ttl=3600).create(
+        message_id, "app@x.test", {to: to.partition("@")[2]}, time.time()
+    )
+    if content:
+        data = f"Message-ID: <{message_id}@x.test>\r\nSubject: {message_id}\r\n\r\nhi\r\n"
+        ContentStore(client, ttl=3600).put(
+            outbound(message_id, "app@x.test", data.encode(), smtputf8=False)
+        )
+    return Item(message_id, to.partition("@")[2], 1)
+
+
+def recipient_states(client: redis.Redis, message_id: str) -> list[str]:
+    view = StatusStore(client, ttl=3600).view(message_id)
+    assert view is not None
+    return [str(r["state"]) for r in view["recipients"]]
+
+
+def test_results_redis_refuses_are_kept_and_recorded_once_it_is_back(
+    make_redis_server: RedisServerFactory,
+    dns_server: DnsServer,
+    mx_port: int,
+    make_sink: MakeSink,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = make_redis_server(appendonly=True)  # stopped and started again, data kept
+    sink = make_sink("127.0.0.5", port=mx_port, slow_seconds=1.0)
+    client = redis_client(server.url, timeout=0.5)
+    items = [
+        queue(client, "fast", "fast@implicit.test"),
+        queue(client, "slow", "slow-data@implicit.test"),
+    ]
+    caplog.set_level(logging.WARNING, logger="workers.batch")
+    with ThreadPoolExecutor(1) as pool:
+        batch = pool.submit(sink_runner(client, dns_server, mx_port).run, items)
+        # Redis goes away while the slow session waits for its 250, the fast one recorded.
+        assert sink.wait_until(lambda: any(m.reply is None for m in sink.received))
+        wait_for(lambda: recipient_states(client, "fast") == ["delivered"], 5, "fast recorded")
+        assert any(m.reply is None for m in sink.received)  # the slow one is still in flight
+        server.stop()
+        wait_for(
+            lambda: batch.done() or "keeping their results" in caplog.text,
+            timeout=10,
+            what="the slow delivery's result refused by the stopped Redis",
+        )
+        server.start()
+        handled = batch.result(timeout=30)
+
+    assert sorted(str(h.summary) for h in handled) == ["1 delivered", "1 delivered"]
+    assert recipient_states(client, "fast") == recipient_states(client, "slow") == ["delivered"]
+    assert Counter(m.message_id for m in sink.messages) == {"<fast@x.test>": 1, "<slow@x.test>": 1}
+    assert client.keys("mailroom:lease:*") == []
+    assert client.zcard("mailroom:deferred") == 0
+    client.close()
+
+
+class _BrokenFor(Disposition):
+    """A disposition with a bug that shows on one message's report."""
+
+    def __init__(self, client: redis.Redis, broken: str) -> None:
+        status = StatusStore(client, ttl=3600)
+        deferred = DeferredSet(client)
+        super().__init__(status, deferred, DeadLetters(client, 3600), delays=(60,), max_age=3600)
+        self._broken = broken
+
+    def apply_many(
+        self, deliveries: Sequence[tuple[str, int, float, DeliveryReport]], now: float
+    ) -> list[Summary]:
+        if any(message_id == self._broken for message_id, *_ in deliveries):
+            raise RuntimeError("a bug in recording")
+        return super().apply_many(deliveries, now)
+
+
+def test_a_result_that_cannot_be_applied_is_handed_back_not_left_queued(
+    redis_client: redis.Redis, dns_server: DnsServer, mx_port: int
+) -> None:
+    # No content: both end without a session, in one group, recorded together.
+    items = [
+        queue(redis_client, "good", "a@implicit.test", content=False),
+        queue(redis_client, "bad", "b@implicit.test", content=False),
+    ]
+    runner = sink_runner(redis_client, dns_server, mx_port, _BrokenFor(redis_client, "bad"))
+
+    handled = runner.run(items)
+
+    assert [(h.message_id, h.summary.deferred) for h in handled] == [("good", 1), ("bad", 1)]
+    assert recipient_states(redis_client, "good") == ["deferred"]
+    # The bad one stays queued at attempt 1, but its retry is scheduled: the sweeper moves it.
+    assert recipient_states(redis_client, "bad") == ["queued"]
+    entries: list[bytes] = redis_client.zrange("mailroom:deferred", 0, -1)  # type: ignore[assignment]
+    members = {entry.decode() for entry in entries}
+    assert members == {"good|implicit.test|2", "bad|implicit.test|1"}
     assert redis_client.keys("mailroom:lease:*") == []
