@@ -12,6 +12,8 @@ the next worker that starts after it (kombu scans for them when a worker starts 
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -322,3 +324,44 @@ def test_sigterm_lets_sessions_in_flight_finish_and_keeps_the_rest_queued(
     start_worker()
     deployment.wait_delivered(ids, timeout=20, what="the rest delivered by a second worker")
     assert accepted_counts(deployment.sink) == Counter({header_id(i): 1 for i in ids})
+
+
+def test_redis_frozen_mid_session_the_worker_records_once_it_answers_again(
+    make_redis_server: RedisServerFactory,
+    dns_server: DnsServer,
+    mx_port: int,
+    make_sink: MakeSink,
+) -> None:
+    # Redis stops answering (SIGSTOP: connections open, no replies) while a session waits for
+    # its 250, and answers again (SIGCONT) after the worker's first tries to record it failed.
+    sink = make_sink("127.0.0.5", port=mx_port, slow_seconds=SLOW)
+    server = make_redis_server()
+    settings = make_settings(server.url, dns_server, mx_port, redis_timeout=0.3, **TIMEOUTS)
+    client = server.client()
+    try:
+        mailroom = Mailroom(settings, client=client)
+        with running_worker(create_app(settings)):
+            [frozen] = mailroom.notify_many(
+                [{"sender": "app@example.test", "to": [SLOW_RCPT], "subject": "f", "text": "x"}]
+            )
+            wait_for(lambda: bool(sink.received), timeout=10, what="the slow session")
+            assert server.pid is not None
+            os.kill(server.pid, signal.SIGSTOP)
+            try:
+                wait_for(lambda: bool(sink.messages), timeout=10, what="the 250 given")
+                time.sleep(1.0)  # the worker's first tries to record it time out meanwhile
+            finally:
+                os.kill(server.pid, signal.SIGCONT)
+            # The worker goes on: the frozen delivery is recorded, and new mail flows.
+            after = mailroom.notify(
+                sender="app@example.test", to=["after@implicit.test"], subject="a", text="x"
+            )
+            status = StatusStore(client, ttl=60)
+            wait_for(
+                lambda: [_state(status, i) for i in (frozen, after)] == ["delivered"] * 2,
+                timeout=20,
+                what="both delivered after Redis answers again",
+            )
+        assert accepted_counts(sink) == Counter({header_id(frozen): 1, header_id(after): 1})
+    finally:
+        client.close()
