@@ -1,6 +1,9 @@
 """Settings: the MAILROOM_* table of DESIGN.md as one flat, frozen, validated model.
 
-Values come from keyword arguments, then the environment, then `.env` in the working directory.
+Values come from keyword arguments, then the environment, then `MAILROOM_<NAME>_FILE` variables
+of the secret settings (the named file's content), then `.env` in the working directory, then the
+secrets directory (MAILROOM_SECRETS_DIR, else `/run/secrets` when it exists: one file per
+variable, named as the variable in lower case, as Docker and Compose mount secrets).
 Variables that are not fields (other tools' MAILROOM_* or anything else in `.env`) are ignored;
 unknown keyword arguments are refused. `load_settings()` is the start-up entry point: it turns
 the first validation problem into a SettingsError (settings/errors.py): one line naming the
@@ -9,8 +12,9 @@ variable. Secrets stay SecretStr; callers unwrap them with `.get_secret_value()`
 
 from __future__ import annotations
 
+import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from enum import StrEnum
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
@@ -29,6 +33,7 @@ from pydantic_settings import (
     BaseSettings,
     NoDecode,
     PydanticBaseSettingsSource,
+    SecretsSettingsSource,
     SettingsConfigDict,
 )
 
@@ -37,6 +42,11 @@ from settings.errors import ENV_PREFIX, SettingsError, env_name, one_line
 from settings.parsing import Listen, Nameserver, Rate
 
 _SECRET_FIELDS = frozenset({"relay_password", "flower_basic_auth"})
+# Settings that may hold a secret, each also readable from the file MAILROOM_<NAME>_FILE names.
+FILE_FIELDS = frozenset({*_SECRET_FIELDS, "redis_url"})
+SECRETS_DIR_VARIABLE = f"{ENV_PREFIX}SECRETS_DIR"
+DEFAULT_SECRETS_DIR = Path("/run/secrets")  # where Docker and Compose mount secrets
+_MAX_SECRET_BYTES = 65536  # a secret file larger than this is the wrong file
 _DEFAULT_RETRY_DELAYS = (60, 300, 900, 1800, 3600, 7200, 14400, 28800)
 _Enum = TypeVar("_Enum", bound=StrEnum)
 
@@ -120,6 +130,11 @@ class Settings(BaseSettings):
     max_age: _Positive = 432000
     max_message_bytes: _Positive = 26214400
     idempotency_ttl: _Positive = 86400
+    # Retention in seconds: content and status records from their last write (None: MAX_AGE
+    # plus a day), dead letters from when they died (the workers' sweeper prunes them).
+    content_ttl: _Positive | None = None
+    status_ttl: _Positive | None = None
+    dead_letter_ttl: _Positive = 604800
     # Timeouts in seconds (RFC 5321 §4.5.3.2 gives the upper bounds per command).
     connect_timeout: _Timeout = 30
     command_timeout: _Timeout = 300
@@ -163,7 +178,13 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # With extra="forbid" the dotenv source hands every unknown line on as an extra field.
         dotenv = _FieldsOnly(settings_cls, dotenv_settings)
-        return init_settings, env_settings, dotenv, file_secret_settings
+        files = _SecretFiles(settings_cls, os.environ)
+        secrets_dir = _secrets_dir(os.environ)
+        if secrets_dir is not None:
+            # pydantic-settings warns about a directory that does not exist: only an existing
+            # one is ever handed over (_secrets_dir refuses a named one that is missing).
+            file_secret_settings = SecretsSettingsSource(settings_cls, secrets_dir=secrets_dir)
+        return init_settings, env_settings, files, dotenv, file_secret_settings
 
     @field_validator(*_WORDS, mode="before")
     @classmethod
@@ -277,6 +298,14 @@ class Settings(BaseSettings):
                 f"must be less than MAILROOM_VISIBILITY_TIMEOUT ({self.visibility_timeout})"
                 f" (got {self.session_timeout:g})",
             )
+        for name in ("content_ttl", "status_ttl"):
+            kept = getattr(self, name)
+            # A deferred delivery needs both until MAX_AGE expires it.
+            if kept is not None and kept <= self.max_age:
+                raise SettingsError(
+                    env_name(name),
+                    f"must be more than MAILROOM_MAX_AGE ({self.max_age}) (got {kept})",
+                )
         if not self.flower_listen.is_loopback and self.flower_basic_auth is None:
             raise SettingsError(
                 env_name("flower_basic_auth"),
@@ -314,6 +343,69 @@ class _FieldsOnly(PydanticBaseSettingsSource):
     def __call__(self) -> dict[str, Any]:
         fields = self.settings_cls.model_fields
         return {key: value for key, value in self._inner().items() if key in fields}
+
+
+class _SecretFiles(PydanticBaseSettingsSource):
+    """`MAILROOM_<NAME>_FILE=/path` for the settings of FILE_FIELDS: the file's content, without
+    its trailing newline, is the value (an empty file leaves the setting unset)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]):
+        super().__init__(settings_cls)
+        self._environ = environ
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ does the work
+
+    def __call__(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for field in sorted(FILE_FIELDS):
+            variable = f"{env_name(field)}_FILE"
+            path = self._environ.get(variable, "")
+            if not path:
+                continue
+            if self._environ.get(env_name(field)):
+                raise SettingsError(
+                    variable, f"set either {env_name(field)} or {variable}, not both"
+                )
+            value = read_secret_file(variable, Path(path))
+            if value:
+                values[field] = value
+        return values
+
+
+def read_secret_file(variable: str, path: Path) -> str:
+    """The text of the secret file `variable` names, without its trailing newline.
+
+    :raises SettingsError: it cannot be read, is too large, or is not UTF-8 (the content is
+        never shown).
+    """
+    try:
+        with path.open("rb") as file:
+            data = file.read(_MAX_SECRET_BYTES + 1)
+    except OSError as exc:
+        raise SettingsError(variable, f"cannot read '{path}': {exc.strerror or exc}") from None
+    if len(data) > _MAX_SECRET_BYTES:
+        raise SettingsError(variable, f"'{path}' is larger than {_MAX_SECRET_BYTES} bytes")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SettingsError(variable, f"'{path}' is not UTF-8 text") from None
+    return text.rstrip("\r\n")
+
+
+def _secrets_dir(environ: Mapping[str, str]) -> Path | None:
+    """MAILROOM_SECRETS_DIR (empty: none), else DEFAULT_SECRETS_DIR when it is a directory.
+
+    :raises SettingsError: MAILROOM_SECRETS_DIR names no directory.
+    """
+    named = environ.get(SECRETS_DIR_VARIABLE)
+    if named is None:
+        return DEFAULT_SECRETS_DIR if DEFAULT_SECRETS_DIR.is_dir() else None
+    if not named:
+        return None
+    if not Path(named).is_dir():
+        raise SettingsError(SECRETS_DIR_VARIABLE, f"no such directory (got '{named}')")
+    return Path(named)
 
 
 def _one_of(enum: type[_Enum], value: Any) -> _Enum:

@@ -44,11 +44,12 @@ from tasks.app import make_celery
 from tasks.message import build_message
 from tasks.notification import InvalidNotification, Notification
 from tasks.routing import DELIVER_TASK, destination_of, shard_of, shard_queue
-from workers.content import ContentStore, record_ttl
+from workers.content import ContentStore
 from workers.dead_letters import DeadLetters
 from workers.deferred import DeferredSet
 from workers.envelope import OutboundMessage
 from workers.redis_client import redis_client
+from workers.retention import retention
 from workers.status import StatusStore
 
 MAX_BATCH = 100  # deliveries per mailroom.deliver task
@@ -84,10 +85,10 @@ class Mailroom:
         self._takeover_after = takeover_after
         self._redis = client or redis_client(settings.redis_url, settings.redis_timeout)
         self._app = app or make_celery(settings)
-        ttl = record_ttl(settings.max_age)
-        self._content = ContentStore(self._redis, ttl)
-        self._status = StatusStore(self._redis, ttl)
-        self._dead = DeadLetters(self._redis, ttl)
+        kept = retention(settings)
+        self._content = ContentStore(self._redis, kept.content)
+        self._status = StatusStore(self._redis, kept.status)
+        self._dead = DeadLetters(self._redis, kept.dead_letters)
         self._deferred = DeferredSet(self._redis)
 
     def notify(self, **fields: Any) -> str:
@@ -155,7 +156,8 @@ class Mailroom:
 
         Order matters for a crash: the status record is requeued and the deliveries enqueued
         before the dead letters are removed, so a crash leaves at worst a stale DLQ entry (a
-        second replay clears it), never a requeued recipient with no task.
+        second replay clears it), never a requeued recipient with no task. The content gets its
+        full TTL again with the status record: the fresh age may run to MAX_AGE once more.
         """
         replayed = 0
         for message_id in dict.fromkeys(message_ids):
@@ -167,6 +169,8 @@ class Mailroom:
                     assert state is not None  # requeue found recipients, so the delivery exists
                     self._deferred.remove(message_id, destination)
                     items.append((message_id, destination, state.attempt))
+            if items:
+                self._content.refresh(message_id)
             self.enqueue(items)
             self._dead.take(message_id)
             replayed += len(items)

@@ -31,7 +31,7 @@ from tasks.app import make_celery
 from tasks.notification import InvalidNotification
 from tasks.routing import DELIVER_TASK, NOTIFY_TASK
 from workers.batch import BatchRunner, Handled, Item
-from workers.content import ContentStore, record_ttl
+from workers.content import ContentStore
 from workers.dead_letters import DeadLetters
 from workers.deferred import DeferredSet
 from workers.delivery import DeliveryAgent
@@ -42,6 +42,7 @@ from workers.profiles import traffic
 from workers.rate_limits import Limiter
 from workers.redaction import redact_addresses
 from workers.redis_client import redis_client
+from workers.retention import retention
 from workers.runtime import runtime
 from workers.status import StatusStore
 from workers.sweeper import Sweeper
@@ -99,13 +100,13 @@ class WorkerContext:
                 return
             settings = self.settings
             client = redis_client(settings.redis_url, settings.redis_timeout)
-            ttl = record_ttl(settings.max_age)
-            status = StatusStore(client, ttl)
+            kept = retention(settings)
+            status = StatusStore(client, kept.status)
             deferred = DeferredSet(client)
             disposition = Disposition(
                 status,
                 deferred,
-                DeadLetters(client, ttl),
+                DeadLetters(client, kept.dead_letters),
                 delays=settings.retry_delays,
                 max_age=settings.max_age,
                 metrics=MetricsRecorder(client),
@@ -118,10 +119,10 @@ class WorkerContext:
                 connections=limits.connections,
                 lease_ttl=ttl_of_leases,
             )
-            self._agent = DeliveryAgent.from_settings(settings, cap=limiter)
+            self._agent = DeliveryAgent.from_settings(settings, cap=limiter, rates=limiter)
             self._runner = BatchRunner(
                 agent=self._agent,
-                content=ContentStore(client, ttl),
+                content=ContentStore(client, kept.content),
                 status=status,
                 leases=Leases(client, ttl_of_leases),
                 deferred=deferred,
@@ -211,7 +212,12 @@ def create_app(settings: Settings) -> Celery:
         def start(self, parent: Any) -> None:
             producer = context.producer()
             # Every 0.2 s: deliveries parked for a rate slot leave on time, keeping the spacing.
-            self.sweeper = Sweeper(DeferredSet(context.client()), producer.enqueue, interval=0.2)
+            # Once a minute it also drops dead letters past DEAD_LETTER_TTL.
+            client = context.client()
+            dead = DeadLetters(client, retention(context.settings).dead_letters)
+            self.sweeper = Sweeper(
+                DeferredSet(client), producer.enqueue, interval=0.2, prune=dead.prune
+            )
             self.sweeper.start()
 
         def stop(self, parent: Any) -> None:

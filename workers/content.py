@@ -104,6 +104,11 @@ class ContentStore:
                 )
         return found
 
+    def refresh(self, message_id: str) -> bool:
+        """Give a message's content the store's full TTL again (a replay's fresh age); False
+        when there is none left."""
+        return bool(self._redis.expire(content_key(message_id), self._ttl))
+
     def delete(self, message_id: str) -> None:
         """Forget a message's content (every delivery of it is over)."""
         self._redis.delete(content_key(message_id))

@@ -2,9 +2,12 @@
 
 One entry per delivery (message id, destination), holding why it died and each dead
 recipient's last reply. Entries are listed newest first, shown per message, taken for replay,
-purged, and pruned once older than `ttl` (dramatiq's `.XQ` with `dead_message_ttl`, rq's
-`FailedJobRegistry`). A second death of the same delivery (after a replay, or a later
-recipient) merges into its entry: recipients by address, the latest reason and time win.
+purged, and pruned once older than `ttl` (DEAD_LETTER_TTL; dramatiq's `.XQ` with
+`dead_message_ttl`, rq's `FailedJobRegistry`): every worker's sweeper calls `prune`, and the
+queue's keys EXPIRE `ttl` after the newest entry. A dead letter keeps its message's content and
+status record at least `ttl` seconds too, so a replay finds them. A second death of the same
+delivery (after a replay, or a later recipient) merges into its entry: recipients by address,
+the latest reason and time win.
 
 Keys:
     mailroom:dlq           zset member "{message_id}|{destination}", score UNIX time dead-lettered
@@ -23,8 +26,9 @@ from typing import Any
 
 import redis
 
+from workers.content import content_key
 from workers.reply import Reply
-from workers.status import iso_time
+from workers.status import iso_time, record_keys
 
 DLQ_KEY = "mailroom:dlq"
 ENTRIES_KEY = "mailroom:dlq:entries"
@@ -36,13 +40,23 @@ Entry = dict[str, Any]  # one dead-letter entry, as `mailroom dlq list --json` p
 _Entries = list[Entry]  # spelled once here: the method `list` shadows the builtin in the class
 _Members = list[bytes | str]
 
-# KEYS: dlq, entries. ARGV: member, the entry read before ("" for none), new entry, score.
-# Writes only if the entry is still the one read (compare and set); returns 1 if written.
+# KEYS: dlq, entries, then the message's content and status record keys. ARGV: member, the
+# entry read before ("" for none), new entry, score, ttl. Writes only if the entry is still the
+# one read (compare and set); returns 1 if written. The queue expires `ttl` after its newest
+# entry (older ones are pruned), and the message's records live at least as long, so a replay
+# finds them.
 _PUT_IF_UNCHANGED = """
 local current = redis.call('HGET', KEYS[2], ARGV[1])
 if (current or '') ~= ARGV[2] then return 0 end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
 redis.call('ZADD', KEYS[1], ARGV[4], ARGV[1])
+local ttl = tonumber(ARGV[5])
+redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('EXPIRE', KEYS[2], ttl)
+for i = 3, #KEYS do
+  local left = redis.call('TTL', KEYS[i])
+  if left ~= -2 and left < ttl then redis.call('EXPIRE', KEYS[i], ttl) end
+end
 return 1
 """
 
@@ -153,8 +167,14 @@ class DeadLetters:
                 "at": iso_time(now),
             }
             written = self._put_if_unchanged(
-                keys=[DLQ_KEY, ENTRIES_KEY],
-                args=[member, current or "", json.dumps(entry, separators=(",", ":")), now],
+                keys=[DLQ_KEY, ENTRIES_KEY, content_key(message_id), *record_keys(message_id)],
+                args=[
+                    member,
+                    current or "",
+                    json.dumps(entry, separators=(",", ":")),
+                    now,
+                    self._ttl,
+                ],
             )
             if written:
                 return

@@ -241,6 +241,16 @@ Record = tuple[
 ]
 
 
+def record_keys(message_id: str) -> list[str]:
+    """The keys of one message's status record: msg, rcpt, dlv, attempts."""
+    return [
+        f"mailroom:msg:{message_id}",
+        f"mailroom:rcpt:{message_id}",
+        f"mailroom:dlv:{message_id}",
+        f"mailroom:attempts:{message_id}",
+    ]
+
+
 def _dumps(value: object) -> str:
     return json.dumps(value, separators=(",", ":"))
 
@@ -299,12 +309,7 @@ class StatusStore:
 
     @staticmethod
     def _keys(message_id: str) -> list[str]:
-        return [
-            f"mailroom:msg:{message_id}",
-            f"mailroom:rcpt:{message_id}",
-            f"mailroom:dlv:{message_id}",
-            f"mailroom:attempts:{message_id}",
-        ]
+        return record_keys(message_id)
 
     def create(
         self,

@@ -4,12 +4,14 @@ Every worker runs one sweeper thread; the deferred set's atomic claim (`Deferred
 makes sure two sweepers never release the same entry, and `recover` puts back entries whose
 sweeper died between claiming and enqueuing, so nothing is lost and nothing waits for ever. The
 sweeper gets an `enqueue` callable and never imports Celery (rq's `scheduler.py` does the same
-with its `ScheduledJobRegistry`).
+with its `ScheduledJobRegistry`). Given a `prune` callable, it also enforces the dead letters'
+retention, once a minute.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -32,7 +34,12 @@ class Sweeper:
         interval: float = 1.0,
         batch: int = 500,
         clock: Callable[[], float] = time.time,
+        prune: Callable[[float], int] | None = None,
+        prune_every: float = 60.0,
     ) -> None:
+        self._prune = prune
+        self._prune_every = prune_every
+        self._pruned_at = -math.inf
         self._deferred = deferred
         self._enqueue = enqueue
         self._interval = interval
@@ -42,8 +49,16 @@ class Sweeper:
         self._thread: threading.Thread | None = None
 
     def sweep_once(self) -> int:
-        """Claim, enqueue and release every entry due now; returns how many moved."""
+        """Claim, enqueue and release every entry due now; returns how many moved.
+
+        Every `prune_every` seconds, first calls `prune` (dead letters past their retention).
+        """
         now = self._clock()
+        if self._prune is not None and now - self._pruned_at >= self._prune_every:
+            self._pruned_at = now
+            pruned = self._prune(now)
+            if pruned:
+                log.info("pruned %d dead letters past their retention", pruned)
         self._deferred.recover(now)
         moved = 0
         while True:

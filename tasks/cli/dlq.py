@@ -10,9 +10,9 @@ from typing import Any
 from settings import Settings
 from tasks.api import Mailroom
 from tasks.cli.errors import FAILED, OK, UsageError
-from workers.content import record_ttl
 from workers.dead_letters import DeadLetters
 from workers.redis_client import redis_client
+from workers.retention import retention
 
 
 def register(commands: argparse._SubParsersAction[Any]) -> None:
@@ -31,7 +31,8 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     dead = DeadLetters(
-        redis_client(settings.redis_url, settings.redis_timeout), record_ttl(settings.max_age)
+        redis_client(settings.redis_url, settings.redis_timeout),
+        retention(settings).dead_letters,
     )
     action: str = args.dlq_action
     if action == "list":

@@ -9,8 +9,8 @@ from typing import Any
 
 from settings import Settings
 from tasks.cli.errors import FAILED, OK
-from workers.content import record_ttl
 from workers.redis_client import redis_client
+from workers.retention import retention
 from workers.status import StatusStore
 
 
@@ -23,7 +23,7 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     store = StatusStore(
-        redis_client(settings.redis_url, settings.redis_timeout), record_ttl(settings.max_age)
+        redis_client(settings.redis_url, settings.redis_timeout), retention(settings).status
     )
     view = store.view(args.id)
     if view is None:
