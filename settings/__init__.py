@@ -1,12 +1,15 @@
-"""Mailroom's configuration: one Settings model read from MAILROOM_* variables and `.env`.
+"""Mailroom's configuration: one Settings model read from MAILROOM_* variables, `.env` and
+secret files.
 
 Entry points call `load_settings()` once and pass the result (or the parts of it a component
 needs) down; nothing else reads the environment.
 """
 
-from settings.errors import SettingsError, env_name
+from settings.errors import ENV_PREFIX, SettingsError, env_name
 from settings.parsing import Listen, Nameserver, Rate
 from settings.settings import (
+    FILE_FIELDS,
+    SECRETS_DIR_VARIABLE,
     DeliveryMode,
     LogLevel,
     RelayProfile,
@@ -17,6 +20,9 @@ from settings.settings import (
 )
 
 __all__ = [
+    "ENV_PREFIX",
+    "FILE_FIELDS",
+    "SECRETS_DIR_VARIABLE",
     "DeliveryMode",
     "Listen",
     "LogLevel",

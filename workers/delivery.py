@@ -22,6 +22,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from redis import RedisError
+
 from settings import DeliveryMode, Settings
 from workers.connection_pool import Connection, ConnectionPool, Handover
 from workers.envelope import OutboundMessage
@@ -59,6 +61,13 @@ class ConnectionCap(Protocol):
     def connection_lease(self, destination: str) -> Granted | Throttled: ...
 
     def release_lease(self, destination: str, lease: str) -> None: ...
+
+
+class RateGate(Protocol):
+    """The cluster-wide rate gate (`workers.rate_limits.Limiter`), asked for each further
+    message of a delivery split into parts; a blocking Redis call, run in the executor."""
+
+    def acquire(self, destination: str, delivery_key: str) -> Granted | Throttled: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +117,7 @@ class DeliveryAgent:
         max_recipients: int | None = None,
         pool: ConnectionPool | None = None,
         cap: ConnectionCap | None = None,
+        rates: RateGate | None = None,
     ) -> None:
         self._resolver = resolver
         self._mx_port = mx_port
@@ -120,12 +130,18 @@ class DeliveryAgent:
         self._max_recipients = max_recipients
         self._pool = pool
         self._cap = cap
+        self._rates = rates
         if pool is not None and cap is not None:
             pool.release = cap.release_lease  # a closed connection's lease goes back to Redis
             pool.acquire = cap.connection_lease  # asked while deliveries wait for a connection
 
     @classmethod
-    def from_settings(cls, settings: Settings, cap: ConnectionCap | None = None) -> DeliveryAgent:
+    def from_settings(
+        cls,
+        settings: Settings,
+        cap: ConnectionCap | None = None,
+        rates: RateGate | None = None,
+    ) -> DeliveryAgent:
         """Build the agent a worker process uses, from validated settings."""
         relay = None
         if settings.delivery is DeliveryMode.RELAY:
@@ -173,6 +189,7 @@ class DeliveryAgent:
             if settings.connection_reuse
             else None,
             cap=cap,
+            rates=rates,
         )
 
     @property
@@ -198,13 +215,26 @@ class DeliveryAgent:
         Returns one outcome per recipient, in the order given. A `probe` stops each session
         after RCPT TO, so nothing is sent (`mailroom check`). With `max_recipients` (a relay
         profile's limit), the recipients are sent in that many per message, one after another.
+
+        The whole delivery, every part included, ends within one `session` timeout (so within
+        its lease). Each part is one more message to the destination: the first one's rate slot
+        is the batch's, each further one takes its own, waiting for it on the loop when it comes
+        before the deadline; otherwise the rest of the recipients are deferred to that slot.
         """
+        deadline = asyncio.get_running_loop().time() + self._timeouts.session
         unique = list(dict.fromkeys(recipients))
         size = self._max_recipients or len(unique) or 1
-        parts = [
-            await self._deliver(message, destination, unique[start : start + size], probe)
-            for start in range(0, len(unique), size)
-        ] or [await self._deliver(message, destination, [], probe)]
+        parts: list[DeliveryReport] = []
+        for start in range(0, len(unique), size):
+            if parts and not probe:
+                wait = await self._rate_slot(message, destination, len(parts), deadline)
+                if wait is not None:
+                    parts.append(_rate_deferred(destination, unique[start:], wait))
+                    break
+            part = unique[start : start + size]
+            parts.append(await self._deliver(message, destination, part, probe, deadline))
+        if not parts:
+            parts.append(await self._deliver(message, destination, [], probe, deadline))
         outcomes = {o.recipient: o for part in parts for o in part.outcomes}
         return DeliveryReport(
             destination,
@@ -213,12 +243,38 @@ class DeliveryAgent:
             tuple(attempt for part in parts for attempt in part.attempts),
         )
 
+    async def _rate_slot(
+        self, message: OutboundMessage, destination: str, part: int, deadline: float
+    ) -> float | None:
+        """Take a rate slot for part number `part` of a delivery: None once taken, else the
+        seconds until the slot it reserved, when that comes too late for `deadline`."""
+        if self._rates is None:
+            return None
+        key = f"{message.message_id}|{destination}|{part}"
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                answer = await _blocking(self._rates.acquire, destination, key)
+            except RedisError:
+                # Never an exception: the parts sent already must be recorded as sent.
+                return _RETRY
+            if isinstance(answer, Granted):
+                return None
+            if loop.time() + answer.retry_after >= deadline:
+                return answer.retry_after
+            # The slot is reserved for this key: asking again at its time takes it.
+            await asyncio.sleep(answer.retry_after)
+
     async def _deliver(
-        self, message: OutboundMessage, destination: str, recipients: list[str], probe: bool
+        self,
+        message: OutboundMessage,
+        destination: str,
+        recipients: list[str],
+        probe: bool,
+        deadline: float,
     ) -> DeliveryReport:
         """A connection to use first: one parked for `destination`, else a new one under the
         cap's lease, else (cap full) the first of this worker's to come free."""
-        deadline = asyncio.get_running_loop().time() + self._timeouts.session
         pool = None if probe else self._pool
         handover = None if pool is None else pool.take_parked(destination)
         lease = None
@@ -388,6 +444,18 @@ def _cap_full(destination: str, recipients: list[str], retry_after: float) -> De
         Code.LOCAL_ERROR,
         "4.4.5",
         f"throttled by Mailroom: connections limit of {destination}, none free",
+        Step.GATE,
+    )
+    waiting: tuple[Outcome, ...] = tuple(Deferred(r, reply, retry_after) for r in recipients)
+    return DeliveryReport(destination, waiting, StepRecord("gate", reply, 0.0), ())
+
+
+def _rate_deferred(destination: str, recipients: list[str], retry_after: float) -> DeliveryReport:
+    """The recipients of a split delivery's later parts, when no rate slot comes in time."""
+    reply = Reply(
+        Code.LOCAL_ERROR,
+        "4.4.5",
+        f"throttled by Mailroom: rate limit of {destination}, next slot in {retry_after:.1f} s",
         Step.GATE,
     )
     waiting: tuple[Outcome, ...] = tuple(Deferred(r, reply, retry_after) for r in recipients)

@@ -8,20 +8,25 @@ backup 127.0.0.4 (20); multi.test → one host with 127.0.0.6, 127.0.0.7, ::1; i
 
 from __future__ import annotations
 
-import pytest
+from typing import Any
 
-from settings import Settings
+import pytest
+import redis
+
+from settings import Rate, Settings
 from tests.support.dns_server import DnsServer
 from tests.support.raw_servers import MakeGreetingServer, MakeRefusedPort
-from tests.support.smtp_sink import MakeSink
+from tests.support.smtp_sink import MakeSink, Sink
 from tests.support.tls_material import TlsMaterial
 from tests.workers.test_smtp_session import message
-from workers.delivery import DeliveryAgent, DeliveryReport
+from workers.delivery import DeliveryAgent, DeliveryReport, Relay
 from workers.mx import MxResolver
 from workers.outcome import Bounced, Deferred, Delivered
+from workers.rate_limits import Granted, Limiter, Throttled
 from workers.reply import Step
 from workers.smtp_record import Timeouts
 from workers.smtp_session import Credentials
+from workers.tls_policy import relay_policy
 
 FAST = Timeouts(connect=1, command=2, data=2, session=10)
 
@@ -237,3 +242,75 @@ async def test_relay_mode_from_settings_sends_everything_through_the_relay(
     assert sink.auth_attempts[0].tls
     assert "relay-pw-123" not in repr(report)
     assert "relay-pw-123" not in repr(Credentials("svc", "relay-pw-123"))
+
+
+def split_relay(
+    sink_port: int, tls: TlsMaterial, session: float, rates: Limiter | None = None
+) -> DeliveryAgent:
+    """A relay agent sending one recipient per message (as a profile's limit splits them)."""
+    return DeliveryAgent(
+        resolver=MxResolver([("127.0.0.1", 9)], port=9, timeout=0.2),
+        mx_port=9,
+        relay=Relay("localhost", sink_port, relay_policy("starttls", str(tls.ca_file)), None),
+        helo="client.mailroom.test",
+        timeouts=Timeouts(connect=1, command=2, data=3, session=session),
+        max_recipients=1,
+        rates=rates,
+    )
+
+
+def relay_sink(make_sink: MakeSink, tls: TlsMaterial, **options: Any) -> Sink:
+    return make_sink("127.0.0.1", starttls_context=tls.server_context("localhost"), **options)
+
+
+async def test_the_parts_of_a_relay_delivery_share_one_session_deadline(
+    make_sink: MakeSink, tls: TlsMaterial
+) -> None:
+    # Each part takes 1.2 s to be answered; the whole delivery has 2 s.
+    sink = relay_sink(make_sink, tls, slow_seconds=1.2)
+    recipients = ["slow-data@one.example", "slow-data@two.example", "slow-data@three.example"]
+
+    report = await split_relay(sink.port, tls, session=2).deliver(message(), "relay", recipients)
+
+    assert [type(o) for o in report.outcomes] == [Delivered, Deferred, Deferred]
+    # The second part ran out of the delivery's time; the third never connected.
+    assert len(report.attempts) == 2
+    assert len(sink.sessions) == 2
+
+
+async def test_each_part_of_a_relay_delivery_takes_its_own_rate_slot(
+    make_sink: MakeSink, tls: TlsMaterial, redis_client: redis.Redis
+) -> None:
+    # One message a minute: the batch's gate granted the first part's slot, as the batch does.
+    limiter = Limiter(redis_client, rates={"relay": Rate(1, 60)}, connections={}, lease_ttl=30)
+    assert isinstance(limiter.acquire("relay", "m1|relay"), Granted)
+    sink = relay_sink(make_sink, tls)
+    recipients = ["a@one.example", "b@two.example", "c@three.example"]
+
+    report = await split_relay(sink.port, tls, session=10, rates=limiter).deliver(
+        message(), "relay", recipients
+    )
+
+    first, *rest = report.outcomes
+    assert isinstance(first, Delivered)
+    assert [m.rcpt_tos for m in sink.messages] == [("a@one.example",)]
+    # The next slot is a minute away: the other parts wait for it in the deferred set.
+    assert all(isinstance(o, Deferred) and o.reply.step is Step.GATE for o in rest)
+    assert all(55 < (o.retry_after or 0) <= 60 for o in rest if isinstance(o, Deferred))
+
+
+async def test_parts_whose_rate_slots_come_in_time_wait_for_them(
+    make_sink: MakeSink, tls: TlsMaterial, redis_client: redis.Redis
+) -> None:
+    limiter = Limiter(redis_client, rates={"relay": Rate(5, 1)}, connections={}, lease_ttl=30)
+    assert isinstance(limiter.acquire("relay", "m1|relay"), Granted)
+    sink = relay_sink(make_sink, tls)
+
+    report = await split_relay(sink.port, tls, session=10, rates=limiter).deliver(
+        message(), "relay", ["a@one.example", "b@two.example"]
+    )
+
+    assert [type(o) for o in report.outcomes] == [Delivered, Delivered]
+    assert [m.rcpt_tos for m in sink.messages] == [("a@one.example",), ("b@two.example",)]
+    # Both slots are taken: a third message now has to wait for a later one.
+    assert isinstance(limiter.acquire("relay", "m2|relay"), Throttled)
