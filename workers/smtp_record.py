@@ -24,6 +24,8 @@ class Timeouts:
     command: float  # each command's reply: greeting, EHLO, STARTTLS, AUTH, MAIL, RCPT, QUIT
     data: float  # DATA: the 354 and the reply after the final dot
     session: float  # the whole delivery, every server tried included
+    rset: float = 20  # RSET on a reused connection (Postfix's smtp_rset_timeout)
+    data_block: float = 180  # the message: most a write may wait for the server to read on
 
 
 @dataclass(frozen=True, slots=True)

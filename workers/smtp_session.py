@@ -286,9 +286,10 @@ class _Conversation(Ledger):
         ehlo = await self.call("EHLO", self.smtp.ehlo())
         if ehlo.reply_class == 2:
             return True
-        if not self.smtp.is_connected:
+        # RFC 5321 §3.2: a server that does not know EHLO answers 500/502 ("command not
+        # recognized"); HELO still works there. Any other refusal is the server's answer.
+        if not self.smtp.is_connected or ehlo.code not in (Code.SYNTAX_ERROR, Code.NOT_IMPLEMENTED):
             return self.fail(ehlo)
-        # RFC 5321 §3.2: a server that does not know EHLO answers 500/502; HELO still works.
         helo = await self.call("HELO", self.smtp.helo())
         return helo.reply_class == 2 or self.fail(helo)
 
@@ -398,6 +399,14 @@ class _Conversation(Ledger):
         except (SMTPException, OSError) as exc:
             self.lost = True
             answer = _translate(exc, self.host, self.step, handshake=handshake)
+        if not 200 <= answer.code <= 599:
+            # aiosmtplib's -1 (a line with no code, binary, one too long) or a code SMTP has
+            # not: nothing more the server says can be trusted, so it is told nothing more.
+            self.lost = True
+            detail = answer.text if answer.code < 0 else str(answer)
+            answer = replies.protocol_error(self.host, self.step, detail)
+            if self.smtp is not None:
+                self.smtp.close()
         self.record(command, answer, started)
         return answer
 
@@ -439,7 +448,7 @@ def _translate(exc: SMTPException | OSError, host: str, step: Step, *, handshake
     if isinstance(exc, SMTPServerDisconnected | OSError):
         return replies.connection_dropped(host, step, str(exc) or type(exc).__name__)
     # The rest (an extension missing, a refused option) is the client's problem, not the peer's.
-    return Reply(Code.LOCAL_ERROR, "4.3.0", f"{host}: {exc}", step)
+    return Reply(Code.LOCAL_ERROR, "4.3.0", f"{host}: {replies.printable(str(exc))}", step)
 
 
 def _ssl_error(exc: BaseException) -> str | None:

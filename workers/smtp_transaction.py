@@ -6,6 +6,13 @@ reply, and nothing is sent that an earlier reply made pointless. The message its
 a 354, so a transaction whose MAIL FROM or every RCPT TO failed never sends it. Which recipient a
 failure applies to follows Postfix's `smtp_trouble.c`: MAIL FROM and DATA failures hit every
 recipient still in play, a RCPT refusal that recipient only.
+
+A reply is only taken as the answer to its command when it can be one: a class the command can
+get (RFC 5321 §4.3.2), nothing else heard where nothing was asked, and for the final reply, come
+after the final dot left. Anything else means the reply stream is out of step with the commands
+(a stray "250 OK" would make RCPT's 250 read as DATA's, a delivery with no message sent): the
+connection is dropped and everyone still in play deferred with 421 4.5.0, ambiguously once the
+message was sent.
 """
 
 from __future__ import annotations
@@ -19,6 +26,9 @@ from workers.rate_limits import is_throttling
 from workers.reply import Code, Reply, Step, parse_reply
 from workers.smtp_record import Ledger, Timeouts, ambiguous
 from workers.smtp_wire import NoReply, Wire, message_bytes
+
+FINAL = (2, 4, 5)  # the classes of a final reply, the only ones RSET, MAIL, RCPT or the dot get
+START = (3, 4, 5)  # DATA before the message: 354, or a refusal; never a 2xx
 
 _STEPS = {
     "RSET": Step.OPEN_SESSION,
@@ -51,20 +61,46 @@ async def transaction(
 
 
 async def read_reply(
-    ledger: Ledger, wire: Wire, verb: str, started: float, timeout: float
+    ledger: Ledger,
+    wire: Wire,
+    verb: str,
+    started: float,
+    timeout: float,
+    *,
+    expect: tuple[int, ...] = FINAL,
+    last: bool = False,
 ) -> Reply:
-    """The next reply from `wire`, recorded as `verb`'s; a made-up one if none came."""
+    """The next reply from `wire`, recorded as `verb`'s; a made-up one if none came, or if
+    what came cannot be `verb`'s: a class not in `expect`, or, for the `last` reply of a
+    transaction (after the dot), one complete before the dot left or followed by more bytes.
+    """
     ledger.step = _STEPS[verb]
     got = await wire.read(timeout)
     if isinstance(got, NoReply):
         ledger.lost = True
-        answer = replies.connection_dropped(ledger.host, ledger.step, got.reason)
+        if got.garbled:
+            answer = replies.protocol_error(ledger.host, ledger.step, got.reason)
+        else:
+            answer = replies.connection_dropped(ledger.host, ledger.step, got.reason)
         ledger.record(verb, answer, started)
         return answer
     answer = parse_reply(got.code, got.text, ledger.step)
+    if answer.reply_class not in expect:
+        return _out_of_step(ledger, wire, verb, f"{answer} is no reply to {verb}", started)
+    if last and (got.at < wire.flushed or wire.heard_more):
+        return _out_of_step(ledger, wire, verb, f"{answer} came out of step", started)
     if answer.reply_class > 3:
         ledger.throttled = ledger.throttled or is_throttling(answer.code, answer.enhanced)
     ledger.record(verb, answer, started, got.at)
+    return answer
+
+
+def _out_of_step(ledger: Ledger, wire: Wire, verb: str, detail: str, started: float) -> Reply:
+    """End a conversation whose replies no longer match its commands, recording why."""
+    wire.abort("reply stream out of step")
+    ledger.lost = True
+    answer = replies.protocol_error(ledger.host, ledger.step, detail)
+    ledger.record(verb, answer, started)
     return answer
 
 
@@ -92,6 +128,15 @@ class _Transaction:
         if isinstance(commands, Reply):
             ledger.fail(commands, "MAIL FROM")
             return True  # nothing was sent: a reused connection is as clean as it was
+        if not wire.quiet:
+            # Heard something nobody asked for since the last reply: not one command may go.
+            if reset:
+                return False
+            wire.abort("the server spoke out of turn")
+            ledger.lost = True
+            unasked = replies.protocol_error(ledger.host, Step.MAIL_FROM, "spoke out of turn")
+            ledger.fail(unasked, "MAIL FROM")
+            return True
         connection.transactions += 1
         pipelined = connection.pipelining
         started = time.perf_counter()
@@ -106,7 +151,9 @@ class _Transaction:
                     break
                 started = time.perf_counter()
                 wire.send(line, 1)
-            answer = await read_reply(ledger, wire, verb, started, self.timeouts.command)
+            timeout = self.timeouts.rset if verb == "RSET" else self.timeouts.command
+            expect = START if verb == "DATA" else FINAL
+            answer = await read_reply(ledger, wire, verb, started, timeout, expect=expect)
             if verb == "RSET":
                 if answer.reply_class != 2:
                     return False
@@ -176,6 +223,11 @@ class _Transaction:
         if answer.reply_class == 2:
             self.accepted[recipient] = answer
             return
+        if answer.code == Code.EXCEEDED_STORAGE:
+            # RFC 5321 §4.5.3.1.10: 552 to RCPT TO is the old "too many recipients"; as in
+            # Postfix it is 452, so this recipient goes in a later transaction, not a bounce.
+            enhanced = "4" + answer.enhanced[1:] if answer.enhanced else ""
+            answer = Reply(Code.INSUFFICIENT_STORAGE, enhanced, answer.text, answer.step)
         self.ledger.replies[recipient] = answer
         if self.ledger.lost or answer.code == Code.SERVICE_UNAVAILABLE:
             # A 421 or a dropped connection ends the session for everyone still waiting, the
@@ -193,13 +245,17 @@ class _Transaction:
                 wire.abort("DATA accepted with nobody to send to")
                 ledger.lost = True
             return
-        if answer.code == Code.START_INPUT:
+        if answer.code == Code.START_INPUT and wire.heard_more:
+            # More than the 354 came: it may be the real reply to DATA, a refusal.
+            ledger.steps.pop()
+            answer = _out_of_step(ledger, wire, "DATA", f"more than {answer} came", started)
+        elif answer.code == Code.START_INPUT:
             ledger.steps.pop()  # one DATA step, with the reply after the dot
             wire.send(message_bytes(self.message.data), 1)
-            ledger.body_sent = True
-            await wire.drain()
-            answer = await read_reply(ledger, wire, "DATA", started, self.timeouts.data)
-            if ledger.lost:
+            # The dot left only if the server kept reading (RFC 5321 §4.5.3.2.5's data block).
+            ledger.body_sent = await wire.drain(self.timeouts.data_block)
+            answer = await read_reply(ledger, wire, "DATA", started, self.timeouts.data, last=True)
+            if ledger.lost and ledger.body_sent:
                 answer = ambiguous(answer)  # the dot may have arrived unanswered
         for recipient in self.accepted:
             ledger.replies[recipient] = answer

@@ -10,6 +10,11 @@ arrive while a parsed reply waits to be picked up, so it cannot carry a pipeline
 A `Wire` also notices what a parked connection hears: any bytes while no reply is expected (a
 server's "421 idle timeout" before it hangs up) make the connection unusable, so it is never
 reused into a conversation out of step.
+
+A reply stream that cannot be trusted is garbled: a line that is no reply (no code, a code
+outside 200-599, too long) or more replies than commands asked for. From then on every read
+says so (`NoReply(garbled=True)`), queued replies included: one surplus reply shifts every
+later one onto the wrong command, a RCPT's 250 read as DATA's.
 """
 
 from __future__ import annotations
@@ -20,8 +25,11 @@ from collections import deque
 from dataclasses import dataclass
 from typing import cast
 
+from workers.reply import printable
+
 MAX_LINE = 8192  # RFC 5321 §4.5.3.1.5 allows 512 octets for a reply line; be lenient
 MAX_BUFFER = 4 * MAX_LINE  # a reply (continuation lines included) longer than this is garbage
+_EXCERPT = 80  # how much of a garbled line a reason quotes
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,9 +44,11 @@ class WireReply:
 
 @dataclass(frozen=True, slots=True)
 class NoReply:
-    """Why no reply came: the connection closed, the reply was garbage, or it took too long."""
+    """Why no reply came: the connection closed, it took too long, or (`garbled`) the server
+    said something that is no reply, or a reply nobody asked for."""
 
     reason: str
+    garbled: bool = False
 
 
 class Wire(asyncio.Protocol):
@@ -52,6 +62,8 @@ class Wire(asyncio.Protocol):
         self._waiter: asyncio.Future[None] | None = None
         self._writable: asyncio.Future[None] | None = None  # set while the transport is paused
         self._closed: str | None = None  # why the connection is no longer usable
+        self._garbled = False  # the reply stream is out of step: no reply can be trusted
+        self._flushed = time.perf_counter()  # when the last write left the transport's buffer
         self._loop = asyncio.get_running_loop()
 
     @classmethod
@@ -69,6 +81,22 @@ class Wire(asyncio.Protocol):
         """Open, in step (no reply owed, nothing unasked for heard) and never timed out."""
         return self._closed is None and self._expected == 0 and not self._replies
 
+    @property
+    def quiet(self) -> bool:
+        """Open and nothing heard beyond the replies read: no queued reply, no partial one."""
+        return self.usable and not self._buffer
+
+    @property
+    def heard_more(self) -> bool:
+        """Bytes beyond the replies read so far: a queued reply or part of one."""
+        return bool(self._replies or self._buffer)
+
+    @property
+    def flushed(self) -> float:
+        """When the last write stopped holding the transport back (`time.perf_counter()`): until
+        then its end was still in our buffer, so a reply complete before then cannot answer it."""
+        return self._flushed
+
     def send(self, data: bytes, replies: int) -> None:
         """Write `data`, which asks for `replies` replies (0 for message content)."""
         transport = self._transport
@@ -77,11 +105,23 @@ class Wire(asyncio.Protocol):
             return
         self._expected += replies
         transport.write(data)
+        if self._writable is None:
+            self._flushed = time.perf_counter()
 
-    async def drain(self) -> None:
-        """Wait until the transport has room again (a large message fills its buffer)."""
-        if self._writable is not None and self._closed is None:
-            await self._writable
+    async def drain(self, stall: float) -> bool:
+        """Wait until the transport has room again (a large message fills its buffer).
+
+        False, and the connection dropped, when the server took no byte for `stall` seconds
+        (it stopped reading): the end of what was written never left.
+        """
+        transport = self._transport
+        while self._writable is not None and self._closed is None and transport is not None:
+            pending = transport.get_write_buffer_size()
+            done, _ = await asyncio.wait([self._writable], timeout=stall)
+            if not done and transport.get_write_buffer_size() >= pending:
+                self.abort(f"the server took no data for {stall:g} s")
+                return False
+        return True
 
     async def read(self, timeout: float) -> WireReply | NoReply:
         """The next reply, or why none came within `timeout` seconds of waiting.
@@ -133,20 +173,26 @@ class Wire(asyncio.Protocol):
         return False  # close our side as well
 
     def data_received(self, data: bytes) -> None:
+        if self._garbled:
+            return  # the connection is being dropped; nothing more is worth parsing
         self._buffer += data
         if self._expected <= 0:
             # Nothing was asked: a server talking out of turn (typically "421 ... closing"
             # to a parked connection). Keep it, so the connection counts as unusable.
             self._closed = self._closed or "the server spoke out of turn"
         at = time.perf_counter()
-        while True:
+        while not self._garbled:
             reply = self._parse(at)
             if reply is None:
+                break
+            if self._expected <= 0:
+                # A parked connection's "421 closing" as much as a stray "250 OK" mid-session.
+                self._garble(f"a reply nobody asked for: {reply.code} {printable(reply.text)}")
                 break
             self._expected -= 1
             self._replies.append(reply)
         if len(self._buffer) > MAX_BUFFER:
-            self.abort("reply too long")
+            self._garble(f"reply too long: {self._excerpt(self._buffer)}")
         if self._replies or self._closed is not None:
             self._wake()
 
@@ -157,12 +203,15 @@ class Wire(asyncio.Protocol):
     def resume_writing(self) -> None:
         writable, self._writable = self._writable, None
         if writable is not None and not writable.done():
+            self._flushed = time.perf_counter()
             writable.set_result(None)
 
     # Plumbing
 
     def _next(self) -> WireReply | NoReply | None:
         """The next parsed reply, else why none will come, else None (wait for more bytes)."""
+        if self._garbled:
+            return NoReply(self._closed or "garbled", garbled=True)
         if self._replies:
             return self._replies.popleft()
         if self._closed is not None:
@@ -181,14 +230,30 @@ class Wire(asyncio.Protocol):
             line = bytes(buffer[offset:end]).rstrip(b"\r")
             offset = end + 1
             code = line[:3]
-            if not code.isdigit() or len(line) > MAX_LINE or line[3:4] not in (b"", b" ", b"-"):
-                self.abort("malformed reply")
-                del buffer[:]
+            if (
+                not code.isdigit()
+                or not b"200" <= code <= b"599"  # RFC 5321 §4.2: SMTP has no 1yz, nor 6yz on
+                or len(line) > MAX_LINE
+                or line[3:4] not in (b"", b" ", b"-")
+            ):
+                self._garble(f"not a reply: {self._excerpt(line)}")
                 return None
             lines.append(line[4:].strip().decode("utf-8", "surrogateescape"))
             if line[3:4] != b"-":
                 del buffer[:offset]
                 return WireReply(int(code), "\n".join(lines), at)
+
+    def _garble(self, reason: str) -> None:
+        """The stream is out of step: say why to every read from now on, and hang up."""
+        self._garbled = True
+        self._closed = reason  # the more telling reason than "spoke out of turn"
+        self._replies.clear()
+        del self._buffer[:]
+        self.abort(reason)
+
+    @staticmethod
+    def _excerpt(data: bytes | bytearray) -> str:
+        return printable(bytes(data[:_EXCERPT]).decode("utf-8", "surrogateescape"), _EXCERPT)
 
     def _close(self, reason: str) -> None:
         if self._closed is None:

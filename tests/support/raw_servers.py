@@ -6,7 +6,8 @@
 - `SilentServer()`: accepts connections and never sends a byte (greeting timeouts).
 - `ScriptedServer(replies={"RCPT": "550 5.1.1 no"})`: an ESMTP server announcing PIPELINING
   that answers each verb from the script (250 by default), even where a real server would not
-  (a 354 to DATA after every RCPT failed); `out_of_turn` is sent, unasked, after each message.
+  (a 354 to DATA after every RCPT failed, stray lines, garbage); `out_of_turn` is sent, unasked,
+  after each message; `stall_after_354` stops reading after DATA's 354.
 - `refused_port(host)`: a context manager giving a port where nothing listens, so connecting is
   refused; the port stays bound (not listening) meanwhile, so nothing else can take it.
 A STARTTLS whose handshake fails is a `Sink(broken_starttls=True)` (tests/support/smtp_sink.py):
@@ -171,43 +172,96 @@ class SilentServer(RawServer):
                 pass
 
 
+Said = str | bytes  # one reply as it goes on the wire, CRLF added; bytes for what is no text
+
+
 class ScriptedServer(RawServer):
-    """Answers every command from `replies` (by verb; 250 when not named), DATA's content too."""
+    """Answers every command from `replies` (by verb; 250 when not named), DATA's content too.
+
+    `replies` keys are verbs ("MAIL", "RCPT", "DATA", "EHLO", ...) and "." for the reply after
+    the message; a list gives successive replies to that verb, its last one repeated. A reply
+    may hold several lines ("354 go\r\n250 OK") or be bytes (garbage), or be empty: no answer
+    at all (the server reads on). `hang_at` names the verb from which on the server answers
+    nothing more (a hung server). `greeting` replaces the 220; `stall_after_354` stops reading
+    after DATA's 354, as a server whose socket buffers fill up. `out_of_turn` goes out unasked
+    after each message's reply, a moment later, and `spoke` is set once it has.
+    """
 
     def __init__(
         self,
         host: str = "127.0.0.1",
         *,
-        replies: dict[str, str] | None = None,
+        replies: dict[str, Said | list[Said]] | None = None,
         out_of_turn: str | None = None,
+        greeting: Said = "220 scripted.test ESMTP",
+        stall_after_354: bool = False,
+        hang_at: str | None = None,
     ) -> None:
         super().__init__(host)
         self.replies = dict(replies or {})
         self.out_of_turn = out_of_turn
+        self.greeting = greeting
+        self.stall_after_354 = stall_after_354
+        self.hang_at = hang_at
+        self.spoke = threading.Event()
 
     def serve(self, conn: socket.socket, lines: list[str]) -> None:
-        conn.sendall(b"220 scripted.test ESMTP\r\n")
+        said: dict[str, int] = {}  # how many replies each verb got on this connection
+        hung = False
+        _say(conn, self.greeting)
         with conn.makefile("rb") as reader:
             while (line := self.readline(reader, lines)) is not None:
                 verb = line[:4].upper()
-                if verb == "EHLO":
-                    conn.sendall(b"250-scripted.test\r\n250 PIPELINING\r\n")
-                elif verb == "QUIT":
+                hung = hung or verb == self.hang_at
+                if hung:
+                    continue
+                if verb == "QUIT":
                     conn.sendall(b"221 2.0.0 bye\r\n")
                     return
-                else:
-                    reply = self.replies.get(verb, "354 go ahead" if verb == "DATA" else "250 ok")
-                    conn.sendall(reply.encode() + b"\r\n")
-                    if verb == "DATA" and reply.startswith("354"):
-                        self._content(conn, reader, lines)
+                default: Said = "250 ok"
+                if verb == "EHLO":
+                    default = "250-scripted.test\r\n250 PIPELINING"
+                elif verb == "DATA":
+                    default = "354 go ahead"
+                reply = self._reply(verb, default, said)
+                _say(conn, reply)
+                if verb == "DATA" and _text(reply).startswith("354"):
+                    if self.stall_after_354:
+                        self._stopping.wait()
+                        return
+                    self._content(conn, reader, lines, said)
 
-    def _content(self, conn: socket.socket, reader: BinaryIO, lines: list[str]) -> None:
+    def _reply(self, verb: str, default: Said, said: dict[str, int]) -> Said:
+        script = self.replies.get(verb, default)
+        count = said.get(verb, 0)
+        said[verb] = count + 1
+        if isinstance(script, list):
+            return script[min(count, len(script) - 1)]
+        return script
+
+    def _content(
+        self, conn: socket.socket, reader: BinaryIO, lines: list[str], said: dict[str, int]
+    ) -> None:
         while (line := self.readline(reader, lines)) is not None:
             if line == ".":
-                conn.sendall(b"250 2.0.0 queued\r\n")
+                _say(conn, self._reply(".", "250 2.0.0 queued", said))
                 if self.out_of_turn is not None:
+                    # Later than the reply, so the client hears it while the connection is parked.
+                    self._stopping.wait(0.05)
                     conn.sendall(self.out_of_turn.encode() + b"\r\n")
+                    self.spoke.set()
                 return
+
+
+def _text(reply: Said) -> str:
+    return reply if isinstance(reply, str) else reply.decode("latin-1")
+
+
+def _say(conn: socket.socket, reply: Said) -> None:
+    """Send `reply` and CRLF; nothing at all for an empty one (a server that does not answer)."""
+    data = reply.encode() if isinstance(reply, str) else reply
+    if data:
+        conn.sendall(data + b"\r\n")
 
 
 class MakeGreetingServer(Protocol):

@@ -180,7 +180,9 @@ async def test_a_parked_connection_that_spoke_out_of_turn_is_not_reused(
     # later reply one command off (DATA's "354" read as RCPT's), so neither is reused.
     with ScriptedServer("127.0.0.2", out_of_turn=said) as server:
         first = await send(server.host, server.port, ["a@x.test"], pool=pool, msg=numbered(1))
-        await asyncio.sleep(0.1)
+        while not server.spoke.is_set():
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)  # a loop turn or two: the parked connection hears it
         second = await send(server.host, server.port, ["a@x.test"], pool=pool, msg=numbered(2))
 
     assert [first.replies["a@x.test"].code, second.replies["a@x.test"].code] == [250, 250]
