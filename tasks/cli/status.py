@@ -10,6 +10,7 @@ from typing import Any
 from settings import Settings
 from tasks.cli.errors import FAILED, OK
 from workers.redis_client import redis_client
+from workers.reply import printable
 from workers.retention import retention
 from workers.status import StatusStore
 
@@ -34,14 +35,23 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def as_lines(view: dict[str, Any]) -> list[str]:
-    """The status record for people: recipients first, then each attempt's steps."""
+    """The status record for people: recipients first, then each attempt's steps.
+
+    Every text from the record is escaped (`printable`): a server's reply may hold terminal
+    escape sequences, and a record may predate the workers escaping them.
+    """
     lines = [f"{view['id']}  {view['state']}"]
     for r in view["recipients"]:
         reply = " ".join(str(p) for p in (r.get("code"), r.get("enhanced"), r.get("reply")) if p)
-        lines.append(f"  {r['address']:<40} {r['state']:<10} {reply}")
+        lines.append(f"  {_shown(r['address']):<40} {r['state']:<10} {_shown(reply)}")
     for attempt in view["attempts"]:
-        lines.append(f"attempt {attempt['at']}  {attempt['destination']}  {attempt['host']}")
+        where = f"{_shown(attempt['destination'])}  {_shown(attempt['host'])}"
+        lines.append(f"attempt {attempt['at']}  {where}")
         for s in attempt["steps"]:
-            code = f"{s['code']} {s['enhanced'] or '-':<7}"
-            lines.append(f"  {s['step']:<13} {code} {s['ms']:>8.1f} ms  {s['text']}")
+            code = f"{s['code']} {_shown(s['enhanced'] or '-'):<7}"
+            lines.append(f"  {s['step']:<13} {code} {s['ms']:>8.1f} ms  {_shown(s['text'])}")
     return lines
+
+
+def _shown(value: object) -> str:
+    return printable(str(value))
