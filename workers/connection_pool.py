@@ -8,13 +8,19 @@ most `max_messages` transactions, and lives at most `max_lifetime` seconds, like
 `smtp_connection_cache_time_limit`, `smtp_connection_reuse_count_limit` and
 `smtp_connection_reuse_time_limit`.
 
-MAX_CONNECTIONS counts open connections, parked ones included: a connection holds the
-cluster-wide connection lease it was opened under (`workers.rate_limits`) until it is closed,
-and the pool gives the lease back then (through `release`), or to a delivery waiting for a
-connection to the same destination. A delivery that found the cap full waits in `take_any` for
-one of this worker's connections to its destination to come free. `max_lifetime` must stay
-below the lease TTL minus the session deadline, so a lease never expires under a live
-connection.
+MAX_CONNECTIONS counts open connections, parked ones included, and the pool alone moves their
+cluster-wide leases (`workers.rate_limits`), so the leases held in Redis are the connections open.
+A delivery holds a `Slot`: the lease of the one connection it may open, while it has none open.
+Opening moves the slot's lease into the connection (`attach`); a connection the session drops
+(RSET failed, the server hung up) gives it back to the slot for its replacement (`detach`); a
+parked connection keeps it, and returns it to Redis once it is closed (idle, too old, worker
+shutdown). A slot that is empty when its delivery needs a new connection (it moved on to the
+next MX host after parking the first host's connection) is filled from the cap, or else from an
+idle parked connection to the same destination, closed first (`fill`). Whatever a slot still
+holds when its delivery ends goes back to Redis (`free`). A delivery that found the cap full
+waits in `take_any` for one of this worker's connections to its destination to come free.
+`max_lifetime` must stay below the lease TTL minus the session deadline, so a lease never
+expires under a live connection.
 
 The pool belongs to one event loop (the worker process's, `workers.runtime`) and is only used
 from it, so it needs no lock.
@@ -64,7 +70,7 @@ class Connection:
     tls_active: bool
     opened: float  # event-loop time
     transactions: int = 0
-    lease: str | None = None  # the connection-cap lease it was opened under, held until closed
+    lease: str | None = None  # the cap lease it was opened under, held until closed (pool's)
     closed: bool = False
     wire: Wire | None = None  # set once the session is open
     pipelining: bool = False  # the server announced PIPELINING (RFC 2920)
@@ -95,6 +101,27 @@ class Connection:
                 if self.smtp.is_connected:
                     await asyncio.wait_for(self.smtp.quit(), _QUIT_TIMEOUT)
         self.close()
+
+
+@dataclass(eq=False, slots=True)
+class Slot:
+    """A delivery's right to one open connection to `destination` while it has none open.
+
+    `held`: the slot may open a connection now, under `lease` (None when the destination has no
+    cap). Only the pool changes it.
+    """
+
+    destination: str
+    held: bool = False
+    lease: str | None = None
+
+    def hold(self, lease: str | None) -> None:
+        self.held, self.lease = True, lease
+
+    def empty(self) -> str | None:
+        """Leave the slot empty; returns the lease it held."""
+        lease, self.held, self.lease = self.lease, False, None
+        return lease
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,10 +226,57 @@ class ConnectionPool:
         self._idle[key].append((connection, expiry))
         return True
 
-    def discard(self, key: PoolKey, connection: Connection) -> None:
-        """Close a connection that is not parked and give back its lease."""
+    def attach(self, slot: Slot, connection: Connection) -> None:
+        """`connection` is being opened for the delivery holding `slot`: it takes the lease."""
+        connection.lease = slot.empty()
+
+    def detach(self, slot: Slot, connection: Connection) -> None:
+        """Close a connection its session gives up; its lease goes to `slot` for the connection
+        that replaces it (or back to Redis, when the slot already holds one)."""
         connection.close()
-        self._give_back(key, connection)
+        lease, connection.lease = connection.lease, None
+        if not slot.held:
+            slot.hold(lease)
+        elif lease is not None:
+            self._release_later(slot.destination, lease)
+
+    async def fill(self, slot: Slot) -> bool:
+        """Make `slot` able to open a connection: a lease from the cap, else the lease of an idle
+        parked connection to the same destination, closed first. False: the cap is full and
+        nothing here is idle."""
+        self._check_loop()
+        if slot.held:
+            return True
+        if self.acquire is None:
+            slot.hold(None)
+            return True
+        loop = asyncio.get_running_loop()
+        granted = await loop.run_in_executor(None, self.acquire, slot.destination)
+        if isinstance(granted, Granted):
+            slot.hold(granted.lease)
+            return True
+        for key, parked in self._idle.items():
+            if key.destination == slot.destination and parked:
+                # The least recently used one: the next delivery would take the newest.
+                connection, expiry = parked.pop(0)
+                expiry.cancel()
+                if not parked:
+                    del self._idle[key]
+                # Closed before its lease moves: the server never sees the new one beside it.
+                if connection.usable:
+                    await connection.quit()
+                connection.close()
+                lease, connection.lease = connection.lease, None
+                slot.hold(lease)
+                return True
+        return False
+
+    async def free(self, slot: Slot) -> None:
+        """Give back to Redis the lease `slot` holds: its delivery ends, or it uses a parked
+        connection (which has a lease of its own) instead of opening one."""
+        lease = slot.empty()
+        if lease is not None:
+            await self._release(slot.destination, lease)
 
     def idle(self, key: PoolKey | None = None) -> int:
         """How many connections are parked (for `key`, or in all)."""
@@ -233,19 +307,30 @@ class ConnectionPool:
         self._retire(key, connection)
 
     def _retire(self, key: PoolKey, connection: Connection) -> None:
-        """QUIT (in the background) and close a connection leaving the pool."""
+        """QUIT (in the background) and close a connection leaving the pool; its lease goes
+        back once it is closed."""
         if connection.usable:
-            self._track(asyncio.get_running_loop().create_task(connection.quit()))
+            self._track(asyncio.get_running_loop().create_task(self._quit(key, connection)))
         else:
             connection.close()
-        self._give_back(key, connection)
+            self._give_back(key, connection)
 
-    def give_back_lease(self, key: PoolKey, lease: str) -> None:
+    async def _quit(self, key: PoolKey, connection: Connection) -> None:
+        await connection.quit()
+        lease, connection.lease = connection.lease, None
+        if lease is not None:
+            await self._release(key.destination, lease)  # in this task: `close` waits for it
+
+    async def _release(self, destination: str, lease: str) -> None:
+        if self.release is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.release, destination, lease)
+
+    def _release_later(self, destination: str, lease: str) -> None:
         """Release a lease no open connection holds any more, to Redis: every worker's waiting
         deliveries compete for it there (a local hand-over would starve other workers)."""
         if self.release is not None:
             loop = asyncio.get_running_loop()
-            self._track(loop.run_in_executor(None, self.release, key.destination, lease))
+            self._track(loop.run_in_executor(None, self.release, destination, lease))
 
     def _hand(self, destination: str, handover: Handover) -> bool:
         """Give `handover` to the longest-waiting delivery for `destination`, if any."""
@@ -282,7 +367,7 @@ class ConnectionPool:
     def _give_back(self, key: PoolKey, connection: Connection) -> None:
         lease, connection.lease = connection.lease, None
         if lease is not None:
-            self.give_back_lease(key, lease)
+            self._release_later(key.destination, lease)
 
     def _track(self, work: asyncio.Future[None]) -> None:
         self._closing.add(work)

@@ -7,7 +7,9 @@ the next server, and only the last reply decides. Like Postfix's `smtp_mx_addres
 `smtp_mx_session_limit`, at most `max_addresses` addresses are dialled and at most
 `max_sessions` conversations that got a greeting are held per delivery. An opportunistic TLS
 handshake that fails is retried on the same address in plaintext (Postfix's `may` level).
-With connection reuse on, sessions take and park connections in the agent's `ConnectionPool`.
+With connection reuse on, sessions take and park connections in the agent's `ConnectionPool`,
+which also moves their connection-cap leases: a delivery holds a `Slot` for the connection it
+may open, and asks the pool to fill it again when it needs a new connection after parking one.
 
 This module is network-only: it touches no store; its `DeliveryReport` is applied elsewhere.
 """
@@ -25,7 +27,7 @@ from typing import Any, Protocol, TypeVar
 from redis import RedisError
 
 from settings import DeliveryMode, Settings
-from workers.connection_pool import Connection, ConnectionPool, Handover
+from workers.connection_pool import Connection, ConnectionPool, Handover, Slot
 from workers.envelope import OutboundMessage
 from workers.leases import lease_ttl
 from workers.mx import MxResolver, Target, resolve_host
@@ -277,13 +279,15 @@ class DeliveryAgent:
         cap's lease, else (cap full) the first of this worker's to come free."""
         pool = None if probe else self._pool
         handover = None if pool is None else pool.take_parked(destination)
-        lease = None
+        slot = Slot(destination)
+        if handover is None and (self._cap is None or probe):
+            slot.hold(None)  # nothing to ask: no cap, or a probe (it never parks a connection)
         if handover is None and self._cap is not None and not probe:
             # Others already wait here: the cap is full, so queue behind them without asking.
             queued = pool is not None and pool.waiting(destination) > 0
             granted = None if queued else await _blocking(self._cap.connection_lease, destination)
             if isinstance(granted, Granted):
-                lease = granted.lease
+                slot.hold(granted.lease)
             else:
                 # In-process waiting costs a future; a deferral costs a trip through Redis.
                 # Half the session deadline at most: the other half is the session's own.
@@ -294,13 +298,28 @@ class DeliveryAgent:
                     retry = granted.retry_after if granted is not None else _RETRY
                     return _cap_full(destination, recipients, retry)
         if handover is not None and handover.connection is not None:
-            return await self._on_handover(handover, message, destination, recipients, deadline)
-        if handover is not None:
-            lease = handover.lease  # the cap's, asked for by the pool while this one waited
-        report, kept = await self._walk(message, destination, recipients, probe, deadline, lease)
-        if lease is not None and not kept and self._cap is not None:
-            await _blocking(self._cap.release_lease, destination, lease)
+            report = await self._on_handover(
+                handover, message, destination, recipients, deadline, slot
+            )
+        else:
+            if handover is not None:
+                slot.hold(handover.lease)  # the cap's, asked for by the pool while this one waited
+            report = await self._walk(message, destination, recipients, probe, deadline, slot)
+        await self._free(slot)
         return report
+
+    async def _free(self, slot: Slot) -> None:
+        """Give back what `slot` still holds once its delivery ends (its connections, parked,
+        keep their own leases)."""
+        if self._pool is not None:
+            await self._pool.free(slot)
+        elif slot.lease is not None and self._cap is not None:
+            await _blocking(self._cap.release_lease, slot.destination, slot.empty())
+
+    async def _ready(self, slot: Slot) -> bool:
+        """Whether a session may open a connection under `slot` (see `ConnectionPool.fill`);
+        without a pool, the delivery's one lease covers each of its connections in turn."""
+        return self._pool is None or await self._pool.fill(slot)
 
     async def _walk(
         self,
@@ -309,21 +328,20 @@ class DeliveryAgent:
         recipients: list[str],
         probe: bool,
         deadline: float,
-        lease: str | None,
-    ) -> tuple[DeliveryReport, bool]:
-        """Resolve and try the servers in order; also says whether a parked connection kept
-        `lease`."""
+        slot: Slot,
+    ) -> DeliveryReport:
+        """Resolve and try the servers in order, each session opening its connection under
+        `slot`; stops early when no connection can be had under the cap."""
         started = time.perf_counter()
         targets = await self._targets(destination)
         resolution = _resolution_record(destination, targets, started)
         if isinstance(targets, Reply):
             outcomes = tuple(classify(recipient, targets) for recipient in recipients)
-            return DeliveryReport(destination, outcomes, resolution, ()), False
+            return DeliveryReport(destination, outcomes, resolution, ())
         last: dict[str, Reply] = {}
         pending = list(dict.fromkeys(recipients))
         attempts: list[Attempt] = []
         sessions = 0
-        kept = False
         for host, address, port in self._servers(targets):
             if not pending or sessions >= self._max_sessions:
                 break
@@ -336,14 +354,15 @@ class DeliveryAgent:
                 deadline,
                 attempts,
                 probe,
-                None if kept else lease,
+                slot,
             )
-            kept = kept or result.kept_lease
+            if result is None:
+                break  # the cap is full: the recipients keep their last replies
             sessions += result.greeted
             last.update(result.replies)
             pending = [recipient for recipient in pending if try_next_host(last[recipient])]
         outcomes = tuple(classify(r, last.get(r) or _untried()) for r in recipients)
-        return DeliveryReport(destination, outcomes, resolution, tuple(attempts)), kept
+        return DeliveryReport(destination, outcomes, resolution, tuple(attempts))
 
     async def _on_handover(
         self,
@@ -352,9 +371,10 @@ class DeliveryAgent:
         destination: str,
         recipients: list[str],
         deadline: float,
+        slot: Slot,
     ) -> DeliveryReport:
-        """One session on a connection that came free (or under the lease of one that closed,
-        to the same server)."""
+        """One session on a connection that came free (a fresh one to the same server, under
+        its lease, if RSET fails on it)."""
         key = handover.key
         assert key is not None  # a handed-over connection always has its key
         attempts: list[Attempt] = []
@@ -365,11 +385,11 @@ class DeliveryAgent:
             deadline,
             attempts,
             False,
-            None,
+            slot,
             handover.connection,
-            handover.lease,
         )
-        outcomes = tuple(classify(r, result.replies.get(r) or _untried()) for r in recipients)
+        replies = {} if result is None else result.replies
+        outcomes = tuple(classify(r, replies.get(r) or _untried()) for r in recipients)
         resolution = StepRecord(
             "resolve",
             Reply(
@@ -397,16 +417,18 @@ class DeliveryAgent:
         deadline: float,
         attempts: list[Attempt],
         probe: bool,
-        lease: str | None,
+        slot: Slot,
         connection: Connection | None = None,
-        inherited: str | None = None,
-    ) -> SessionResult:
+    ) -> SessionResult | None:
         """One conversation (appended to `attempts`), then a plaintext one if opportunistic
-        TLS failed on it; returns the last."""
+        TLS failed on it; returns the last, or None when the cap let none open."""
         relay = self._relay
         policy: TlsPolicy | None = relay.tls if relay is not None else self._mx_tls
         host, address = server.host, server.address
+        result: SessionResult | None = None
         while True:
+            if connection is None and not await self._ready(slot):
+                return result
             at = datetime.now(UTC)
             result = await run_session(
                 host,
@@ -422,14 +444,13 @@ class DeliveryAgent:
                 probe=probe,
                 pool=self._pool,
                 destination=server.destination,
-                lease=lease,
+                slot=slot,
                 connection=connection,
-                inherited_lease=inherited,
             )
             attempts.append(Attempt(at, host, address, result.steps))
             if not result.tls_failed or policy is None:
                 return result
-            policy, connection, inherited = None, None, None
+            policy, connection = None, None
 
 
 async def _blocking(call: Callable[..., T], *args: Any) -> T:

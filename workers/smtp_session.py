@@ -15,6 +15,8 @@ With a `ConnectionPool`, a session first takes a parked connection to the same s
 RSET (pipelined with the transaction); if RSET fails (the server closed it while it was parked),
 nothing of this message has been sent, so the connection is dropped and a fresh one opened: no
 duplicate is possible. After the transaction a healthy connection is parked again instead of QUIT.
+The session never handles connection-cap leases itself: the pool moves them between the
+connection and the delivery's `Slot` (`attach` on open, `detach` on a dropped connection).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from aiosmtplib.errors import (
 )
 
 from workers import reply as replies
-from workers.connection_pool import Connection, ConnectionPool, PoolKey
+from workers.connection_pool import Connection, ConnectionPool, PoolKey, Slot
 from workers.envelope import OutboundMessage
 from workers.rate_limits import is_throttling
 from workers.reply import Code, Reply, Step, parse_reply
@@ -67,7 +69,6 @@ class SessionResult:
     greeted: bool  # the server said 2xx at connect: counts as a session (Postfix's session limit)
     tls: bool  # the message, if sent, went over TLS
     tls_failed: bool  # opportunistic TLS failed: this address may be retried without TLS
-    kept_lease: bool = False  # the caller's connection lease now belongs to a parked connection
 
 
 async def run_session(
@@ -85,9 +86,8 @@ async def run_session(
     probe: bool = False,
     pool: ConnectionPool | None = None,
     destination: str = "",
-    lease: str | None = None,
+    slot: Slot | None = None,
     connection: Connection | None = None,
-    inherited_lease: str | None = None,
 ) -> SessionResult:
     """Run one SMTP session with `host` at `address`, returning every recipient's final reply.
 
@@ -95,10 +95,11 @@ async def run_session(
     is an event-loop time after which the session is abandoned and unfinished recipients are
     deferred. Credentials are only ever sent inside TLS. A `probe` stops after RCPT TO (no
     DATA; `mailroom check`), so each accepted recipient's reply is its RCPT reply. With `pool`,
-    a parked connection is reused and a healthy one parked afterwards (never for a probe); a
-    connection opened here takes over `lease` (the delivery's connection-cap lease) while it is
-    parked, and `kept_lease` says so. `connection` is one the caller already took from `pool`;
-    `inherited_lease`, one a closed connection left to this delivery, for the connection it opens.
+    a parked connection is reused and a healthy one parked afterwards (never for a probe).
+    `slot` is the delivery's right to a connection (`workers.connection_pool`): a connection
+    opened here takes its lease, one dropped gives it back; it must hold one unless a parked
+    connection is used. Without it the session uses (and empties) a slot of its own, as an
+    uncapped destination's. `connection` is one the caller already took from `pool`.
     """
     key = PoolKey(
         destination,
@@ -110,8 +111,10 @@ async def run_session(
     )
     reuse = None if probe else pool
     conversation = _Conversation(host, address, message, recipients, helo, timeouts)
-    conversation.lease = lease
-    conversation.spare_lease = inherited_lease
+    own = None
+    if slot is None:
+        slot = own = Slot(destination, held=True)
+    conversation.slot = slot
     conversation.pool = reuse
     conversation.key = key
     try:
@@ -121,6 +124,8 @@ async def run_session(
         conversation.abandon(replies.deadline_exceeded(host, conversation.step))
     finally:
         conversation.close()
+        if own is not None and reuse is not None:
+            await reuse.free(own)  # what a dropped parked connection left in it
         await asyncio.sleep(0)  # one loop turn lets the aborted transport release its socket
     return conversation.result()
 
@@ -145,9 +150,7 @@ class _Conversation(Ledger):
         self.connection: Connection | None = None
         self.pool: ConnectionPool | None = None
         self.key: PoolKey | None = None
-        self.lease: str | None = None  # the delivery's own connection lease (its caller's)
-        self.spare_lease: str | None = None  # a dropped parked connection's, to reuse
-        self.kept_lease = False
+        self.slot = Slot("", held=True)  # the delivery's right to open a connection
         self.greeted = False
         self.tls_active = False
         self.tls_failed = False
@@ -161,7 +164,6 @@ class _Conversation(Ledger):
             self.greeted,
             self.tls_active,
             self.tls_failed,
-            self.kept_lease,
         )
 
     @property
@@ -169,22 +171,14 @@ class _Conversation(Ledger):
         return None if self.connection is None else self.connection.smtp
 
     def close(self) -> None:
-        """Close the connection unless it was parked in the pool.
-
-        A lease it holds that is not the caller's own goes back through the pool (the caller
-        releases its own).
-        """
+        """Close the connection unless it was parked in the pool; its lease goes to the slot."""
         connection, self.connection = self.connection, None
-        if connection is not None:
-            if connection.lease == self.lease:
-                connection.lease = None
-            if self.pool is not None and self.key is not None:
-                self.pool.discard(self.key, connection)
-            else:
-                connection.close()
-        if self.spare_lease is not None and self.pool is not None and self.key is not None:
-            self.pool.give_back_lease(self.key, self.spare_lease)
-            self.spare_lease = None
+        if connection is None:
+            return
+        if self.pool is not None:
+            self.pool.detach(self.slot, connection)
+        else:
+            connection.close()
 
     async def run(
         self,
@@ -199,6 +193,8 @@ class _Conversation(Ledger):
         parked = given
         if parked is None and pool is not None and key is not None:
             parked = pool.take(key)
+        if parked is not None and pool is not None:
+            await pool.free(self.slot)  # the parked connection holds a lease of its own
         if parked is None or not await self.resume(parked, probe):
             if not await self.open(port, tls, credentials):
                 return
@@ -209,13 +205,16 @@ class _Conversation(Ledger):
         connection = self.connection
         # A server that asked to slow down gets its session ended, not kept open.
         reusable = not self.lost and not self.throttled
-        if reusable and pool is not None and key is not None and connection is not None:
-            parked_now = pool.give(key, connection)
-            if parked_now:
-                # Parked: the next delivery to this server RSETs it; an own lease stays with it.
-                self.kept_lease = self.lease is not None and connection.lease == self.lease
-                self.connection = None
-                return
+        if (
+            reusable
+            and pool is not None
+            and key is not None
+            and connection is not None
+            and pool.give(key, connection)
+        ):
+            # Parked, with its lease: the next delivery to this server RSETs it.
+            self.connection = None
+            return
         await self.quit()
 
     async def resume(self, connection: Connection, probe: bool) -> bool:
@@ -231,9 +230,7 @@ class _Conversation(Ledger):
             self, connection, self.message, self.timeouts, reset=True, probe=probe
         ):
             return True
-        # Its lease now covers the fresh connection that replaces it.
-        self.spare_lease, connection.lease = connection.lease, None
-        self.close()
+        self.close()  # its lease now covers the fresh connection that replaces it
         self.lost = self.throttled = False
         return False
 
@@ -259,12 +256,7 @@ class _Conversation(Ledger):
         opened = asyncio.get_running_loop().time()
         self.connection = Connection(smtp, None, tls_active=False, opened=opened)
         if self.pool is not None:
-            # The connection holds a cap lease for as long as it is open or parked: the
-            # delivery's own, or the one of the parked connection it replaces.
-            if self.lease is not None:
-                self.connection.lease = self.lease
-            else:
-                self.connection.lease, self.spare_lease = self.spare_lease, None
+            self.pool.attach(self.slot, self.connection)
         greeting = await self.call("connect", smtp.connect(), started, handshake=implicit)
         self.keep_transport()
         if greeting.reply_class != 2:
