@@ -52,8 +52,6 @@ log = logging.getLogger(__name__)
 _RESULT_CHARS = 1000  # under Celery's resultrepr_maxsize (1024), so the tally is never cut
 # Receivers often quote an address in their reply ("550 5.1.1 <bob@example.org>: unknown").
 _QUIT_WAIT = 5.0  # seconds a stopping worker gives its parked connections' QUITs
-# Results Redis refused are recorded again while the batch still holds its delivery leases.
-_RECORD_SHARE = 0.9
 
 
 class WorkerContext:
@@ -129,11 +127,18 @@ class WorkerContext:
                 disposition=disposition,
                 submit=runtime().submit,
                 limiter=limiter,
-                record_window=ttl_of_leases * _RECORD_SHARE,
+                # Between a session's deadline and its lease's expiry: first the cut-off for a
+                # session that overran (a bug), then the last try to record a kept result.
+                session_limit=_between(settings.session_timeout, ttl_of_leases, 0.5),
+                record_window=_between(settings.session_timeout, ttl_of_leases, 0.75),
             )
             self._producer = Mailroom(settings, client=client, app=self.app)
             self._redis = client
             self._pid = os.getpid()
+
+
+def _between(start: float, end: float, share: float) -> float:
+    return start + (end - start) * share
 
 
 @contextlib.contextmanager

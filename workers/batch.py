@@ -26,7 +26,8 @@ Redis outage longer than that hands the unrecorded deliveries back (`UnrecordedE
 `RedisError`: the worker requeues its task, and they are tried again; the documented at-least-
 once case). A result that cannot be applied for any other reason (a bug) is handed back at
 once: its delivery is deferred at the same attempt, so the sweeper brings it back; the rest of
-its group is recorded one by one.
+its group is recorded one by one. A session still running at `session_limit` (past its own
+deadline: a bug) is cancelled and deferred, so nothing holds a worker's thread for ever.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from workers.disposition import Disposition, Summary
 from workers.envelope import OutboundMessage
 from workers.leases import Leases
 from workers.outcome import Deferred
-from workers.rate_limits import Granted, Limiter, Throttled, is_throttling
+from workers.rate_limits import Granted, Limiter, Throttled, ThrottleReason, is_throttling
 from workers.reply import Code, Reply, Step
 from workers.smtp_record import StepRecord
 from workers.status import StatusStore
@@ -113,9 +114,12 @@ class BatchRunner:
         limiter: Limiter | None = None,
         clock: Callable[[], float] = time.time,
         record_window: float = 30.0,
+        session_limit: float = 20.0,
     ) -> None:
         """`record_window`: seconds after a batch's claim within which its results must be
-        recorded; below the delivery leases' TTL, so nobody else runs them meanwhile."""
+        recorded; below the delivery leases' TTL, so nobody else runs them meanwhile.
+        `session_limit`: seconds after the claim at which a session still running is cancelled
+        (sessions end at their own deadline, so only a bug gets there); below `record_window`."""
         self._agent = agent
         self._content = content
         self._status = status
@@ -126,6 +130,7 @@ class BatchRunner:
         self._limiter = limiter
         self._clock = clock
         self._record_window = record_window
+        self._session_limit = session_limit
 
     def run(self, items: Sequence[Item]) -> list[Handled]:
         """Deliver every item that is due; returns what each item handled came to.
@@ -136,7 +141,8 @@ class BatchRunner:
 
         :raises UnrecordedError: some results were still unrecorded when the window closed.
         """
-        record_by = time.monotonic() + self._record_window
+        claimed_at = time.monotonic()
+        record_by = claimed_at + self._record_window
         claimed = self._claim(items)
         gates = self._gate(claimed)
         admitted: list[_Running] = []
@@ -162,8 +168,12 @@ class BatchRunner:
         while waiting:
             # Whatever has finished by now is disposed of together: its leases go back in one
             # round trip, while the rest of the batch is still in its sessions.
-            done, waiting = wait(waiting, return_when=FIRST_COMPLETED)
-            finished = [(futures[f], _report_of(f, futures[f])) for f in done]
+            left = claimed_at + self._session_limit - time.monotonic()
+            done, waiting = wait(waiting, timeout=max(left, 0.0), return_when=FIRST_COMPLETED)
+            if done:
+                finished = [(futures[f], _report_of(f, futures[f])) for f in done]
+            else:
+                finished, waiting = [_cancelled(f, futures[f]) for f in waiting], set()
             _log_all(finished)
             kept = self._record(kept + finished, handled)
         kept = self._record_again(kept, handled, record_by)
@@ -257,8 +267,10 @@ class BatchRunner:
             )
             if self._limiter is not None:
                 for running, report in recorded:
-                    if any(_slows_down(o.reply) for o in report.outcomes):
-                        self._limiter.penalize(running.item.destination)
+                    cause = next((o.reply for o in report.outcomes if _slows_down(o.reply)), None)
+                    if cause is not None:
+                        codes = f"{cause.code} {cause.enhanced}".strip()
+                        self._limiter.penalize(running.item.destination, codes)
         except redis.RedisError as exc:
             log.warning("releasing leases after recording failed: %s", exc)
 
@@ -324,15 +336,41 @@ def _report_of(future: Future[DeliveryReport], running: _Running) -> DeliveryRep
         return _internal_error(running)
 
 
+def _cancelled(
+    future: Future[DeliveryReport], running: _Running
+) -> tuple[_Running, DeliveryReport]:
+    """A session still running at the batch's limit: cancelled, so the worker's thread is free
+    again and its lease still held when its deferral is recorded."""
+    if not future.cancel():  # it ended just now after all
+        return running, _report_of(future, running)
+    item = running.item
+    log.error(
+        "delivery %s|%s overran its deadline; cancelled, to be retried",
+        item.message_id,
+        item.destination,
+    )
+    text = "delivery overran its deadline and was cancelled; see the worker log"
+    return running, _all(running, Reply(Code.LOCAL_ERROR, "4.4.7", text, Step.OPEN_SESSION))
+
+
 def _slows_down(reply: Reply) -> bool:
-    """A receiver's own throttling reply (never Mailroom's synthetic ones)."""
-    return reply.step is not Step.GATE and is_throttling(reply.code, reply.enhanced)
+    """A receiver's server-wide throttling reply (never the gate's own, nor greylisting)."""
+    return reply.step is not Step.GATE and is_throttling(reply.code, reply.enhanced, reply.text)
+
+
+def _held_by(gate: Throttled, destination: str) -> str:
+    """What held a delivery back, named for what it is."""
+    if gate.reason is ThrottleReason.SLOWDOWN:
+        return f"slowed down after {gate.cause or 'a throttling reply'} from {destination}"
+    if gate.reason is ThrottleReason.CONNECTIONS:
+        return f"connection limit of {destination}"
+    return f"rate limit of {destination}"
 
 
 def _throttled(running: _Running, gate: Throttled) -> DeliveryReport:
     destination = running.item.destination
     wait = f"next slot in {gate.retry_after:.1f} s"
-    text = f"throttled by Mailroom: {gate.reason} limit of {destination}, {wait}"
+    text = f"throttled by Mailroom: {_held_by(gate, destination)}, {wait}"
     reply = Reply(Code.LOCAL_ERROR, "4.4.5", text, Step.GATE)
     outcomes = tuple(Deferred(r, reply, gate.retry_after) for r in running.recipients)
     return DeliveryReport(destination, outcomes, StepRecord("gate", reply, 0.0), ())

@@ -12,6 +12,7 @@ import pytest
 import redis
 
 from tests.support.dns_server import DnsServer
+from tests.support.raw_servers import MakeSilentServer
 from tests.support.redis_server import RedisServerFactory
 from tests.support.smtp_sink import MakeSink
 from tests.tasks.pipeline_support import wait_for
@@ -82,8 +83,17 @@ def test_stale_attempt_and_done_deliveries_are_skipped(redis_client: redis.Redis
     assert redis_client.keys("mailroom:lease:*") == []
 
 
+SINK_TIMEOUTS = Timeouts(connect=1, command=2, data=3, session=5)
+
+
 def sink_runner(
-    client: redis.Redis, dns_server: DnsServer, mx_port: int, disposition: Disposition | None = None
+    client: redis.Redis,
+    dns_server: DnsServer,
+    mx_port: int,
+    disposition: Disposition | None = None,
+    *,
+    timeouts: Timeouts = SINK_TIMEOUTS,
+    session_limit: float = 20,
 ) -> BatchRunner:
     """A runner whose agent delivers for real (implicit.test → 127.0.0.5 on `mx_port`)."""
     status = StatusStore(client, ttl=3600)
@@ -93,7 +103,7 @@ def sink_runner(
         mx_port=mx_port,
         relay=None,
         helo="client.mailroom.test",
-        timeouts=Timeouts(connect=1, command=2, data=3, session=5),
+        timeouts=timeouts,
     )
     return BatchRunner(
         agent=agent,
@@ -105,6 +115,7 @@ def sink_runner(
         or Disposition(status, deferred, DeadLetters(client, 3600), delays=(60,), max_age=3600),
         submit=runtime().submit,
         record_window=25,
+        session_limit=session_limit,
     )
 
 
@@ -201,4 +212,33 @@ def test_a_result_that_cannot_be_applied_is_handed_back_not_left_queued(
     entries: list[bytes] = redis_client.zrange("mailroom:deferred", 0, -1)  # type: ignore[assignment]
     members = {entry.decode() for entry in entries}
     assert members == {"good|implicit.test|2", "bad|implicit.test|1"}
+    assert redis_client.keys("mailroom:lease:*") == []
+
+
+def test_a_session_running_past_the_batch_limit_is_cancelled_and_deferred(
+    redis_client: redis.Redis,
+    dns_server: DnsServer,
+    mx_port: int,
+    make_silent_server: MakeSilentServer,
+) -> None:
+    # A server that never greets, and timeouts far beyond the batch's limit: as if a session
+    # ignored its deadline, the way a bug would make it.
+    make_silent_server("127.0.0.5", port=mx_port)
+    item = queue(redis_client, "stuck", "a@implicit.test")
+    runner = sink_runner(
+        redis_client,
+        dns_server,
+        mx_port,
+        timeouts=Timeouts(connect=30, command=30, data=30, session=30),
+        session_limit=0.5,
+    )
+
+    with ThreadPoolExecutor(1) as pool:
+        [handled] = pool.submit(runner.run, [item]).result(timeout=10)
+
+    assert (handled.summary.deferred, handled.summary.code) == (1, "451 4.4.7")
+    assert "overran its deadline" in handled.summary.last
+    assert recipient_states(redis_client, "stuck") == ["deferred"]
+    entries: list[bytes] = redis_client.zrange("mailroom:deferred", 0, -1)  # type: ignore[assignment]
+    assert [entry.decode() for entry in entries] == ["stuck|implicit.test|2"]
     assert redis_client.keys("mailroom:lease:*") == []
