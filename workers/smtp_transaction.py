@@ -90,7 +90,9 @@ async def read_reply(
     if last and (got.at < wire.flushed or wire.heard_more):
         return _out_of_step(ledger, wire, verb, f"{answer} came out of step", started)
     if answer.reply_class > 3:
-        ledger.throttled = ledger.throttled or is_throttling(answer.code, answer.enhanced)
+        ledger.throttled = ledger.throttled or is_throttling(
+            answer.code, answer.enhanced, answer.text
+        )
     ledger.record(verb, answer, started, got.at)
     return answer
 
@@ -251,9 +253,9 @@ class _Transaction:
             answer = _out_of_step(ledger, wire, "DATA", f"more than {answer} came", started)
         elif answer.code == Code.START_INPUT:
             ledger.steps.pop()  # one DATA step, with the reply after the dot
-            wire.send(message_bytes(self.message.data), 1)
+            written = wire.send(message_bytes(self.message.data), 1)
             # The dot left only if the server kept reading (RFC 5321 §4.5.3.2.5's data block).
-            ledger.body_sent = await wire.drain(self.timeouts.data_block)
+            ledger.body_sent = written and await wire.drain(self.timeouts.data_block)
             answer = await read_reply(ledger, wire, "DATA", started, self.timeouts.data, last=True)
             if ledger.lost and ledger.body_sent:
                 answer = ambiguous(answer)  # the dot may have arrived unanswered

@@ -97,16 +97,18 @@ class Wire(asyncio.Protocol):
         then its end was still in our buffer, so a reply complete before then cannot answer it."""
         return self._flushed
 
-    def send(self, data: bytes, replies: int) -> None:
-        """Write `data`, which asks for `replies` replies (0 for message content)."""
+    def send(self, data: bytes, replies: int) -> bool:
+        """Write `data`, which asks for `replies` replies (0 for message content); False when
+        the connection was already gone, so nothing was written."""
         transport = self._transport
         if transport is None or transport.is_closing():
             self._close("connection lost")
-            return
+            return False
         self._expected += replies
         transport.write(data)
         if self._writable is None:
             self._flushed = time.perf_counter()
+        return True
 
     async def drain(self, stall: float) -> bool:
         """Wait until the transport has room again (a large message fills its buffer).
