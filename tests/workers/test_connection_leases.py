@@ -23,7 +23,7 @@ from tests.workers.test_smtp_session import FAST, message
 from workers.connection_pool import ConnectionPool
 from workers.delivery import DeliveryAgent
 from workers.mx import MxResolver
-from workers.outcome import Delivered
+from workers.outcome import Deferred, Delivered
 from workers.rate_limits import Limiter
 
 DESTINATION = "lease.test"
@@ -147,4 +147,38 @@ async def test_a_failed_rset_hands_its_lease_to_the_connection_that_replaces_it(
         ["EHLO", "MAIL", "RCPT", "DATA"],
     ]
     assert first.sessions[0].commands[4:] == ["RSET"]
+    assert max(open_now for open_now, _ in sampler.samples) == 1
+
+
+async def test_with_the_cap_full_and_nothing_idle_the_next_mx_host_is_not_dialled(
+    agent: DeliveryAgent, make_sink: MakeSink, mx_port: int, redis_client: redis.Redis
+) -> None:
+    first = make_sink(FIRST, port=mx_port, slow_seconds=0.3)
+    second = make_sink(SECOND, port=mx_port)
+    pool = agent.pool
+    assert pool is not None
+    with Sampler([first, second], redis_client) as sampler:
+        try:
+            # The first host keeps "busy@" for the next MX host, and takes its time over
+            # "slow-rcpt@": long enough for another delivery to queue for the connection, which
+            # it gets when the first delivery parks it.
+            moving = asyncio.create_task(
+                agent.deliver(
+                    message(), DESTINATION, ["450-busy@lease.test", "slow-rcpt@lease.test"]
+                )
+            )
+            assert await first.wait_until_async(lambda: len(first.sessions) == 1)
+            waiting = asyncio.create_task(agent.deliver(message(), DESTINATION, ["c@lease.test"]))
+            moved, waited = await asyncio.gather(moving, waiting)
+            assert await sampler.settled(1) == (1, 1)
+        finally:
+            await agent.close()
+
+    busy, slow = moved.outcomes
+    assert isinstance(busy, Deferred)
+    assert busy.reply.code == 450  # the first host's reply: the cap let no second connection open
+    assert isinstance(slow, Delivered)
+    assert all(isinstance(o, Delivered) for o in waited.outcomes)
+    assert second.sessions == []
+    assert len(first.sessions) == 1
     assert max(open_now for open_now, _ in sampler.samples) == 1
