@@ -9,7 +9,8 @@ finished, the parked copy finds its attempt stale or nothing pending and skips.
 
 Then the cluster-wide rate gate (`workers.rate_limits`): a delivery over its destination's rate
 is deferred to the time the limiter names, without opening a connection or waiting in a worker
-slot. A receiver's throttling reply slows the whole destination down. The connection cap is the
+slot. A receiver's server-wide throttling reply (`is_throttling`: not greylisting, which defers
+its recipient only) slows the whole destination down. The connection cap is the
 delivery agent's: it counts connections, not deliveries, and a delivery that finds it full waits
 on the event loop for one of this worker's connections to its destination (`workers.delivery`).
 
@@ -364,6 +365,15 @@ def _held_by(gate: Throttled, destination: str) -> str:
         return f"slowed down after {gate.cause or 'a throttling reply'} from {destination}"
     if gate.reason is ThrottleReason.CONNECTIONS:
         return f"connection limit of {destination}"
+    return f"rate limit of {destination}"
+
+
+def _held_by(gate: Throttled, destination: str) -> str:
+    """What held a delivery back, named for what it is."""
+    if gate.reason is ThrottleReason.SLOWDOWN:
+        return f"slowed down after {gate.cause or 'a throttling reply'} from {destination}"
+    if gate.reason is ThrottleReason.CONNECTIONS:
+        return f"connections limit of {destination}"
     return f"rate limit of {destination}"
 
 

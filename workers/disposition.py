@@ -5,9 +5,10 @@ Delivered recipients are marked at once; Deferred ones get their next due time f
 `retry_schedule` and wait in the deferred set, or turn `expired` once MAX_AGE has passed (keeping
 the last reply the server gave); Bounced and expired recipients go to the dead-letter queue.
 
-A throttled delivery (the cluster's rate limit or connection cap said "not yet", before any
-connection) is no attempt: it keeps its attempt number, is deferred to exactly the time the
-limiter named, and leaves no attempt record; it still ages, so MAX_AGE can expire it.
+A throttled delivery (the cluster's rate limit, slow-down or connection cap said "not yet",
+before any connection) is no attempt: it keeps its attempt number, is deferred to exactly the
+time the limiter named, and leaves no attempt record; it still ages, so MAX_AGE can expire it.
+Its recipients show `deferred` with why and until when (`StatusStore.throttle_many`).
 
 Write order is what makes a crash at any point safe. The deferred entry and the dead letter are
 written before the status record, whose write also advances the delivery's attempt number: a task
@@ -99,6 +100,7 @@ class Disposition:
         summaries = []
         records: list[Record] = []
         counts: list[tuple[DeliveryReport, Counter[RecipientState], bool]] = []
+        held: list[tuple[str, list[str], Reply, float]] = []
         for message_id, attempt, first_queued, report in deliveries:
             deferred = [o for o in report.outcomes if isinstance(o, Deferred)]
             throttled = is_throttled(report)
@@ -122,6 +124,8 @@ class Disposition:
                 self._deferred.defer(message_id, report.destination, next_attempt, due)
             if throttled:
                 if due is not None:
+                    gate = report.outcomes[0].reply
+                    held.append((message_id, [o.recipient for o in report.outcomes], gate, due))
                     counts.append((report, Counter(), throttled))
                     summaries.append(_summary(states))  # no attempt, no state change
                     continue
@@ -137,11 +141,13 @@ class Disposition:
                     states,
                     [] if throttled else attempts_json(report),
                     next_attempt if due is not None and not throttled else None,
+                    due,
                 )
             )
             counts.append((report, Counter(state for state, _ in states.values()), throttled))
             summaries.append(_summary(states))
         self._status.record_many(records)
+        self._status.throttle_many(held)
         for report, outcomes, throttled in counts:
             self._count(report, outcomes, throttled)
         return summaries

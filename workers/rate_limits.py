@@ -13,11 +13,13 @@ Keys (times in microseconds of Redis TIME):
     mailroom:rate:tat:{destination}               GCRA theoretical arrival time, PX until it passes
     mailroom:rate:resv:{destination}:{delivery}   reserved slot of one delivery, PX slot + 60 s
     mailroom:rate:slow:{destination}              penalty interval in ms, PX 120 s from last penalty
+    mailroom:rate:cause:{destination}             the reply that caused it ("421 4.7.0"), as long
     mailroom:rate:conn:{destination}              zset member lease token, score lease expiry
 """
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -32,17 +34,25 @@ from workers.reply import Code
 WILDCARD = "*"
 _V = TypeVar("_V")
 _MICROS = 1_000_000
-# RFC 5321 does not name 432; Microsoft uses "432 4.3.2" for its concurrency throttling.
-_CODE_432 = 432
 _FOUR_SEVEN_THROTTLING = (Code.MAILBOX_BUSY, Code.LOCAL_ERROR, Code.INSUFFICIENT_STORAGE)
+# RFC 3463 network and TLS failures: what Mailroom says about a refused, dropped or timed-out
+# connection (workers.reply), never a server asking for less.
+_CONNECTION_FAILURES = frozenset({"4.4.1", "4.4.2", "4.4.7", "4.7.5"})
+_GREYLISTING = re.compile(r"gr[ae]y[- ]?list", re.IGNORECASE)
+# How Postfix (anvil), Exchange Online, Gmail and Yahoo word a volume throttle.
+_VOLUME = re.compile(
+    r"too many|\brate\b|busy|throttl|limit|volume|slow down|congest|overload|exceeded",
+    re.IGNORECASE,
+)
 _CONNECTION_RETRY_MIN = 0.2
 _CONNECTION_RETRY_MAX = 1.0
 
-# KEYS: tat, slow, reservation.
+# KEYS: tat, slow, reservation, cause.
 # ARGV: interval µs (0 = unlimited), most wait reserved µs, reservation tolerance µs,
 #       reservation grace ms.
-# Returns {granted 0|1, wait µs, reason}. Numbers are written with %.0f: tostring() would print
-# 1.7e+15 and lose the microseconds.
+# Returns {granted 0|1, wait µs, reason, cause}: reason 'slowdown' (with the reply that caused
+# it) when a penalty is what spaces the sends, else 'rate'. Numbers are written with %.0f:
+# tostring() would print 1.7e+15 and lose the microseconds.
 _ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -52,13 +62,17 @@ local tolerance = tonumber(ARGV[3])
 local grace_ms = tonumber(ARGV[4])
 local function num(x) return string.format('%.0f', x) end
 
+local reason, cause = 'rate', ''
 local slow = redis.call('GET', KEYS[2])
-if slow then interval = math.max(interval, tonumber(slow) * 1000) end
+if slow and tonumber(slow) * 1000 > interval then
+  interval = tonumber(slow) * 1000
+  reason, cause = 'slowdown', redis.call('GET', KEYS[4]) or ''
+end
 
 local slot = redis.call('GET', KEYS[3])
 if slot and interval > 0 then
   slot = tonumber(slot)
-  if slot > now + tolerance then return {0, slot - now, 'rate'} end
+  if slot > now + tolerance then return {0, slot - now, reason, cause} end
   redis.call('DEL', KEYS[3])
   return {1, 0, ''}
 elseif slot then
@@ -69,12 +83,12 @@ if interval > 0 then
   local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
   local start = math.max(tat, now)
   local wait = start - now
-  if wait > ahead then return {0, wait, 'rate'} end
+  if wait > ahead then return {0, wait, reason, cause} end
   local next_tat = start + interval
   redis.call('SET', KEYS[1], num(next_tat), 'PX', math.ceil((next_tat - now) / 1000) + 1000)
   if wait > 0 then
     redis.call('SET', KEYS[3], num(start), 'PX', math.ceil(wait / 1000) + grace_ms)
-    return {0, wait, 'rate'}
+    return {0, wait, reason, cause}
   end
 end
 return {1, 0, ''}
@@ -97,8 +111,9 @@ if redis.call('PTTL', KEYS[1]) < keep_ms then redis.call('PEXPIRE', KEYS[1], kee
 return {1, 0, ''}
 """
 
-# KEYS: slow, tat. ARGV: first interval ms, most ms, ttl ms. Returns the new interval in ms.
-# The throttled send happened just now, so the next one waits a full interval from now.
+# KEYS: slow, tat, cause. ARGV: first interval ms, most ms, ttl ms, the reply that caused it.
+# Returns the new interval in ms. The throttled send happened just now, so the next one waits a
+# full interval from now.
 _PENALIZE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -106,6 +121,7 @@ local current = redis.call('GET', KEYS[1])
 local ms = tonumber(ARGV[1])
 if current then ms = math.min(tonumber(current) * 2, tonumber(ARGV[2])) end
 redis.call('SET', KEYS[1], string.format('%.0f', ms), 'PX', ARGV[3])
+redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[3])
 local tat = tonumber(redis.call('GET', KEYS[2]) or '0')
 local next_tat = math.max(tat, now + ms * 1000)
 redis.call('SET', KEYS[2], string.format('%.0f', next_tat), 'PX',
@@ -117,7 +133,8 @@ return ms
 class ThrottleReason(StrEnum):
     """Which limit said "not yet"."""
 
-    RATE = "rate"  # the destination's rate (configured or after a penalty)
+    RATE = "rate"  # the destination's configured rate
+    SLOWDOWN = "slowdown"  # the destination's slow-down after a receiver's throttling reply
     CONNECTIONS = "connections"  # the destination's connection cap is full
 
 
@@ -134,19 +151,28 @@ class Throttled:
 
     retry_after: float
     reason: ThrottleReason
+    cause: str = ""  # SLOWDOWN: the reply that caused it, e.g. "421 4.7.0"
 
 
-def is_throttling(code: int, enhanced: str) -> bool:
-    """Whether a receiver's reply asks Mailroom to slow down (a reason to `penalize`).
+def is_throttling(code: int, enhanced: str, text: str = "") -> bool:
+    """Whether a receiver's reply asks Mailroom to send less to the whole destination (a reason
+    to `penalize`, and to end the session rather than keep it).
 
-    421 always; 450, 451 and 452 with an RFC 3463 X.7.x (security or policy) enhanced code;
-    432 with 4.3.2 (Microsoft's "too many concurrent connections").
+    Server-wide signals only: 421 (the server closes the session) unless its enhanced code
+    names a network or TLS failure (X.4.1, X.4.2, X.4.7, X.7.5: Mailroom's own replies for a
+    refused, dropped, timed-out or failed connection); any 4xx with 4.3.2 ("system not
+    accepting network messages", Microsoft's 432 4.3.2 concurrency throttling); and 450, 451 or
+    452 with a X.7.x policy code whose text speaks of volume ("too many", "rate", "busy",
+    "throttled", "limit" ...). Greylisting (451 4.7.1 to one RCPT) and other replies about one
+    recipient or one message defer that recipient only.
     """
     if code == Code.SERVICE_UNAVAILABLE:
+        return enhanced not in _CONNECTION_FAILURES
+    if code // 100 == 4 and enhanced == "4.3.2":
         return True
-    if code in _FOUR_SEVEN_THROTTLING:
-        return enhanced.startswith("4.7.")
-    return code == _CODE_432 and enhanced == "4.3.2"
+    if code in _FOUR_SEVEN_THROTTLING and enhanced.startswith("4.7."):
+        return not _GREYLISTING.search(text) and bool(_VOLUME.search(text))
+    return False
 
 
 class Limiter:
@@ -215,6 +241,7 @@ class Limiter:
                 f"mailroom:rate:tat:{name}",
                 f"mailroom:rate:slow:{name}",
                 f"mailroom:rate:resv:{name}:{delivery_key}",
+                f"mailroom:rate:cause:{name}",
             ]
             args = [
                 0 if rate is None else _micros(rate.interval),
@@ -245,27 +272,36 @@ class Limiter:
         """Give back one connection lease (a parked connection's, when it closes)."""
         self._redis.zrem(f"mailroom:rate:conn:{destination.lower()}", lease)
 
-    def penalize(self, destination: str) -> float:
+    def penalize(self, destination: str, cause: str = "") -> float:
         """Slow `destination` down after a throttling reply; returns the new spacing in seconds.
 
         The first penalty spaces sends 1 s apart, each further one while the penalty lives
         doubles it (at most 60 s); the penalty lapses `slowdown_ttl` after the last one.
+        `cause` (the reply's codes, e.g. "421 4.7.0") is what deliveries held back by the
+        slow-down give as its reason.
         """
         name = destination.lower()
         first, most = self._slowdown
-        keys = [f"mailroom:rate:slow:{name}", f"mailroom:rate:tat:{name}"]
-        interval_ms = self._penalize(keys=keys, args=[first, most, self._slowdown_ttl_ms])
+        keys = [
+            f"mailroom:rate:slow:{name}",
+            f"mailroom:rate:tat:{name}",
+            f"mailroom:rate:cause:{name}",
+        ]
+        args: list[int | str] = [first, most, self._slowdown_ttl_ms, cause]
+        interval_ms = self._penalize(keys=keys, args=args)
         return int(interval_ms) / 1000
 
 
 def _answer(reply: Sequence[Any], cap: int, token: str) -> Granted | Throttled:
-    granted, wait_us, reason = reply
+    granted, wait_us, reason, *cause = reply
     if int(granted):
         return Granted(token if cap else None)
     wait = int(wait_us) / _MICROS
     if _text(reason) == ThrottleReason.CONNECTIONS:
         retry = min(max(wait, _CONNECTION_RETRY_MIN), _CONNECTION_RETRY_MAX)
         return Throttled(retry, ThrottleReason.CONNECTIONS)
+    if _text(reason) == ThrottleReason.SLOWDOWN:
+        return Throttled(wait, ThrottleReason.SLOWDOWN, _text(cause[0]) if cause else "")
     return Throttled(wait, ThrottleReason.RATE)
 
 

@@ -387,7 +387,9 @@ class _Conversation(Ledger):
             answer = parse_reply(response.code, response.message, self.step)
         except SMTPResponseException as exc:
             answer = parse_reply(exc.code, exc.message, self.step)
-            self.throttled = self.throttled or is_throttling(answer.code, answer.enhanced)
+            self.throttled = self.throttled or is_throttling(
+                answer.code, answer.enhanced, answer.text
+            )
         except (SMTPException, OSError) as exc:
             self.lost = True
             answer = _translate(exc, self.host, self.step, handshake=handshake)

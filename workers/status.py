@@ -33,6 +33,9 @@ from workers.redaction import redact_addresses
 from workers.reply import Reply
 
 ATTEMPTS_KEPT = 100
+# Recipient fields only a deferred recipient has: why the gate held it back (only when it did)
+# and when it is due again.
+_WHEN_DEFERRED = ("throttled", "next_attempt")
 
 _log = logging.getLogger(__name__)
 
@@ -109,17 +112,20 @@ def _lua_transitions() -> str:
     return "{" + ",".join(rows) + "}"
 
 
-# KEYS: msg, rcpt, dlv, attempts. ARGV: ttl, attempts kept, next attempt ("" for none), the
-# number n of attempt records, n attempt JSONs, then (address, state, code, enhanced, reply)
-# per recipient. Returns the refused moves as a flat list: address, current state, new state.
+# KEYS: msg, rcpt, dlv, attempts. ARGV: ttl, attempts kept, next attempt ("" for none), its
+# due time (ISO-8601, "" for none), the number n of attempt records, n attempt JSONs, then
+# (address, state, code, enhanced, reply) per recipient. A recipient moved to deferred gets the
+# due time as "next_attempt"; every recipient moved loses "throttled" (a real attempt's reply
+# replaces the gate's). Returns the refused moves as a flat list: address, current state, new
+# state.
 # dlv's "attempt" is replaced textually: decoding and re-encoding with cjson would round
 # first_queued to 14 digits.
 _RECORD = f"""
 if redis.call('EXISTS', KEYS[1]) == 0 then return {{}} end
 local allowed = {_lua_transitions()}
-local n = tonumber(ARGV[4])
+local n = tonumber(ARGV[5])
 local refused, destinations = {{}}, {{}}
-for i = 5 + n, #ARGV, 5 do
+for i = 6 + n, #ARGV, 5 do
   local address, state = ARGV[i], ARGV[i + 1]
   local current = redis.call('HGET', KEYS[2], address)
   if not current then
@@ -130,6 +136,8 @@ for i = 5 + n, #ARGV, 5 do
     if allowed[rec.state] and allowed[rec.state][state] then
       rec.state, rec.code = state, tonumber(ARGV[i + 2])
       rec.enhanced, rec.reply = ARGV[i + 3], ARGV[i + 4]
+      rec.throttled, rec.next_attempt = nil, nil
+      if state == 'deferred' and ARGV[4] ~= '' then rec.next_attempt = ARGV[4] end
       redis.call('HSET', KEYS[2], address, cjson.encode(rec))
     else
       table.insert(refused, address); table.insert(refused, rec.state); table.insert(refused, state)
@@ -145,10 +153,37 @@ if ARGV[3] ~= '' then
     end
   end
 end
-for i = 5, 4 + n do redis.call('RPUSH', KEYS[4], ARGV[i]) end
+for i = 6, 5 + n do redis.call('RPUSH', KEYS[4], ARGV[i]) end
 redis.call('LTRIM', KEYS[4], -tonumber(ARGV[2]), -1)
 for _, key in ipairs(KEYS) do redis.call('EXPIRE', key, ARGV[1]) end
 return refused
+"""
+
+# KEYS: msg, rcpt. ARGV: ttl, code, enhanced, text of the gate's reply, next attempt (ISO-8601),
+# then the addresses the gate held back. Each one still queued or deferred becomes deferred with
+# "throttled" (why) and "next_attempt"; its last reply stays a server's if it had one, else it
+# becomes the gate's. No attempt is recorded: none was made.
+_THROTTLE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local held = 0
+for i = 6, #ARGV do
+  local current = redis.call('HGET', KEYS[2], ARGV[i])
+  if current then
+    local rec = cjson.decode(current)
+    if rec.state == 'queued' or rec.state == 'deferred' then
+      rec.state = 'deferred'
+      if rec.code == cjson.null or rec.code == nil or rec.enhanced == ARGV[3] then
+        rec.code, rec.enhanced, rec.reply = tonumber(ARGV[2]), ARGV[3], ARGV[4]
+      end
+      rec.throttled, rec.next_attempt = ARGV[4], ARGV[5]
+      redis.call('HSET', KEYS[2], ARGV[i], cjson.encode(rec))
+      held = held + 1
+    end
+  end
+end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+return held
 """
 
 # KEYS: msg, rcpt, dlv, attempts. ARGV: destination, now (JSON number), ttl.
@@ -235,9 +270,14 @@ return marked
 
 
 # One delivery's results for `StatusStore.record`: message id, (state, reply) by address, the
-# attempt records, and the next attempt number (None: not rescheduled).
+# attempt records, the next attempt number (None: not rescheduled) and its due time (UNIX time,
+# shown as deferred recipients' "next_attempt"; None: not known).
 Record = tuple[
-    str, Mapping[str, tuple["RecipientState", Reply]], Sequence[Mapping[str, Any]], int | None
+    str,
+    Mapping[str, tuple["RecipientState", Reply]],
+    Sequence[Mapping[str, Any]],
+    int | None,
+    float | None,
 ]
 
 
@@ -306,6 +346,7 @@ class StatusStore:
         self._mark_enqueued = redis.register_script(_MARK_ENQUEUED)
         self._create = redis.register_script(_CREATE)
         self._take_over = redis.register_script(_TAKE_OVER)
+        self._throttle = redis.register_script(_THROTTLE)
 
     @staticmethod
     def _keys(message_id: str) -> list[str]:
@@ -460,27 +501,30 @@ class StatusStore:
         outcome_by_address: Mapping[str, tuple[RecipientState, Reply]],
         attempt_json: Sequence[Mapping[str, Any]],
         next_attempt: int | None,
+        due: float | None = None,
     ) -> None:
         """Apply one delivery's results in one atomic step.
 
         Sets each address's state and last reply (code, enhanced code, text) where the move is
         allowed (`can_transition`), appends the attempt records (the newest 100 are kept), and,
-        when `next_attempt` is given, sets the attempt counter of the recipients' destination.
-        Refused moves and unknown addresses are skipped and logged. Does nothing for an unknown
+        when `next_attempt` is given, sets the attempt counter of the recipients' destination;
+        `due` becomes the "next_attempt" time of recipients moved to deferred. Refused moves
+        and unknown addresses are skipped and logged. Does nothing for an unknown
         or expired message.
         """
-        self.record_many([(message_id, outcome_by_address, attempt_json, next_attempt)])
+        self.record_many([(message_id, outcome_by_address, attempt_json, next_attempt, due)])
 
     def record_many(self, records: Sequence[Record]) -> None:
         """`record` for many deliveries in one round trip (each still one atomic script)."""
         if not records:
             return
         pipe = self._redis.pipeline(transaction=False)
-        for message_id, outcome_by_address, attempt_json, next_attempt in records:
+        for message_id, outcome_by_address, attempt_json, next_attempt, due in records:
             arguments: list[str | int] = [
                 self._ttl,
                 ATTEMPTS_KEPT,
                 "" if next_attempt is None else int(next_attempt),
+                "" if due is None else iso_time(due),
                 len(attempt_json),
             ]
             arguments += [_dumps(attempt) for attempt in attempt_json]
@@ -498,6 +542,20 @@ class StatusStore:
                     current or "(unknown recipient)",
                     new,
                 )
+
+    def throttle_many(self, held: Sequence[tuple[str, Sequence[str], Reply, float]]) -> None:
+        """Note deliveries the gate held back: (message id, addresses, the gate's reply, due
+        UNIX time) each. Their queued or deferred recipients show `deferred`, with the reply's
+        text as "throttled" and the due time as "next_attempt"; no attempt is recorded."""
+        if not held:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for message_id, addresses, reply, due in held:
+            keys = self._keys(message_id)[:2]
+            args: list[str | int] = [self._ttl, int(reply.code), reply.enhanced, reply.text]
+            args += [iso_time(due), *addresses]
+            self._throttle(keys=keys, args=args, client=pipe)
+        pipe.execute()
 
     def requeue(self, message_id: str, destination: str, now: float) -> list[str]:
         """Put the bounced and expired recipients of one delivery back to queued.
@@ -545,6 +603,7 @@ class StatusStore:
                     "code": record["code"],
                     "enhanced": record["enhanced"],
                     "reply": redact_addresses(record["reply"]),
+                    **{key: record[key] for key in _WHEN_DEFERRED if key in record},
                 }
                 for record in recipients
             ],

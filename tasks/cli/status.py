@@ -43,6 +43,11 @@ def as_lines(view: dict[str, Any]) -> list[str]:
     lines = [f"{view['id']}  {view['state']}"]
     for r in view["recipients"]:
         reply = " ".join(str(p) for p in (r.get("code"), r.get("enhanced"), r.get("reply")) if p)
+        # A delivery the gate held back says why (when its last reply is a server's) and when.
+        if r.get("throttled") and r["throttled"] != r.get("reply"):
+            reply += f"; held back: {r['throttled']}"
+        if r.get("next_attempt"):
+            reply += f"; next attempt {r['next_attempt']}"
         lines.append(f"  {_shown(r['address']):<40} {r['state']:<10} {_shown(reply)}")
     for attempt in view["attempts"]:
         where = f"{_shown(attempt['destination'])}  {_shown(attempt['host'])}"

@@ -15,7 +15,7 @@ from workers.disposition import Disposition
 from workers.outcome import Bounced, Deferred, Delivered, Outcome
 from workers.reply import Reply, Step
 from workers.smtp_record import StepRecord
-from workers.status import StatusStore
+from workers.status import StatusStore, iso_time
 
 NOW = 1_800_000_000.0
 OK = Reply(250, "2.0.0", "ok", Step.DATA)
@@ -103,7 +103,11 @@ def test_throttled_is_no_attempt_and_keeps_its_number(redis_client: redis.Redis)
     view = status.view("m1")
     assert view is not None
     assert view["attempts"] == []
-    assert {r["state"] for r in view["recipients"]} == {"queued"}
+    # Shown as held back, with why and until when (it was shown `queued`, with nothing).
+    assert {
+        (r["state"], r["code"], r["enhanced"], r["throttled"], r["next_attempt"])
+        for r in view["recipients"]
+    } == {("deferred", GATE.code, GATE.enhanced, GATE.text, iso_time(NOW + 0.4))}
 
 
 def test_expiring_while_throttled_keeps_the_last_server_reply(redis_client: redis.Redis) -> None:

@@ -61,7 +61,7 @@ def _wait(answer: Granted | Throttled) -> float:
     """0 for a grant, else the rate wait (a connection throttle here is a test failure)."""
     if isinstance(answer, Granted):
         return 0.0
-    assert answer.reason is ThrottleReason.RATE, answer
+    assert answer.reason in (ThrottleReason.RATE, ThrottleReason.SLOWDOWN), answer
     return answer.retry_after
 
 
@@ -302,6 +302,25 @@ def test_penalty_spaces_an_unlimited_destination(redis_client: redis.Redis) -> N
     assert waits == pytest.approx([1.0, 2.0, 3.0], abs=SLACK)
 
 
+def test_a_delivery_held_by_the_slow_down_names_the_reply_that_caused_it(
+    redis_client: redis.Redis,
+) -> None:
+    limiter = _limiter(redis_client)
+    limiter.penalize(DEST, "421 4.7.0")
+
+    answer = limiter.acquire(DEST, _key())
+
+    assert isinstance(answer, Throttled)
+    assert (answer.reason, answer.cause) == (ThrottleReason.SLOWDOWN, "421 4.7.0")
+    # A configured rate slower than the penalty is what holds deliveries back, not the penalty.
+    slower = _limiter(redis_client, {"other.example": Rate(1, 3)})
+    slower.penalize("other.example", "421 4.7.0")
+    slower.acquire("other.example", _key())
+    held = slower.acquire("other.example", _key())
+    assert isinstance(held, Throttled)
+    assert (held.reason, held.cause) == (ThrottleReason.RATE, "")
+
+
 def test_penalties_double_up_to_a_minute(redis_client: redis.Redis) -> None:
     limiter = _limiter(redis_client)
     spacings = [limiter.penalize(DEST) for _ in range(9)]
@@ -364,26 +383,43 @@ def test_bad_limits_are_refused(
 
 
 @pytest.mark.parametrize(
-    ("code", "enhanced", "throttling"),
+    ("code", "enhanced", "text", "throttling"),
     [
-        (421, "", True),
-        (421, "4.4.2", True),
-        (421, "4.7.0", True),
-        (450, "4.7.1", True),
-        (451, "4.7.0", True),
-        (452, "4.7.28", True),
-        (451, "4.3.0", False),
-        (450, "4.2.1", False),
-        (452, "4.2.2", False),
-        (451, "", False),
-        (432, "4.3.2", True),
-        (432, "4.7.12", False),
-        (432, "", False),
-        (454, "4.7.0", False),
-        (550, "5.7.1", False),
-        (554, "5.7.0", False),
-        (250, "2.0.0", False),
+        # Server-wide: the server closes the session, or says it takes no more for now.
+        (421, "", "Service not available", True),
+        (421, "4.7.0", "Try again later, closing connection", True),
+        (421, "4.3.2", "Service shutting down", True),
+        (432, "4.3.2", "STOREDRV.Deliver; mailbox server is too busy", True),
+        (452, "4.3.2", "Error: too many messages from 192.0.2.1", True),
+        (451, "4.3.2", "System not accepting network messages", True),
+        (421, "4.7.28", "unusual rate of unsolicited mail", True),
+        (450, "4.7.1", "Error: too many recipients from 192.0.2.1", True),
+        (451, "4.7.0", "Too many connections from your IP", True),
+        (451, "4.7.500", "Server busy. Please try again later from [192.0.2.1]", True),
+        (452, "4.7.0", "Rate limit exceeded", True),
+        # One recipient's business: greylisting, a full or busy mailbox, a recipient limit.
+        (451, "4.7.1", "greylisted, try again later", False),
+        (450, "4.7.1", "<a@example.org>: Recipient address rejected: Greylisted", False),
+        (451, "4.7.1", "Please try again later", False),
+        (451, "4.7.1", "", False),
+        (450, "4.2.0", "Greylisted, see http://postgrey.schweikert.ch/", False),
+        (450, "4.2.1", "receiving mail at a rate that prevents additional messages", False),
+        (452, "4.2.2", "mailbox full", False),
+        (452, "4.5.3", "Error: too many recipients", False),
+        (451, "4.3.0", "local error in processing", False),
+        (451, "", "", False),
+        (432, "4.7.12", "A password transition is needed", False),
+        (432, "", "", False),
+        (454, "4.7.0", "TLS not available due to local problem", False),
+        # Mailroom's own replies about the connection, not a server asking for less.
+        (421, "4.4.1", "connection refused", False),
+        (421, "4.4.2", "connection dropped", False),
+        (421, "4.4.7", "delivery took longer than 600 s", False),
+        (421, "4.7.5", "TLS handshake failed", False),
+        (550, "5.7.1", "too many recipients", False),
+        (554, "5.7.0", "rate limited", False),
+        (250, "2.0.0", "ok", False),
     ],
 )
-def test_is_throttling(code: int, enhanced: str, throttling: bool) -> None:
-    assert is_throttling(code, enhanced) is throttling
+def test_is_throttling(code: int, enhanced: str, text: str, throttling: bool) -> None:
+    assert is_throttling(code, enhanced, text) is throttling

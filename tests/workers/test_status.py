@@ -396,3 +396,41 @@ def test_mark_enqueued(store: StatusStore, message_id: str, redis_client: redis.
 def test_create_needs_recipients(store: StatusStore) -> None:
     with pytest.raises(ValueError, match="recipient"):
         store.create(uuid.uuid4().hex, "app@example.com", {}, NOW)
+
+
+def _recipient(store: StatusStore, message_id: str, address: str) -> dict[str, Any]:
+    view = store.view(message_id)
+    assert view is not None
+    [found] = [r for r in view["recipients"] if r["address"] == address]
+    return dict(found)
+
+
+def test_held_back_then_tried_again_shows_why_and_when_only_while_it_applies(
+    store: StatusStore, message_id: str
+) -> None:
+    gate = Reply(Code.LOCAL_ERROR, "4.4.5", "throttled by Mailroom: rate limit", Step.GATE)
+    store.throttle_many([(message_id, ["a@example.org"], gate, NOW + 5)])
+    a = _recipient(store, message_id, "a@example.org")
+    assert (a["state"], a["code"], a["throttled"], a["next_attempt"]) == (
+        "deferred",
+        451,
+        gate.text,
+        iso_time(NOW + 5),
+    )
+
+    # A real attempt: greylisted, due again in a minute; the gate's reason is gone.
+    store.record(message_id, {"a@example.org": (S.DEFERRED, GREYLISTED)}, [], 2, NOW + 60)
+    a = _recipient(store, message_id, "a@example.org")
+    assert (a["code"], a["enhanced"], a["next_attempt"]) == (451, "4.7.1", iso_time(NOW + 60))
+    assert "throttled" not in a
+
+    # Held back again: the server's reply stays the last reply, the gate's is why it waits.
+    store.throttle_many([(message_id, ["a@example.org"], gate, NOW + 65)])
+    a = _recipient(store, message_id, "a@example.org")
+    assert (a["reply"], a["throttled"]) == (GREYLISTED.text, gate.text)
+
+    store.record(message_id, {"a@example.org": (S.DELIVERED, OK)}, [], None)
+    a = _recipient(store, message_id, "a@example.org")
+    assert a["state"] == "delivered"
+    assert "throttled" not in a
+    assert "next_attempt" not in a
