@@ -364,15 +364,6 @@ def _held_by(gate: Throttled, destination: str) -> str:
     if gate.reason is ThrottleReason.SLOWDOWN:
         return f"slowed down after {gate.cause or 'a throttling reply'} from {destination}"
     if gate.reason is ThrottleReason.CONNECTIONS:
-        return f"connection limit of {destination}"
-    return f"rate limit of {destination}"
-
-
-def _held_by(gate: Throttled, destination: str) -> str:
-    """What held a delivery back, named for what it is."""
-    if gate.reason is ThrottleReason.SLOWDOWN:
-        return f"slowed down after {gate.cause or 'a throttling reply'} from {destination}"
-    if gate.reason is ThrottleReason.CONNECTIONS:
         return f"connections limit of {destination}"
     return f"rate limit of {destination}"
 
