@@ -91,7 +91,7 @@ def test_a_chunk_is_stored_recorded_and_enqueued(
 def test_delivery_tasks_are_celery_messages_and_flower_hears_of_each(
     mailroom: Mailroom, redis_client: redis.Redis
 ) -> None:
-    events = redis_client.pubsub()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+    events = redis_client.pubsub()
     events.psubscribe("*celeryev*")  # kombu's fanout channel of the celeryev exchange
     events.get_message(timeout=1.0)  # the subscription's confirmation
 
