@@ -41,6 +41,19 @@ _COMMANDS: tuple[_Command, ...] = (
 )
 
 
+# The packages of the optional extras (pyproject.toml): a producer installs only the base and can
+# still `mailroom send`; a command that needs more says which extra, in one line.
+_EXTRA_OF = {
+    "aiosmtplib": "worker",
+    "dns": "worker",
+    "certifi": "worker",
+    "prometheus_client": "worker",
+    "flower": "flower",
+    "tornado": "flower",
+    "aiosmtpd": "submission",
+}
+
+
 class _Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line and no usage dump (DESIGN.md).
 
@@ -81,6 +94,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings: Settings = load_settings()
         status: int = args.run(args, settings)
         return status
+    except ModuleNotFoundError as exc:
+        extra = _EXTRA_OF.get((exc.name or "").partition(".")[0])
+        if extra is None:
+            raise
+        print(
+            f"{PROG}: {args.command} needs the '{extra}' extra, which is not installed:"
+            f" pip install 'mailroom[{extra}]' (or run scripts/setup)",
+            file=sys.stderr,
+        )
+        return USAGE
     except (UsageError, SettingsError) as exc:
         print(f"{PROG}: {one_line(str(exc))}", file=sys.stderr)
         return USAGE

@@ -17,7 +17,7 @@ import asyncio
 import json
 import uuid
 from dataclasses import dataclass
-from typing import Any, assert_never
+from typing import TYPE_CHECKING, Any, assert_never
 from urllib.parse import urlsplit
 
 import redis
@@ -26,10 +26,12 @@ from settings import DeliveryMode, Settings
 from tasks.cli.errors import FAILED, OK, UsageError
 from tasks.message import build_message
 from tasks.notification import InvalidNotification, Notification, parse_mailbox
-from workers.delivery import DeliveryAgent, DeliveryReport
 from workers.envelope import OutboundMessage
 from workers.outcome import Bounced, Deferred, Delivered, Outcome
 from workers.smtp_record import StepRecord
+
+if TYPE_CHECKING:
+    from workers.delivery import DeliveryReport
 
 SUBJECT = "Mailroom check"
 _TEXT = (
@@ -81,6 +83,8 @@ class RedisCheck:
 
 
 async def _deliver(settings: Settings, plan: Plan) -> DeliveryReport:
+    from workers.delivery import DeliveryAgent  # aiosmtplib and dnspython: the `worker` extra
+
     agent = DeliveryAgent.from_settings(settings)
     try:
         return await agent.deliver(

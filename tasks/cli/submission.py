@@ -18,7 +18,6 @@ from typing import Any
 from settings import Settings
 from tasks.cli.errors import FAILED, OK
 from tasks.cli.signals import stop_on_signals
-from tasks.submission.server import build_server
 
 
 def register(commands: argparse._SubParsersAction[Any]) -> None:
@@ -29,6 +28,8 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    from tasks.submission.server import build_server  # aiosmtpd: the `submission` extra
+
     server = build_server(settings)  # SettingsError here: one line, exit 2 (tasks.cli.main)
     _configure_logging(settings)
     stop = stop_on_signals()
