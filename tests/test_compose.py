@@ -90,10 +90,28 @@ def test_published_ports_are_on_loopback_only(dev: dict[str, Any]) -> None:
         assert str(port).startswith("127.0.0.1:"), (name, port)
 
 
-def test_flower_off_loopback_inside_the_container_takes_basic_auth(base: dict[str, Any]) -> None:
-    env = base["services"]["flower"]["environment"]
-    assert env["MAILROOM_FLOWER_LISTEN"] == "0.0.0.0:5555"
-    assert "MAILROOM_FLOWER_BASIC_AUTH" in env
+def test_flower_off_loopback_inside_the_container_takes_basic_auth_from_a_secret(
+    base: dict[str, Any],
+) -> None:
+    flower = base["services"]["flower"]
+    assert flower["environment"]["MAILROOM_FLOWER_LISTEN"] == "0.0.0.0:5555"
+    assert [s["source"] for s in flower["secrets"]] == ["mailroom_flower_basic_auth"]
+    assert "MAILROOM_FLOWER_BASIC_AUTH" not in flower["environment"]
+
+
+def test_secrets_are_files_and_only_the_workers_get_the_relay_password(
+    base: dict[str, Any],
+) -> None:
+    for name, service in base["services"].items():
+        env = service.get("environment", {})
+        assert not any("PASSWORD" in key or "BASIC_AUTH" in key for key in env), name
+        mounted = {s["source"] for s in service.get("secrets", [])}
+        # Settings need the relay's username and password together: they go to workers only.
+        assert ("mailroom_relay_password" in mounted) == (name in WORKERS), name
+        assert ("MAILROOM_RELAY_USERNAME" in env) == (name in WORKERS), name
+    assert base["secrets"]["mailroom_relay_password"]["file"].endswith(
+        "/secrets/mailroom_relay_password"
+    )
 
 
 def test_development_catcher_gets_the_workers_mail(dev: dict[str, Any]) -> None:
@@ -127,4 +145,9 @@ def test_submission_listener_is_opt_in_and_reads_its_files_from_secrets(
     env = service["environment"]
     for name in ("CERT_FILE", "KEY_FILE", "ACCOUNTS"):
         assert env[f"MAILROOM_SUBMISSION_{name}"].startswith("/run/secrets/")
-    assert set(base["secrets"]) == {"submission_cert", "submission_key", "submission_accounts"}
+    assert {"submission_cert", "submission_key", "submission_accounts"} <= set(base["secrets"])
+    assert {s["source"] for s in service["secrets"]} == {
+        "submission_cert",
+        "submission_key",
+        "submission_accounts",
+    }
