@@ -110,6 +110,7 @@ def test_a_producer_install_sends_and_names_the_extra_other_commands_need(
     needs = {
         ("check", "--domain", "example.org"): "worker",
         ("exporter",): "worker",
+        ("flower",): "flower",
         ("submission",): "submission",
     }
     for (command, *args), extra in needs.items():

@@ -5,15 +5,15 @@ own environment variable, never the command line (which every local user can rea
 list). Settings already refuse a non-loopback address without it. Flower's process gets no other
 MAILROOM_* variable than the few its Celery app reads (`flower_environment`): the relay's
 credentials and every other setting stay out of its environment, and it reads no secrets
-directory. The tasks page shows each task's args (message
-ids and destinations) and result (what each delivery came to, with the reply), which Flower's
-default columns leave out; `tasks.flower_display` hides the notification fields that
-`mailroom.notify` tasks carry.
+directory. The tasks page shows each task's args (message ids and destinations) and result (what
+each delivery came to, with the reply), which Flower's default columns leave out;
+`tasks.flower_display` hides the notification fields that `mailroom.notify` tasks carry.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 from collections.abc import Mapping
@@ -42,6 +42,9 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    if importlib.util.find_spec("flower") is None:
+        # Checked here, not by Celery after the exec: tasks.cli names the missing extra in one line.
+        raise ModuleNotFoundError("No module named 'flower'", name="flower")
     listen = settings.flower_listen
     env = flower_environment(os.environ, settings)
     argv = [sys.executable, "-m", "celery", "-A", "tasks.celery_main", "flower"]
