@@ -50,7 +50,7 @@ from workers.disposition import Disposition, Summary
 from workers.envelope import OutboundMessage
 from workers.leases import Leases
 from workers.outcome import Deferred
-from workers.rate_limits import Granted, Limiter, Throttled, ThrottleReason, is_throttling
+from workers.rate_limits import Granted, Limiter, Throttled, is_throttling
 from workers.reply import Code, Reply, Step
 from workers.smtp_record import StepRecord
 from workers.status import StatusStore
@@ -359,19 +359,10 @@ def _slows_down(reply: Reply) -> bool:
     return reply.step is not Step.GATE and is_throttling(reply.code, reply.enhanced, reply.text)
 
 
-def _held_by(gate: Throttled, destination: str) -> str:
-    """What held a delivery back, named for what it is."""
-    if gate.reason is ThrottleReason.SLOWDOWN:
-        return f"slowed down after {gate.cause or 'a throttling reply'} from {destination}"
-    if gate.reason is ThrottleReason.CONNECTIONS:
-        return f"connections limit of {destination}"
-    return f"rate limit of {destination}"
-
-
 def _throttled(running: _Running, gate: Throttled) -> DeliveryReport:
     destination = running.item.destination
     wait = f"next slot in {gate.retry_after:.1f} s"
-    text = f"throttled by Mailroom: {_held_by(gate, destination)}, {wait}"
+    text = f"throttled by Mailroom: {gate.held_by(destination)}, {wait}"
     reply = Reply(Code.LOCAL_ERROR, "4.4.5", text, Step.GATE)
     outcomes = tuple(Deferred(r, reply, gate.retry_after) for r in running.recipients)
     return DeliveryReport(destination, outcomes, StepRecord("gate", reply, 0.0), ())

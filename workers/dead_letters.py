@@ -27,6 +27,7 @@ from typing import Any
 import redis
 
 from workers.content import content_key
+from workers.redaction import redact_addresses
 from workers.reply import Reply
 from workers.status import iso_time, record_keys
 
@@ -100,12 +101,13 @@ class DeadReason(StrEnum):
 
 
 def dead_recipient(address: str, reply: Reply) -> dict[str, Any]:
-    """One recipient as a dead-letter entry lists it: address and its last reply."""
+    """One recipient as a dead-letter entry lists it: address and its last reply, in which an
+    address the server quoted keeps only its domain (the entry's own address says whose)."""
     return {
         "address": address,
         "code": int(reply.code),
         "enhanced": reply.enhanced,
-        "reply": reply.text,
+        "reply": redact_addresses(reply.text),
     }
 
 

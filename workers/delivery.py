@@ -17,6 +17,7 @@ This module is network-only: it touches no store; its `DeliveryReport` is applie
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -33,12 +34,13 @@ from workers.leases import lease_ttl
 from workers.mx import MxResolver, Target, resolve_host
 from workers.outcome import Deferred, Outcome, classify, try_next_host
 from workers.profiles import traffic
-from workers.rate_limits import Granted, Throttled
+from workers.rate_limits import Granted, Throttled, ThrottleReason
 from workers.reply import Code, Reply, Step, not_attempted
 from workers.smtp_record import StepRecord, Timeouts
 from workers.smtp_session import Credentials, SessionResult, run_session
 from workers.tls_policy import TlsPolicy, opportunistic_policy, relay_policy
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _WAIT = 30.0  # seconds a delivery waits for a connection when the cap is full
@@ -63,6 +65,29 @@ class ConnectionCap(Protocol):
     def connection_lease(self, destination: str) -> Granted | Throttled: ...
 
     def release_lease(self, destination: str, lease: str) -> None: ...
+
+
+class _Unfailing:
+    """The cap as the agent and its pool use it: asking for a lease while Redis fails is a
+    "not now", and a lease that cannot be given back a warning (it expires by itself). Never an
+    exception out of a delivery: one part of it may already be accepted, and a delivery that
+    raised would be deferred whole and that part sent twice."""
+
+    def __init__(self, cap: ConnectionCap) -> None:
+        self._cap = cap
+
+    def connection_lease(self, destination: str) -> Granted | Throttled:
+        try:
+            return self._cap.connection_lease(destination)
+        except RedisError as exc:
+            log.warning("the connection cap of %s did not answer: %s", destination, exc)
+            return Throttled(_RETRY, ThrottleReason.CONNECTIONS)
+
+    def release_lease(self, destination: str, lease: str) -> None:
+        try:
+            self._cap.release_lease(destination, lease)
+        except RedisError as exc:
+            log.warning("a connection lease of %s expires instead: %s", destination, exc)
 
 
 class RateGate(Protocol):
@@ -131,11 +156,13 @@ class DeliveryAgent:
         self._max_sessions = max_sessions
         self._max_recipients = max_recipients
         self._pool = pool
-        self._cap = cap
+        self._cap = None if cap is None else _Unfailing(cap)
         self._rates = rates
-        if pool is not None and cap is not None:
-            pool.release = cap.release_lease  # a closed connection's lease goes back to Redis
-            pool.acquire = cap.connection_lease  # asked while deliveries wait for a connection
+        if pool is not None and self._cap is not None:
+            # A closed connection's lease goes back to Redis; a new one is asked for while
+            # deliveries wait for a connection.
+            pool.release = self._cap.release_lease
+            pool.acquire = self._cap.connection_lease
 
     @classmethod
     def from_settings(
@@ -229,9 +256,11 @@ class DeliveryAgent:
         parts: list[DeliveryReport] = []
         for start in range(0, len(unique), size):
             if parts and not probe:
-                wait = await self._rate_slot(message, destination, len(parts), deadline)
-                if wait is not None:
-                    parts.append(_rate_deferred(destination, unique[start:], wait))
+                held = await self._rate_slot(message, destination, len(parts), deadline)
+                if held is not None:
+                    why = f"{held.held_by(destination)}, next slot in {held.retry_after:.1f} s"
+                    rest = unique[start:]
+                    parts.append(_gate_deferred(destination, rest, held.retry_after, why))
                     break
             part = unique[start : start + size]
             parts.append(await self._deliver(message, destination, part, probe, deadline))
@@ -247,9 +276,9 @@ class DeliveryAgent:
 
     async def _rate_slot(
         self, message: OutboundMessage, destination: str, part: int, deadline: float
-    ) -> float | None:
-        """Take a rate slot for part number `part` of a delivery: None once taken, else the
-        seconds until the slot it reserved, when that comes too late for `deadline`."""
+    ) -> Throttled | None:
+        """Take a rate slot for part number `part` of a delivery: None once taken, else what
+        holds it back when its slot comes too late for `deadline` (or Redis did not answer)."""
         if self._rates is None:
             return None
         key = f"{message.message_id}|{destination}|{part}"
@@ -257,13 +286,14 @@ class DeliveryAgent:
         while True:
             try:
                 answer = await _blocking(self._rates.acquire, destination, key)
-            except RedisError:
+            except RedisError as exc:
                 # Never an exception: the parts sent already must be recorded as sent.
-                return _RETRY
+                log.warning("the rate gate of %s did not answer: %s", destination, exc)
+                return Throttled(_RETRY, ThrottleReason.RATE)
             if isinstance(answer, Granted):
                 return None
             if loop.time() + answer.retry_after >= deadline:
-                return answer.retry_after
+                return answer
             # The slot is reserved for this key: asking again at its time takes it.
             await asyncio.sleep(answer.retry_after)
 
@@ -296,7 +326,8 @@ class DeliveryAgent:
                     handover = await pool.take_any(destination, wait)
                 if handover is None:
                     retry = granted.retry_after if granted is not None else _RETRY
-                    return _cap_full(destination, recipients, retry)
+                    full = f"connections limit of {destination}, none free"
+                    return _gate_deferred(destination, recipients, retry, full)
         if handover is not None and handover.connection is not None:
             report = await self._on_handover(
                 handover, message, destination, recipients, deadline, slot
@@ -458,27 +489,12 @@ async def _blocking(call: Callable[..., T], *args: Any) -> T:
     return await asyncio.get_running_loop().run_in_executor(None, call, *args)
 
 
-def _cap_full(destination: str, recipients: list[str], retry_after: float) -> DeliveryReport:
-    """A gate deferral (no attempt): the cap is full and none of this worker's connections to
-    `destination` came free in time."""
-    reply = Reply(
-        Code.LOCAL_ERROR,
-        "4.4.5",
-        f"throttled by Mailroom: connections limit of {destination}, none free",
-        Step.GATE,
-    )
-    waiting: tuple[Outcome, ...] = tuple(Deferred(r, reply, retry_after) for r in recipients)
-    return DeliveryReport(destination, waiting, StepRecord("gate", reply, 0.0), ())
-
-
-def _rate_deferred(destination: str, recipients: list[str], retry_after: float) -> DeliveryReport:
-    """The recipients of a split delivery's later parts, when no rate slot comes in time."""
-    reply = Reply(
-        Code.LOCAL_ERROR,
-        "4.4.5",
-        f"throttled by Mailroom: rate limit of {destination}, next slot in {retry_after:.1f} s",
-        Step.GATE,
-    )
+def _gate_deferred(
+    destination: str, recipients: list[str], retry_after: float, why: str
+) -> DeliveryReport:
+    """A gate deferral (no attempt): the connection cap is full and none of this worker's
+    connections came free in time, or a split delivery's later part got no rate slot in time."""
+    reply = Reply(Code.LOCAL_ERROR, "4.4.5", f"throttled by Mailroom: {why}", Step.GATE)
     waiting: tuple[Outcome, ...] = tuple(Deferred(r, reply, retry_after) for r in recipients)
     return DeliveryReport(destination, waiting, StepRecord("gate", reply, 0.0), ())
 

@@ -153,6 +153,12 @@ class Throttled:
     reason: ThrottleReason
     cause: str = ""  # SLOWDOWN: the reply that caused it, e.g. "421 4.7.0"
 
+    def held_by(self, destination: str) -> str:
+        """What holds a delivery to `destination` back, named for what it is."""
+        if self.reason is ThrottleReason.SLOWDOWN:
+            return f"slowed down after {self.cause or 'a throttling reply'} from {destination}"
+        return f"{self.reason.value} limit of {destination}"
+
 
 def is_throttling(code: int, enhanced: str, text: str = "") -> bool:
     """Whether a receiver's reply asks Mailroom to send less to the whole destination (a reason

@@ -16,6 +16,8 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
+from redis import RedisError
+
 from workers.deferred import DeferredSet
 
 log = logging.getLogger(__name__)
@@ -85,7 +87,10 @@ class Sweeper:
                 moved = self.sweep_once()
                 if moved:
                     log.info("moved %d due deferred deliveries back to their queues", moved)
+            except (RedisError, OSError) as exc:
+                # Redis restarting or a broker hiccup: one line a round, not a traceback; try
+                # again next round, never die.
+                log.warning("sweeping the deferred set failed: %s", exc)
             except Exception:
-                # Redis restarting or a broker hiccup: try again next round, never die.
-                log.exception("sweeping the deferred set failed")
+                log.exception("sweeping the deferred set failed")  # a bug: keep its traceback
             self._stop.wait(self._interval)

@@ -54,6 +54,16 @@ def test_add_makes_an_entry_of_the_dlq_json_shape(dlq: DeadLetters) -> None:
     assert dlq.count() == 1
 
 
+def test_an_address_quoted_in_the_reply_keeps_only_its_domain(dlq: DeadLetters) -> None:
+    message_id = _id()
+    text = "<bob@example.org>: Recipient address rejected"
+    quoted = Reply(Code.MAILBOX_UNAVAILABLE, "5.1.1", text, Step.RCPT_TO)
+    dlq.add(message_id, "example.org", "bounced", [dead_recipient("bob@example.org", quoted)], NOW)
+    [entry] = dlq.show(message_id)
+    assert entry["recipients"][0]["address"] == "bob@example.org"
+    assert entry["recipients"][0]["reply"] == "<*@example.org>: Recipient address rejected"
+
+
 def test_add_merges_recipients_of_the_same_delivery(dlq: DeadLetters) -> None:
     message_id = _id()
     dlq.add(

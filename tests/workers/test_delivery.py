@@ -16,10 +16,11 @@ import redis
 from settings import Rate, Settings
 from tests.support.dns_server import DnsServer
 from tests.support.raw_servers import MakeGreetingServer, MakeRefusedPort
+from tests.support.redis_server import RedisServerFactory
 from tests.support.smtp_sink import MakeSink, Sink
 from tests.support.tls_material import TlsMaterial
 from tests.workers.test_smtp_session import message
-from workers.delivery import DeliveryAgent, DeliveryReport, Relay
+from workers.delivery import ConnectionCap, DeliveryAgent, DeliveryReport, Relay
 from workers.mx import MxResolver
 from workers.outcome import Bounced, Deferred, Delivered
 from workers.rate_limits import Granted, Limiter, Throttled
@@ -245,7 +246,11 @@ async def test_relay_mode_from_settings_sends_everything_through_the_relay(
 
 
 def split_relay(
-    sink_port: int, tls: TlsMaterial, session: float, rates: Limiter | None = None
+    sink_port: int,
+    tls: TlsMaterial,
+    session: float,
+    rates: Limiter | None = None,
+    cap: ConnectionCap | None = None,
 ) -> DeliveryAgent:
     """A relay agent sending one recipient per message (as a profile's limit splits them)."""
     return DeliveryAgent(
@@ -256,6 +261,7 @@ def split_relay(
         timeouts=Timeouts(connect=1, command=2, data=3, session=session),
         max_recipients=1,
         rates=rates,
+        cap=cap,
     )
 
 
@@ -314,3 +320,42 @@ async def test_parts_whose_rate_slots_come_in_time_wait_for_them(
     assert [m.rcpt_tos for m in sink.messages] == [("a@one.example",), ("b@two.example",)]
     # Both slots are taken: a third message now has to wait for a later one.
     assert isinstance(limiter.acquire("relay", "m2|relay"), Throttled)
+
+
+class _RedisDiesAtFirstRelease:
+    """A real Limiter's connection cap whose Redis is stopped for real just before the first
+    lease goes back: the moment between a delivered part and the next part's lease."""
+
+    def __init__(self, limiter: Limiter, stop: Any) -> None:
+        self._limiter = limiter
+        self._stop = stop
+
+    def connection_lease(self, destination: str) -> Granted | Throttled:
+        return self._limiter.connection_lease(destination)
+
+    def release_lease(self, destination: str, lease: str) -> None:
+        self._stop()
+        self._limiter.release_lease(destination, lease)
+
+
+async def test_redis_failing_between_the_parts_of_a_delivery_keeps_the_part_already_sent(
+    make_sink: MakeSink, tls: TlsMaterial, make_redis_server: RedisServerFactory
+) -> None:
+    server = make_redis_server()
+    client = redis.Redis.from_url(server.url, socket_timeout=2, socket_connect_timeout=2)
+    limiter = Limiter(client, rates={}, connections={"relay": 1}, lease_ttl=30)
+    sink = relay_sink(make_sink, tls)
+    cap = _RedisDiesAtFirstRelease(limiter, server.stop)
+
+    report = await split_relay(sink.port, tls, session=10, cap=cap).deliver(
+        message(), "relay", ["a@one.example", "b@two.example"]
+    )
+
+    # The first part was accepted and stays delivered: raising here would defer it whole and
+    # send it again. The second part never got a lease, so it waits at the gate, unsent.
+    first, second = report.outcomes
+    assert isinstance(first, Delivered)
+    assert isinstance(second, Deferred)
+    assert second.reply.step is Step.GATE
+    assert second.reply.enhanced == "4.4.5"
+    assert [m.rcpt_tos for m in sink.messages] == [("a@one.example",)]
