@@ -44,13 +44,13 @@ from tasks.app import make_celery
 from tasks.message import build_message
 from tasks.notification import InvalidNotification, Notification
 from tasks.routing import DELIVER_TASK, destination_of, shard_of, shard_queue
-from workers.content import ContentStore
-from workers.dead_letters import DeadLetters
-from workers.deferred import DeferredSet
-from workers.envelope import OutboundMessage
-from workers.redis_client import redis_client
-from workers.retention import retention
-from workers.status import StatusStore
+from workers.model.envelope import OutboundMessage
+from workers.queue.content import ContentStore
+from workers.queue.dead_letters import DeadLetters
+from workers.queue.deferred import DeferredSet
+from workers.queue.redis_client import redis_client
+from workers.queue.retention import retention
+from workers.queue.status import StatusStore
 
 MAX_BATCH = 100  # deliveries per mailroom.deliver task
 SLICE = 1000  # notifications per round of writes (a multiple of MAX_BATCH: no part-filled tasks)

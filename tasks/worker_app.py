@@ -31,21 +31,21 @@ from tasks.app import make_celery
 from tasks.notification import InvalidNotification
 from tasks.routing import DELIVER_TASK, NOTIFY_TASK
 from workers.batch import BatchRunner, Handled, Item
-from workers.content import ContentStore
-from workers.dead_letters import DeadLetters
-from workers.deferred import DeferredSet
-from workers.delivery import DeliveryAgent
-from workers.disposition import Disposition
-from workers.leases import Leases, lease_ttl
-from workers.metrics import MetricsRecorder
-from workers.profiles import traffic
-from workers.rate_limits import Limiter
-from workers.redaction import redact_addresses
-from workers.redis_client import redis_client
-from workers.retention import retention
+from workers.delivery.agent import DeliveryAgent
+from workers.model.redaction import redact_addresses
+from workers.observe.metrics import MetricsRecorder
+from workers.queue.content import ContentStore
+from workers.queue.dead_letters import DeadLetters
+from workers.queue.deferred import DeferredSet
+from workers.queue.disposition import Disposition
+from workers.queue.leases import Leases, lease_ttl
+from workers.queue.redis_client import redis_client
+from workers.queue.retention import retention
+from workers.queue.status import StatusStore
+from workers.queue.sweeper import Sweeper
 from workers.runtime import runtime
-from workers.status import StatusStore
-from workers.sweeper import Sweeper
+from workers.traffic.profiles import traffic
+from workers.traffic.rate_limits import Limiter
 
 log = logging.getLogger(__name__)
 

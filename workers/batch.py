@@ -7,12 +7,13 @@ second worker after the visibility timeout even while the first runs it), or may
 item is parked in the deferred set until the lease expires, so it is never dropped; if the holder
 finished, the parked copy finds its attempt stale or nothing pending and skips.
 
-Then the cluster-wide rate gate (`workers.rate_limits`): a delivery over its destination's rate
-is deferred to the time the limiter names, without opening a connection or waiting in a worker
-slot. A receiver's server-wide throttling reply (`is_throttling`: not greylisting, which defers
-its recipient only) slows the whole destination down. The connection cap is the
-delivery agent's: it counts connections, not deliveries, and a delivery that finds it full waits
-on the event loop for one of this worker's connections to its destination (`workers.delivery`).
+Then the cluster-wide rate gate (`workers.traffic.rate_limits`): a delivery over its
+destination's rate is deferred to the time the limiter names, without opening a connection or
+waiting in a worker slot. A receiver's server-wide throttling reply (`is_throttling`: not
+greylisting, which defers its recipient only) slows the whole destination down. The connection
+cap is the delivery agent's: it counts connections, not deliveries, and a delivery that finds
+it full waits on the event loop for one of this worker's connections to its destination
+(`workers.delivery.agent`).
 
 The rest run concurrently on the process's event loop, and each is disposed of as soon as its
 own session ends, not when the whole batch does, so a delivered recipient is marked long before
@@ -42,18 +43,19 @@ from typing import Any
 
 import redis
 
-from workers.attempt_log import log_attempts
-from workers.content import ContentStore
-from workers.deferred import DeferredSet
-from workers.delivery import DeliveryAgent, DeliveryReport
-from workers.disposition import Disposition, Summary
-from workers.envelope import OutboundMessage
-from workers.leases import Leases
-from workers.outcome import Deferred
-from workers.rate_limits import Granted, Limiter, Throttled, is_throttling
-from workers.reply import Code, Reply, Step
-from workers.smtp_record import StepRecord
-from workers.status import StatusStore
+from workers.delivery.agent import DeliveryAgent
+from workers.model.envelope import OutboundMessage
+from workers.model.outcome import Deferred
+from workers.model.reply import Code, Reply, Step
+from workers.model.report import DeliveryReport, StepRecord
+from workers.model.throttling import Granted, Throttled, is_throttling
+from workers.observe.attempt_log import log_attempts
+from workers.queue.content import ContentStore
+from workers.queue.deferred import DeferredSet
+from workers.queue.disposition import Disposition, Summary
+from workers.queue.leases import Leases
+from workers.queue.status import StatusStore
+from workers.traffic.rate_limits import Limiter
 
 log = logging.getLogger(__name__)
 

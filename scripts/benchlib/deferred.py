@@ -45,10 +45,10 @@ from tasks.message import build_message
 from tasks.notification import Notification
 from tasks.routing import shard_of
 from tests.support.dns_server import STANDARD_ZONE, DnsServer
-from workers.content import ContentStore
-from workers.dead_letters import DeadLetters
-from workers.deferred import DEFERRED_KEY, DeferredSet
-from workers.status import StatusStore
+from workers.queue.content import ContentStore
+from workers.queue.dead_letters import DeadLetters
+from workers.queue.deferred import DEFERRED_KEY, DeferredSet
+from workers.queue.status import StatusStore
 
 SENDER = "bench@example.test"
 BOUNCING = "nullmx.test"  # MX 0 . in the test zone: every delivery bounces without a connection

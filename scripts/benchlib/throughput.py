@@ -40,7 +40,7 @@ from settings import Settings
 from tasks.api import Mailroom
 from tasks.app import make_celery
 from tests.support.dns_server import DnsServer
-from workers.metrics import DELIVERIES_KEY, THROTTLED_KEY
+from workers.observe.metrics import DELIVERIES_KEY, THROTTLED_KEY
 
 _WARM_LIMIT = 60.0
 _METRICS_LIMIT = 15.0  # seconds the workers get to record the last deliveries after the 250s

@@ -2,7 +2,7 @@
 to deliver?
 
 Checks, in order: settings (already loaded by `tasks.cli.main`), Redis (PING), then one real
-delivery through the production engine (`workers.delivery`) to the relay, or to domain D's MX
+delivery through the production engine (`workers.delivery.agent`) to the relay, or to domain D's MX
 hosts: DNS, connect, TLS certificate, AUTH, MAIL FROM, RCPT. Without `--send-to` the session is a
 probe that stops after RCPT TO and sends no message, addressed to `postmaster` (RFC 5321
 §4.5.1 requires every domain to accept it). Every step is printed with its reply; the last line
@@ -26,12 +26,12 @@ from settings import DeliveryMode, Settings
 from tasks.cli.errors import FAILED, OK, UsageError
 from tasks.message import build_message
 from tasks.notification import InvalidNotification, Notification, parse_mailbox
-from workers.envelope import OutboundMessage
-from workers.outcome import Bounced, Deferred, Delivered, Outcome
-from workers.smtp_record import StepRecord
+from workers.model.envelope import OutboundMessage
+from workers.model.outcome import Bounced, Deferred, Delivered, Outcome
+from workers.model.report import StepRecord
 
 if TYPE_CHECKING:
-    from workers.delivery import DeliveryReport
+    from workers.model.report import DeliveryReport
 
 SUBJECT = "Mailroom check"
 _TEXT = (
@@ -83,7 +83,9 @@ class RedisCheck:
 
 
 async def _deliver(settings: Settings, plan: Plan) -> DeliveryReport:
-    from workers.delivery import DeliveryAgent  # aiosmtplib and dnspython: the `worker` extra
+    from workers.delivery.agent import (
+        DeliveryAgent,  # aiosmtplib and dnspython: the `worker` extra
+    )
 
     agent = DeliveryAgent.from_settings(settings)
     try:

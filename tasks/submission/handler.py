@@ -38,7 +38,7 @@ from tasks.submission import replies
 from tasks.submission.accounts import Account, Accounts
 from tasks.submission.auth_limits import AuthFailureLimiter
 from tasks.submission.headers import Trace, complete
-from workers.envelope import OutboundMessage, outbound
+from workers.model.envelope import OutboundMessage, outbound
 
 log = logging.getLogger("mailroom.submission")
 

@@ -33,7 +33,7 @@ from tasks.submission import replies
 from tasks.submission.accounts import AccountError, Accounts
 from tasks.submission.auth_limits import AuthFailureLimiter, client_key
 from tasks.submission.handler import Producer, SubmissionHandler
-from workers.redis_client import redis_client
+from workers.queue.redis_client import redis_client
 
 log = logging.getLogger("mailroom.submission")
 

@@ -11,8 +11,9 @@ import redis
 from tests.support.redis_server import RedisServer
 from tests.tasks.test_cli import run_mailroom
 from tests.tasks.test_cli_pipeline import GOOD, env, send
-from workers.reply import Reply, Step
-from workers.status import RecipientState, StatusStore
+from workers.model.reply import Reply, Step
+from workers.model.states import RecipientState
+from workers.queue.status import StatusStore
 
 RAW = "\x1b]0;owned\x07\x1b[2J\x9b31m queued"
 

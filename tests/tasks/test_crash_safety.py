@@ -42,7 +42,7 @@ from tests.tasks.pipeline_support import (
     wait_for,
     worker_env,
 )
-from workers.status import StatusStore
+from workers.queue.status import StatusStore
 
 pytestmark = pytest.mark.slow
 

@@ -9,10 +9,11 @@ from settings import Settings
 from tasks.api import Mailroom
 from tests.support.redis_server import RedisServer
 from tests.tasks.pipeline_support import SHARDS
-from workers.content import ContentStore, content_key
-from workers.dead_letters import DeadLetters, dead_recipient
-from workers.reply import Code, Reply, Step
-from workers.status import RecipientState, StatusStore
+from workers.model.reply import Code, Reply, Step
+from workers.model.states import RecipientState
+from workers.queue.content import ContentStore, content_key
+from workers.queue.dead_letters import DeadLetters, dead_recipient
+from workers.queue.status import StatusStore
 
 GREYLISTED = Reply(Code.LOCAL_ERROR, "4.7.1", "greylisted", Step.RCPT_TO)
 CONTENT_TTL = 7200

@@ -29,7 +29,7 @@ from tests.tasks.submission_support import (
     running_listener,
     submission_settings,
 )
-from workers.status import StatusStore
+from workers.queue.status import StatusStore
 
 pytestmark = pytest.mark.slow  # a Celery worker starts in each test
 

@@ -17,18 +17,19 @@ from tests.support.redis_server import RedisServerFactory
 from tests.support.smtp_sink import MakeSink
 from tests.tasks.pipeline_support import wait_for
 from workers.batch import BatchRunner, Item
-from workers.content import ContentStore
-from workers.dead_letters import DeadLetters
-from workers.deferred import DeferredSet
-from workers.delivery import DeliveryAgent, DeliveryReport
-from workers.disposition import Disposition, Summary
-from workers.envelope import outbound
-from workers.leases import Leases
-from workers.mx import MxResolver
-from workers.redis_client import redis_client
+from workers.delivery.agent import DeliveryAgent
+from workers.delivery.mx import MxResolver
+from workers.model.envelope import outbound
+from workers.model.report import DeliveryReport
+from workers.queue.content import ContentStore
+from workers.queue.dead_letters import DeadLetters
+from workers.queue.deferred import DeferredSet
+from workers.queue.disposition import Disposition, Summary
+from workers.queue.leases import Leases
+from workers.queue.redis_client import redis_client
+from workers.queue.status import StatusStore
 from workers.runtime import runtime
-from workers.smtp_record import Timeouts
-from workers.status import StatusStore
+from workers.smtp.record import Timeouts
 
 NOW = 1_800_000_000.0
 

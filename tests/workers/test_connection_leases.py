@@ -20,11 +20,11 @@ import redis
 from tests.support.dns_server import DnsServer, Host, Mx, Zone
 from tests.support.smtp_sink import MakeSink, Sink
 from tests.workers.test_smtp_session import FAST, message
-from workers.connection_pool import ConnectionPool
-from workers.delivery import DeliveryAgent
-from workers.mx import MxResolver
-from workers.outcome import Deferred, Delivered
-from workers.rate_limits import Limiter
+from workers.delivery.agent import DeliveryAgent
+from workers.delivery.mx import MxResolver
+from workers.model.outcome import Deferred, Delivered
+from workers.smtp.connection_pool import ConnectionPool
+from workers.traffic.rate_limits import Limiter
 
 DESTINATION = "lease.test"
 CAP_KEY = f"mailroom:rate:conn:{DESTINATION}"

@@ -16,16 +16,17 @@ from tests.support.dns_server import DnsServer
 from tests.support.smtp_sink import MakeSink, Sink
 from tests.support.tls_material import TlsMaterial
 from tests.workers.test_smtp_session import FAST, message
-from workers.connection_pool import ConnectionPool, PoolKey
-from workers.delivery import DeliveryAgent
-from workers.envelope import OutboundMessage, outbound
-from workers.mx import MxResolver
-from workers.outcome import Deferred, Delivered
-from workers.rate_limits import Granted, Limiter
-from workers.reply import Code, Step
-from workers.smtp_record import Timeouts
-from workers.smtp_session import Credentials, SessionResult, run_session
-from workers.tls_policy import TlsPolicy, relay_policy
+from workers.delivery.agent import DeliveryAgent
+from workers.delivery.mx import MxResolver
+from workers.model.envelope import OutboundMessage, outbound
+from workers.model.outcome import Deferred, Delivered
+from workers.model.reply import Code, Step
+from workers.model.throttling import Granted
+from workers.smtp.connection_pool import ConnectionPool, PoolKey
+from workers.smtp.record import Timeouts
+from workers.smtp.session import Credentials, SessionResult, run_session
+from workers.smtp.tls_policy import TlsPolicy, relay_policy
+from workers.traffic.rate_limits import Limiter
 
 
 async def send(

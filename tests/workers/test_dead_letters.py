@@ -10,9 +10,9 @@ import pytest
 import redis
 
 from tests.support.redis_server import RedisServer
-from workers.dead_letters import DeadLetters, DeadReason, dead_recipient
-from workers.reply import Code, Reply, Step
-from workers.status import iso_time
+from workers.model.reply import Code, Reply, Step
+from workers.queue.dead_letters import DeadLetters, DeadReason, dead_recipient
+from workers.queue.status import iso_time
 
 TTL = 3600
 NOW = 1_700_000_000.0

@@ -20,14 +20,16 @@ from tests.support.redis_server import RedisServerFactory
 from tests.support.smtp_sink import MakeSink, Sink
 from tests.support.tls_material import TlsMaterial
 from tests.workers.test_smtp_session import message
-from workers.delivery import ConnectionCap, DeliveryAgent, DeliveryReport, Relay
-from workers.mx import MxResolver
-from workers.outcome import Bounced, Deferred, Delivered
-from workers.rate_limits import Granted, Limiter, Throttled
-from workers.reply import Step
-from workers.smtp_record import Timeouts
-from workers.smtp_session import Credentials
-from workers.tls_policy import relay_policy
+from workers.delivery.agent import ConnectionCap, DeliveryAgent, Relay
+from workers.delivery.mx import MxResolver
+from workers.model.outcome import Bounced, Deferred, Delivered
+from workers.model.reply import Step
+from workers.model.report import DeliveryReport
+from workers.model.throttling import Granted, Throttled
+from workers.smtp.record import Timeouts
+from workers.smtp.session import Credentials
+from workers.smtp.tls_policy import relay_policy
+from workers.traffic.rate_limits import Limiter
 
 FAST = Timeouts(connect=1, command=2, data=2, session=10)
 

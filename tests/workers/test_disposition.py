@@ -8,14 +8,13 @@ from datetime import UTC, datetime
 
 import redis
 
-from workers.dead_letters import DeadLetters
-from workers.deferred import DeferredSet
-from workers.delivery import Attempt, DeliveryReport
-from workers.disposition import Disposition
-from workers.outcome import Bounced, Deferred, Delivered, Outcome
-from workers.reply import Reply, Step
-from workers.smtp_record import StepRecord
-from workers.status import StatusStore, iso_time
+from workers.model.outcome import Bounced, Deferred, Delivered, Outcome
+from workers.model.reply import Reply, Step
+from workers.model.report import Attempt, DeliveryReport, StepRecord
+from workers.queue.dead_letters import DeadLetters
+from workers.queue.deferred import DeferredSet
+from workers.queue.disposition import Disposition
+from workers.queue.status import StatusStore, iso_time
 
 NOW = 1_800_000_000.0
 OK = Reply(250, "2.0.0", "ok", Step.DATA)

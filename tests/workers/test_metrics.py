@@ -11,20 +11,15 @@ from datetime import UTC, datetime
 import pytest
 import redis
 
-from workers.dead_letters import DeadLetters
-from workers.deferred import DeferredSet
-from workers.delivery import Attempt, DeliveryReport
-from workers.disposition import Disposition
-from workers.metrics import (
-    DELIVERIES_KEY,
-    SESSION_KEY,
-    MetricsRecorder,
-    read_metrics,
-)
-from workers.outcome import Bounced, Deferred, Delivered, Outcome
-from workers.reply import Reply, Step
-from workers.smtp_record import StepRecord
-from workers.status import RecipientState, StatusStore
+from workers.model.outcome import Bounced, Deferred, Delivered, Outcome
+from workers.model.reply import Reply, Step
+from workers.model.report import Attempt, DeliveryReport, StepRecord
+from workers.model.states import RecipientState
+from workers.observe.metrics import DELIVERIES_KEY, SESSION_KEY, MetricsRecorder, read_metrics
+from workers.queue.dead_letters import DeadLetters
+from workers.queue.deferred import DeferredSet
+from workers.queue.disposition import Disposition
+from workers.queue.status import StatusStore
 
 NOW = 1_800_000_000.0
 OK_DATA = Reply(250, "2.0.0", "queued", Step.DATA)
@@ -209,7 +204,7 @@ def test_a_redis_failure_is_logged_and_never_raised(caplog: pytest.LogCaptureFix
     client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=1)
     recorder = MetricsRecorder(client)
 
-    with caplog.at_level(logging.WARNING, logger="workers.metrics"):
+    with caplog.at_level(logging.WARNING, logger="workers.observe.metrics"):
         recorder.delivery(report(sessions=(FAST,)), ALL)
 
     assert "metrics of x.test not recorded" in caplog.text

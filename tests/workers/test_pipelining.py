@@ -16,12 +16,12 @@ from tests.support.raw_servers import ScriptedServer
 from tests.support.smtp_sink import MakeSink, Sink
 from tests.workers.test_connection_reuse import numbered
 from tests.workers.test_smtp_session import FAST, message
-from workers.connection_pool import ConnectionPool
-from workers.envelope import OutboundMessage
-from workers.reply import Code, Step
-from workers.smtp_record import Timeouts
-from workers.smtp_session import SessionResult, run_session
-from workers.smtp_wire import message_bytes
+from workers.model.envelope import OutboundMessage
+from workers.model.reply import Code, Step
+from workers.smtp.connection_pool import ConnectionPool
+from workers.smtp.record import Timeouts
+from workers.smtp.session import SessionResult, run_session
+from workers.smtp.wire import message_bytes
 
 
 async def send(

@@ -17,13 +17,8 @@ import pytest
 import redis
 
 from settings import Rate
-from workers.rate_limits import (
-    Granted,
-    Limiter,
-    Throttled,
-    ThrottleReason,
-    is_throttling,
-)
+from workers.model.throttling import Granted, Throttled, ThrottleReason, is_throttling
+from workers.traffic.rate_limits import Limiter
 
 DEST = "example.org"
 TAT_KEY = f"mailroom:rate:tat:{DEST}"

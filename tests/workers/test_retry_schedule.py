@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from workers.retry_schedule import next_due
+from workers.queue.retry_schedule import next_due
 
 DELAYS = (60, 300, 1800)
 T0 = 1_700_000_000.0  # first queued

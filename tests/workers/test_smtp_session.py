@@ -13,11 +13,11 @@ import pytest
 
 from tests.support.raw_servers import MakeGreetingServer, MakeRefusedPort, MakeSilentServer
 from tests.support.smtp_sink import MakeSink
-from workers.envelope import OutboundMessage, outbound
-from workers.reply import Reply, Step
-from workers.smtp_record import Timeouts
-from workers.smtp_session import Credentials, SessionResult, run_session
-from workers.tls_policy import TlsPolicy
+from workers.model.envelope import OutboundMessage, outbound
+from workers.model.reply import Reply, Step
+from workers.smtp.record import Timeouts
+from workers.smtp.session import Credentials, SessionResult, run_session
+from workers.smtp.tls_policy import TlsPolicy
 
 FAST = Timeouts(connect=2, command=2, data=2, session=10)
 BODY = b"From: app@example.test\r\nSubject: hi\r\nMessage-ID: <m1@mailroom.test>\r\n\r\nhello\r\n"

@@ -9,12 +9,12 @@ from typing import Any
 import pytest
 import redis
 
-from workers.reply import Code, Reply, Step
-from workers.status import (
+from workers.model.reply import Code, Reply, Step
+from workers.model.states import RecipientState
+from workers.queue.status import (
     ATTEMPTS_KEPT,
     DeliveryState,
     MessageState,
-    RecipientState,
     StatusStore,
     can_transition,
     iso_time,
@@ -223,7 +223,7 @@ def test_illegal_transitions_are_skipped_and_logged(
         store.record(message_id, {"a@example.org": (state, replies[state])}, [], None)
     before = store.view(message_id)
     assert before is not None
-    with caplog.at_level(logging.WARNING, logger="workers.status"):
+    with caplog.at_level(logging.WARNING, logger="workers.queue.status"):
         store.record(
             message_id,
             {"a@example.org": (refused, OK), "b@example.org": (S.DELIVERED, OK)},
@@ -259,7 +259,7 @@ def test_deferred_again_updates_the_last_reply(store: StatusStore, message_id: s
 def test_unknown_address_is_skipped(
     store: StatusStore, message_id: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="workers.status"):
+    with caplog.at_level(logging.WARNING, logger="workers.queue.status"):
         store.record(message_id, {"z@example.org": (S.DELIVERED, OK)}, [], None)
     assert "z@example.org" not in _states(store, message_id)
     assert "unknown recipient" in caplog.text

@@ -6,8 +6,9 @@ import json
 
 import redis
 
-from workers.reply import Code, Reply, Step
-from workers.status import RecipientState, StatusStore, iso_time
+from workers.model.reply import Code, Reply, Step
+from workers.model.states import RecipientState
+from workers.queue.status import StatusStore, iso_time
 
 NOW = 1_700_000_000.0
 REJECTED = Reply(

@@ -17,18 +17,18 @@ from tasks.cli.status import as_lines
 from tests.support.dns_server import DnsServer
 from tests.support.smtp_sink import MakeSink
 from workers.batch import BatchRunner, Item
-from workers.content import ContentStore
-from workers.dead_letters import DeadLetters
-from workers.deferred import DeferredSet
-from workers.delivery import DeliveryAgent
-from workers.disposition import Disposition
-from workers.envelope import outbound
-from workers.leases import Leases
-from workers.mx import MxResolver
-from workers.rate_limits import Limiter
+from workers.delivery.agent import DeliveryAgent
+from workers.delivery.mx import MxResolver
+from workers.model.envelope import outbound
+from workers.queue.content import ContentStore
+from workers.queue.dead_letters import DeadLetters
+from workers.queue.deferred import DeferredSet
+from workers.queue.disposition import Disposition
+from workers.queue.leases import Leases
+from workers.queue.status import StatusStore
 from workers.runtime import runtime
-from workers.smtp_record import Timeouts
-from workers.status import StatusStore
+from workers.smtp.record import Timeouts
+from workers.traffic.rate_limits import Limiter
 
 DESTINATION = "implicit.test"
 SLOWDOWN_KEY = f"mailroom:rate:slow:{DESTINATION}"

@@ -32,7 +32,7 @@ import dns.rdtypes.IN.A
 import dns.rdtypes.IN.AAAA
 import dns.resolver
 
-from workers.reply import (
+from workers.model.reply import (
     Reply,
     denied_network,
     dns_temporary,

@@ -38,12 +38,11 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from workers.reply import Step
-from workers.status import RecipientState
+from workers.model.reply import Step
+from workers.model.states import RecipientState
 
 if TYPE_CHECKING:
-    from workers.delivery import DeliveryReport
-    from workers.smtp_record import StepRecord
+    from workers.model.report import DeliveryReport, StepRecord
 
 log = logging.getLogger(__name__)
 

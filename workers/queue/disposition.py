@@ -15,7 +15,7 @@ written before the status record, whose write also advances the delivery's attem
 redelivered after the status write finds its attempt stale and skips (the retry is already
 scheduled); one redelivered before it runs the attempt again, and its deferral lands on the same
 deferred member, so nothing is scheduled twice and nothing is lost. The cluster's metrics
-(`workers.metrics`), when given a recorder, are counted last.
+(`workers.observe.metrics`), when given a recorder, are counted last.
 """
 
 from __future__ import annotations
@@ -27,15 +27,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from workers.dead_letters import DeadLetters
-from workers.deferred import DeferredSet
-from workers.delivery import Attempt, DeliveryReport
-from workers.metrics import MetricsRecorder
-from workers.outcome import Bounced, Deferred, Delivered, Outcome
-from workers.reply import Reply, Step
-from workers.retry_schedule import next_due
-from workers.smtp_record import StepRecord
-from workers.status import RecipientState, Record, StatusStore
+from workers.model.outcome import Bounced, Deferred, Delivered, Outcome
+from workers.model.reply import Reply, Step
+from workers.model.report import Attempt, DeliveryReport, StepRecord
+from workers.model.states import RecipientState
+from workers.observe.metrics import MetricsRecorder
+from workers.queue.dead_letters import DeadLetters
+from workers.queue.deferred import DeferredSet
+from workers.queue.retry_schedule import next_due
+from workers.queue.status import Record, StatusStore
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,8 +29,9 @@ from typing import Any
 import redis
 from redis.client import Pipeline
 
-from workers.redaction import redact_addresses
-from workers.reply import Reply
+from workers.model.redaction import redact_addresses
+from workers.model.reply import Reply
+from workers.model.states import RecipientState
 
 ATTEMPTS_KEPT = 100
 # Recipient fields only a deferred recipient has: why the gate held it back (only when it did)
@@ -38,16 +39,6 @@ ATTEMPTS_KEPT = 100
 _WHEN_DEFERRED = ("throttled", "next_attempt")
 
 _log = logging.getLogger(__name__)
-
-
-class RecipientState(StrEnum):
-    """Where one recipient of a message stands."""
-
-    QUEUED = "queued"  # not tried yet (or replayed from the dead-letter queue)
-    DEFERRED = "deferred"  # tried, failed transiently, due again later
-    DELIVERED = "delivered"  # a server accepted it: final
-    BOUNCED = "bounced"  # permanent failure: final, dead-lettered
-    EXPIRED = "expired"  # still failing when MAX_AGE ran out: final, dead-lettered
 
 
 class MessageState(StrEnum):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from workers.reply import Code, Reply, Step
+from workers.model.reply import Code, Reply, Step
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import time
 
-from workers import reply as replies
-from workers.connection_pool import Connection
-from workers.envelope import OutboundMessage
-from workers.rate_limits import is_throttling
-from workers.reply import Code, Reply, Step, parse_reply
-from workers.smtp_record import Ledger, Timeouts, ambiguous
-from workers.smtp_wire import NoReply, Wire, message_bytes
+from workers.model import reply as replies
+from workers.model.envelope import OutboundMessage
+from workers.model.reply import Code, Reply, Step, parse_reply
+from workers.model.throttling import is_throttling
+from workers.smtp.connection_pool import Connection
+from workers.smtp.record import Ledger, Timeouts, ambiguous
+from workers.smtp.wire import NoReply, Wire, message_bytes
 
 FINAL = (2, 4, 5)  # the classes of a final reply, the only ones RSET, MAIL, RCPT or the dot get
 START = (3, 4, 5)  # DATA before the message: 354, or a refusal; never a 2xx

@@ -26,10 +26,10 @@ from typing import Any
 
 import redis
 
-from workers.content import content_key
-from workers.redaction import redact_addresses
-from workers.reply import Reply
-from workers.status import iso_time, record_keys
+from workers.model.redaction import redact_addresses
+from workers.model.reply import Reply
+from workers.queue.content import content_key
+from workers.queue.status import iso_time, record_keys
 
 DLQ_KEY = "mailroom:dlq"
 ENTRIES_KEY = "mailroom:dlq:entries"

@@ -25,7 +25,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import cast
 
-from workers.reply import printable
+from workers.model.reply import printable
 
 MAX_LINE = 8192  # RFC 5321 §4.5.3.1.5 allows 512 octets for a reply line; be lenient
 MAX_BUFFER = 4 * MAX_LINE  # a reply (continuation lines included) longer than this is garbage

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from settings import Settings
-from workers.content import record_ttl
+from workers.queue.content import record_ttl
 
 
 @dataclass(frozen=True, slots=True)

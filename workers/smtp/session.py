@@ -1,15 +1,15 @@
 """One SMTP conversation with one server address: steps 1 and 6 of the session, around 3 to 5.
 
 open (TCP connect, greeting, EHLO with HELO fallback, STARTTLS, EHLO again, AUTH) → one mail
-transaction (`workers.smtp_transaction`: MAIL FROM, RCPT TO per recipient, DATA) → QUIT, or the
+transaction (`workers.smtp.transaction`: MAIL FROM, RCPT TO per recipient, DATA) → QUIT, or the
 connection parked for the next message. Every command's reply is recorded with its step, enhanced
-code and duration (`workers.smtp_record`). The session never raises for anything the network or
+code and duration (`workers.smtp.record`). The session never raises for anything the network or
 the server does: each library exception becomes a `Reply` in `_translate`, the one boundary with
 aiosmtplib (STYLE.md rule 3). A failure while opening hits every recipient; QUIT never changes an
 outcome.
 
 aiosmtplib opens the session; the transactions then run on the connection's `Wire`
-(`workers.smtp_wire`), pipelined when the server offers PIPELINING (RFC 2920).
+(`workers.smtp.wire`), pipelined when the server offers PIPELINING (RFC 2920).
 
 With a `ConnectionPool`, a session first takes a parked connection to the same server and sends
 RSET (pipelined with the transaction); if RSET fails (the server closed it while it was parked),
@@ -39,15 +39,16 @@ from aiosmtplib.errors import (
     SMTPTimeoutError,
 )
 
-from workers import reply as replies
-from workers.connection_pool import Connection, ConnectionPool, PoolKey, Slot
-from workers.envelope import OutboundMessage
-from workers.rate_limits import is_throttling
-from workers.reply import Code, Reply, Step, parse_reply
-from workers.smtp_record import Ledger, StepRecord, Timeouts
-from workers.smtp_transaction import read_reply, transaction
-from workers.smtp_wire import Wire
-from workers.tls_policy import TlsMode, TlsPolicy
+from workers.model import reply as replies
+from workers.model.envelope import OutboundMessage
+from workers.model.reply import Code, Reply, Step, parse_reply
+from workers.model.report import StepRecord
+from workers.model.throttling import is_throttling
+from workers.smtp.connection_pool import Connection, ConnectionPool, PoolKey, Slot
+from workers.smtp.record import Ledger, Timeouts
+from workers.smtp.tls_policy import TlsMode, TlsPolicy
+from workers.smtp.transaction import read_reply, transaction
+from workers.smtp.wire import Wire
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +97,7 @@ async def run_session(
     deferred. Credentials are only ever sent inside TLS. A `probe` stops after RCPT TO (no
     DATA; `mailroom check`), so each accepted recipient's reply is its RCPT reply. With `pool`,
     a parked connection is reused and a healthy one parked afterwards (never for a probe).
-    `slot` is the delivery's right to a connection (`workers.connection_pool`): a connection
+    `slot` is the delivery's right to a connection (`workers.smtp.connection_pool`): a connection
     opened here takes its lease, one dropped gives it back; it must hold one unless a parked
     connection is used. Without it the session uses (and empties) a slot of its own, as an
     uncapped destination's. `connection` is one the caller already took from `pool`.
@@ -349,7 +350,7 @@ class _Conversation(Ledger):
     # Plumbing.
 
     def take_over(self) -> bool:
-        """Hand the open connection to a `Wire` for its transactions (see `workers.smtp_wire`)."""
+        """Hand the open connection to a `Wire` for its transactions (see `workers.smtp.wire`)."""
         connection = self.connection
         assert connection is not None
         self.keep_transport()

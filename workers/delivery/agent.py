@@ -28,17 +28,18 @@ from typing import Any, Protocol, TypeVar
 from redis import RedisError
 
 from settings import DeliveryMode, Settings
-from workers.connection_pool import Connection, ConnectionPool, Handover, Slot
-from workers.envelope import OutboundMessage
-from workers.leases import lease_ttl
-from workers.mx import MxResolver, Target, resolve_host
-from workers.outcome import Deferred, Outcome, classify, try_next_host
-from workers.profiles import traffic
-from workers.rate_limits import Granted, Throttled, ThrottleReason
-from workers.reply import Code, Reply, Step, not_attempted
-from workers.smtp_record import StepRecord, Timeouts
-from workers.smtp_session import Credentials, SessionResult, run_session
-from workers.tls_policy import TlsPolicy, opportunistic_policy, relay_policy
+from workers.delivery.mx import MxResolver, Target, resolve_host
+from workers.model.envelope import OutboundMessage
+from workers.model.outcome import Deferred, Outcome, classify, try_next_host
+from workers.model.reply import Code, Reply, Step, not_attempted
+from workers.model.report import Attempt, DeliveryReport, StepRecord
+from workers.model.throttling import Granted, Throttled, ThrottleReason
+from workers.queue.leases import lease_ttl
+from workers.smtp.connection_pool import Connection, ConnectionPool, Handover, Slot
+from workers.smtp.record import Timeouts
+from workers.smtp.session import Credentials, SessionResult, run_session
+from workers.smtp.tls_policy import TlsPolicy, opportunistic_policy, relay_policy
+from workers.traffic.profiles import traffic
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -59,8 +60,8 @@ class Relay:
 
 
 class ConnectionCap(Protocol):
-    """The cluster-wide connection cap (`workers.rate_limits.Limiter`): blocking Redis calls,
-    which the agent runs in the event loop's executor."""
+    """The cluster-wide connection cap (`workers.traffic.rate_limits.Limiter`): blocking Redis
+    calls, which the agent runs in the event loop's executor."""
 
     def connection_lease(self, destination: str) -> Granted | Throttled: ...
 
@@ -91,7 +92,7 @@ class _Unfailing:
 
 
 class RateGate(Protocol):
-    """The cluster-wide rate gate (`workers.rate_limits.Limiter`), asked for each further
+    """The cluster-wide rate gate (`workers.traffic.rate_limits.Limiter`), asked for each further
     message of a delivery split into parts; a blocking Redis call, run in the executor."""
 
     def acquire(self, destination: str, delivery_key: str) -> Granted | Throttled: ...
@@ -105,26 +106,6 @@ class Server:
     host: str
     address: str
     port: int
-
-
-@dataclass(frozen=True, slots=True)
-class Attempt:
-    """One conversation with one server address."""
-
-    at: datetime
-    host: str
-    address: str
-    steps: tuple[StepRecord, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class DeliveryReport:
-    """Everything one delivery did: the look-up, each conversation, and each outcome."""
-
-    destination: str
-    outcomes: tuple[Outcome, ...]
-    resolution: StepRecord
-    attempts: tuple[Attempt, ...]
 
 
 class DeliveryAgent:

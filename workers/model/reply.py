@@ -1,9 +1,9 @@
 """SMTP replies as values: the server's own, and the synthetic ones Mailroom makes up.
 
 Every step of a delivery ends in a `Reply` with a basic code, an RFC 3463 enhanced code and
-text, so one classifier (`workers.outcome.classify`) and one status format cover server replies,
-DNS failures, refused connections, TLS failures and throttling alike. The synthetic codes follow
-the choices of Postfix (`smtp_addr.c`, `dsn.h`) and KumoMTA (`smtp_dispatcher.rs`).
+text, so one classifier (`workers.model.outcome.classify`) and one status format cover server
+replies, DNS failures, refused connections, TLS failures and throttling alike. The synthetic
+codes follow the choices of Postfix (`smtp_addr.c`, `dsn.h`) and KumoMTA (`smtp_dispatcher.rs`).
 """
 
 from __future__ import annotations

@@ -15,9 +15,8 @@ import json
 import logging
 from typing import Any
 
-from workers.delivery import DeliveryReport
-from workers.redaction import redact_addresses
-from workers.smtp_record import StepRecord
+from workers.model.redaction import redact_addresses
+from workers.model.report import DeliveryReport, StepRecord
 
 log = logging.getLogger("mailroom.attempts")
 

@@ -1,7 +1,7 @@
 """What one SMTP session has recorded so far: its steps, and each recipient's final reply.
 
-A `Ledger` is shared by the two halves of a session: opening it (`workers.smtp_session`) and
-each mail transaction on it (`workers.smtp_transaction`). Both record every command's reply, and
+A `Ledger` is shared by the two halves of a session: opening it (`workers.smtp.session`) and
+each mail transaction on it (`workers.smtp.transaction`). Both record every command's reply, and
 apply a failure to every recipient still waiting the same way.
 """
 
@@ -11,7 +11,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from workers.reply import Reply, Step
+from workers.model.reply import Reply, Step
+from workers.model.report import StepRecord
 
 AMBIGUOUS = "; the server may have accepted the message, so it will be retried (at least once)"
 
@@ -26,15 +27,6 @@ class Timeouts:
     session: float  # the whole delivery, every server tried included
     rset: float = 20  # RSET on a reused connection (Postfix's smtp_rset_timeout)
     data_block: float = 180  # the message: most a write may wait for the server to read on
-
-
-@dataclass(frozen=True, slots=True)
-class StepRecord:
-    """One command and its reply, as the status record shows it."""
-
-    command: str  # "connect", "EHLO", "HELO", "STARTTLS", "AUTH PLAIN", "MAIL FROM", ...
-    reply: Reply
-    ms: float
 
 
 class Ledger:

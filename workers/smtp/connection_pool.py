@@ -9,7 +9,8 @@ most `max_messages` transactions, and lives at most `max_lifetime` seconds, like
 `smtp_connection_reuse_time_limit`.
 
 MAX_CONNECTIONS counts open connections, parked ones included, and the pool alone moves their
-cluster-wide leases (`workers.rate_limits`), so the leases held in Redis are the connections open.
+cluster-wide leases (`workers.traffic.rate_limits`), so the leases held in Redis are the
+connections open.
 A delivery holds a `Slot`: the lease of the one connection it may open, while it has none open.
 Opening moves the slot's lease into the connection (`attach`); a connection the session drops
 (RSET failed, the server hung up) gives it back to the slot for its replacement (`detach`); a
@@ -37,8 +38,8 @@ from dataclasses import dataclass
 from aiosmtplib import SMTP
 from aiosmtplib.errors import SMTPException
 
-from workers.rate_limits import Granted, Throttled
-from workers.smtp_wire import Wire
+from workers.model.throttling import Granted, Throttled
+from workers.smtp.wire import Wire
 
 _QUIT_TIMEOUT = 2.0  # a parked connection's QUIT is a courtesy: never wait long for it
 _POLL_MIN = 0.05  # seconds between a waiting worker's asks for a connection lease

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 
 from redis import RedisError
 
-from workers.deferred import DeferredSet
+from workers.queue.deferred import DeferredSet
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import redis
 from redis.client import Pipeline
 
-from workers.envelope import OutboundMessage, outbound
+from workers.model.envelope import OutboundMessage, outbound
 
 _PREFIX = "mailroom:content:"
 _DAY = 86400
