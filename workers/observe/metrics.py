@@ -40,6 +40,7 @@ import redis
 
 from workers.model.reply import Step
 from workers.model.states import RecipientState
+from workers.queue.redis_text import redis_text
 
 if TYPE_CHECKING:
     from workers.model.report import DeliveryReport, StepRecord
@@ -238,11 +239,7 @@ def _bucket(seconds: float) -> str:
 
 
 def _decoded(raw: Mapping[Any, Any]) -> dict[str, str]:
-    return {_text(k): _text(v) for k, v in raw.items()}
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    return {redis_text(k): redis_text(v) for k, v in raw.items()}
 
 
 def _pairs(counts: Mapping[str, str]) -> dict[tuple[str, str], int]:

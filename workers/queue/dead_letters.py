@@ -117,10 +117,6 @@ def _member(message_id: str, destination: str) -> str:
     return f"{message_id}{_SEPARATOR}{destination}"
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 class DeadLetters:
     """The dead-letter queue of bounced and expired deliveries."""
 

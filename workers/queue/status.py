@@ -32,6 +32,7 @@ from redis.client import Pipeline
 from workers.model.redaction import redact_addresses
 from workers.model.reply import Reply
 from workers.model.states import RecipientState
+from workers.queue.redis_text import redis_text
 
 ATTEMPTS_KEPT = 100
 # Recipient fields only a deferred recipient has: why the gate held it back (only when it did)
@@ -309,7 +310,7 @@ def _pending(entries: Mapping[Any, Any], destination: str) -> list[str]:
     for address, value in entries.items():
         recipient = json.loads(value)
         if recipient["destination"] == destination and recipient["state"] in waiting:
-            found.append(_text(address))
+            found.append(redis_text(address))
     return sorted(found)
 
 
@@ -318,10 +319,6 @@ def _redacted_attempt(attempt: dict[str, Any]) -> dict[str, Any]:
         if isinstance(step.get("text"), str):
             step["text"] = redact_addresses(step["text"])
     return attempt
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 class StatusStore:
@@ -420,7 +417,7 @@ class StatusStore:
                 pipe.hmget(self._keys(message_id)[0], ["created", "enqueued", "claim"])
             replies = pipe.execute()
         return [
-            None if created is None or enqueued in (b"1", "1") else _text(claim or b"")
+            None if created is None or enqueued in (b"1", "1") else redis_text(claim or b"")
             for created, enqueued, claim in replies
         ]
 
@@ -525,7 +522,7 @@ class StatusStore:
             self._record(keys=self._keys(message_id), args=arguments, client=pipe)
         for (message_id, *_), refused in zip(records, pipe.execute(), strict=True):
             for i in range(0, len(refused), 3):
-                address, current, new = (_text(value) for value in refused[i : i + 3])
+                address, current, new = (redis_text(value) for value in refused[i : i + 3])
                 _log.warning(
                     "message %s: recipient %s not moved from %s to %s",
                     message_id,
@@ -559,7 +556,7 @@ class StatusStore:
         requeued = self._requeue(
             keys=self._keys(message_id), args=[destination, repr(now), self._ttl]
         )
-        return sorted(_text(address) for address in requeued)
+        return sorted(redis_text(address) for address in requeued)
 
     def view(self, message_id: str) -> dict[str, Any] | None:
         """The record in the shape of `mailroom status --json`, or None for an unknown id.
@@ -577,7 +574,7 @@ class StatusStore:
             return None
         recipients = sorted(
             (
-                {"address": _text(address), **json.loads(value)}
+                {"address": redis_text(address), **json.loads(value)}
                 for address, value in entries.items()
             ),
             key=lambda record: str(record["address"]),

@@ -27,6 +27,7 @@ import redis
 
 from settings import Rate
 from workers.model.throttling import Granted, Throttled, ThrottleReason
+from workers.queue.redis_text import redis_text
 
 WILDCARD = "*"
 _V = TypeVar("_V")
@@ -239,11 +240,11 @@ def _answer(reply: Sequence[Any], cap: int, token: str) -> Granted | Throttled:
     if int(granted):
         return Granted(token if cap else None)
     wait = int(wait_us) / _MICROS
-    if _text(reason) == ThrottleReason.CONNECTIONS:
+    if redis_text(reason) == ThrottleReason.CONNECTIONS:
         retry = min(max(wait, _CONNECTION_RETRY_MIN), _CONNECTION_RETRY_MAX)
         return Throttled(retry, ThrottleReason.CONNECTIONS)
-    if _text(reason) == ThrottleReason.SLOWDOWN:
-        return Throttled(wait, ThrottleReason.SLOWDOWN, _text(cause[0]) if cause else "")
+    if redis_text(reason) == ThrottleReason.SLOWDOWN:
+        return Throttled(wait, ThrottleReason.SLOWDOWN, redis_text(cause[0]) if cause else "")
     return Throttled(wait, ThrottleReason.RATE)
 
 
@@ -255,7 +256,3 @@ def _lookup(table: Mapping[str, _V], destination: str) -> _V | None:
 
 def _micros(seconds: float) -> int:
     return round(seconds * _MICROS)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
