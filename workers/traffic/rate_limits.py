@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import redis
@@ -118,6 +119,27 @@ return ms
 """
 
 
+@dataclass(frozen=True)
+class LimiterTuning:
+    """The gate's timing knobs, in seconds; production keeps the defaults, tests shorten them.
+
+    A throttling reply spaces sends `slowdown_first` apart, doubling up to `slowdown_max`, and
+    the penalty lapses `slowdown_ttl` after the last one. A wait longer than
+    `max_reservation_ahead` is answered without reserving a slot; a reservation is taken up to
+    `reservation_tolerance` early and kept `reservation_grace` past its time.
+    """
+
+    slowdown_ttl: float = 120.0
+    slowdown_first: float = 1.0
+    slowdown_max: float = 60.0
+    max_reservation_ahead: float = 3600.0
+    reservation_tolerance: float = 0.05
+    reservation_grace: float = 60.0
+
+
+DEFAULT_TUNING = LimiterTuning()
+
+
 class Limiter:
     """The cluster-wide gate: `acquire` a rate slot before a session, `connection_lease` to open
     a connection (`release_lease` when it closes), `penalize` after a throttling reply."""
@@ -129,21 +151,15 @@ class Limiter:
         rates: Mapping[str, Rate],
         connections: Mapping[str, int],
         lease_ttl: float,
-        slowdown_ttl: float = 120.0,
-        slowdown_first: float = 1.0,
-        slowdown_max: float = 60.0,
-        max_reservation_ahead: float = 3600.0,
-        reservation_tolerance: float = 0.05,
-        reservation_grace: float = 60.0,
+        tuning: LimiterTuning = DEFAULT_TUNING,
     ) -> None:
         """Limits are keyed by destination (case-insensitive) or `*`; times are in seconds.
 
         `lease_ttl` must outlast a session: a lease older than that frees its connection slot.
-        A wait longer than `max_reservation_ahead` is answered without reserving a slot.
 
         :raises ValueError: a non-positive TTL or cap.
         """
-        if lease_ttl <= 0 or slowdown_ttl <= 0:
+        if lease_ttl <= 0 or tuning.slowdown_ttl <= 0:
             raise ValueError("lease_ttl and slowdown_ttl must be positive")
         if any(cap < 1 for cap in connections.values()):
             raise ValueError("connection caps must be at least 1")
@@ -151,11 +167,11 @@ class Limiter:
         self._rates = {key.lower(): rate for key, rate in rates.items()}
         self._connections = {key.lower(): cap for key, cap in connections.items()}
         self._lease_us = _micros(lease_ttl)
-        self._slowdown = (int(slowdown_first * 1000), int(slowdown_max * 1000))
-        self._slowdown_ttl_ms = max(1, int(slowdown_ttl * 1000))
-        self._ahead_us = _micros(max_reservation_ahead)
-        self._tolerance_us = _micros(reservation_tolerance)
-        self._grace_ms = int(reservation_grace * 1000)
+        self._slowdown = (int(tuning.slowdown_first * 1000), int(tuning.slowdown_max * 1000))
+        self._slowdown_ttl_ms = max(1, int(tuning.slowdown_ttl * 1000))
+        self._ahead_us = _micros(tuning.max_reservation_ahead)
+        self._tolerance_us = _micros(tuning.reservation_tolerance)
+        self._grace_ms = int(tuning.reservation_grace * 1000)
         self._acquire = client.register_script(_ACQUIRE)
         self._connect = client.register_script(_CONNECT)
         self._penalize = client.register_script(_PENALIZE)
