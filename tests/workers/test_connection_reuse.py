@@ -23,8 +23,9 @@ from workers.model.outcome import Deferred, Delivered
 from workers.model.reply import Code, Step
 from workers.model.throttling import Granted
 from workers.smtp.connection_pool import ConnectionPool, PoolKey
+from workers.smtp.peer import Credentials, Errand, Peer
 from workers.smtp.record import Timeouts
-from workers.smtp.session import Credentials, SessionResult, run_session
+from workers.smtp.session import SessionResult, run_session
 from workers.smtp.tls_policy import TlsPolicy, relay_policy
 from workers.traffic.rate_limits import Limiter
 
@@ -41,17 +42,8 @@ async def send(
 ) -> SessionResult:
     deadline = asyncio.get_running_loop().time() + FAST.session
     return await run_session(
-        host,
-        sink.host,
-        sink.port,
-        numbered(number),
-        recipients,
-        tls=tls,
-        helo="client.mailroom.test",
-        timeouts=FAST,
-        credentials=credentials,
-        deadline=deadline,
-        pool=pool,
+        Peer(host, sink.host, sink.port, tls, "client.mailroom.test", FAST, credentials),
+        Errand(numbered(number), recipients, deadline, pool=pool),
     )
 
 
@@ -220,7 +212,7 @@ async def test_an_authenticated_tls_connection_is_reused_without_a_second_login(
     assert len(sink.auth_attempts) == 1
     assert all(m.tls for m in sink.messages)
     # A different account never gets that connection.
-    other = PoolKey("", "localhost", sink.host, sink.port, id(policy), "someone-else")
+    other = PoolKey("", "localhost", sink.host, sink.port, policy.identity, "someone-else")
     assert pool.take(other) is None
 
 
@@ -237,18 +229,8 @@ async def test_a_probe_never_parks_a_connection(make_sink: MakeSink, pool: Conne
     sink = make_sink("127.0.0.2")
     deadline = asyncio.get_running_loop().time() + FAST.session
     result = await run_session(
-        "mx.test",
-        sink.host,
-        sink.port,
-        message(),
-        ["a@mx.test"],
-        tls=None,
-        helo="client.mailroom.test",
-        timeouts=FAST,
-        credentials=None,
-        deadline=deadline,
-        probe=True,
-        pool=pool,
+        Peer("mx.test", sink.host, sink.port, None, "client.mailroom.test", FAST),
+        Errand(message(), ["a@mx.test"], deadline, probe=True, pool=pool),
     )
     assert result.replies["a@mx.test"].code == Code.OK
     assert pool.idle() == 0

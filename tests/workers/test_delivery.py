@@ -26,8 +26,8 @@ from workers.model.outcome import Bounced, Deferred, Delivered
 from workers.model.reply import Step
 from workers.model.report import DeliveryReport
 from workers.model.throttling import Granted, Throttled
+from workers.smtp.peer import Credentials
 from workers.smtp.record import Timeouts
-from workers.smtp.session import Credentials
 from workers.smtp.tls_policy import relay_policy
 from workers.traffic.rate_limits import Limiter
 

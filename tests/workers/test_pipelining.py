@@ -19,6 +19,7 @@ from tests.workers.test_smtp_session import FAST, message
 from workers.model.envelope import OutboundMessage
 from workers.model.reply import Code, Step
 from workers.smtp.connection_pool import ConnectionPool
+from workers.smtp.peer import Errand, Peer
 from workers.smtp.record import Timeouts
 from workers.smtp.session import SessionResult, run_session
 from workers.smtp.wire import message_bytes
@@ -35,17 +36,8 @@ async def send(
 ) -> SessionResult:
     deadline = asyncio.get_running_loop().time() + timeouts.session
     return await run_session(
-        "mx.test",
-        address,
-        port,
-        msg or message(),
-        recipients,
-        tls=None,
-        helo="client.mailroom.test",
-        timeouts=timeouts,
-        credentials=None,
-        deadline=deadline,
-        pool=pool,
+        Peer("mx.test", address, port, None, "client.mailroom.test", timeouts),
+        Errand(msg or message(), recipients, deadline, pool=pool),
     )
 
 

@@ -13,7 +13,8 @@ from tests.support.tls_material import TlsMaterial
 from tests.workers.test_smtp_session import session
 from workers.model.outcome import Deferred, classify
 from workers.model.reply import Step
-from workers.smtp.session import Credentials, SessionResult
+from workers.smtp.peer import Credentials
+from workers.smtp.session import SessionResult
 from workers.smtp.tls_policy import opportunistic_policy, relay_policy
 
 ACCOUNT = Credentials("svc-mailroom", "s3cret-pw")

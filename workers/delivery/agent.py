@@ -36,8 +36,9 @@ from workers.model.report import Attempt, DeliveryReport, StepRecord
 from workers.model.throttling import Granted, Throttled, ThrottleReason
 from workers.queue.leases import lease_ttl
 from workers.smtp.connection_pool import Connection, ConnectionPool, Handover, Slot
+from workers.smtp.peer import Credentials, Errand, Peer
 from workers.smtp.record import Timeouts
-from workers.smtp.session import Credentials, SessionResult, run_session
+from workers.smtp.session import SessionResult, run_session
 from workers.smtp.tls_policy import TlsPolicy, opportunistic_policy, relay_policy
 from workers.traffic.profiles import traffic
 
@@ -442,23 +443,18 @@ class DeliveryAgent:
             if connection is None and not await self._ready(slot):
                 return result
             at = datetime.now(UTC)
-            result = await run_session(
+            peer = Peer(
                 host,
                 address,
                 server.port,
-                message,
-                recipients,
-                tls=policy,
-                helo=self._helo,
-                timeouts=self._timeouts,
-                credentials=relay.credentials if relay is not None else None,
-                deadline=deadline,
-                probe=probe,
-                pool=self._pool,
-                destination=server.destination,
-                slot=slot,
-                connection=connection,
+                policy,
+                self._helo,
+                self._timeouts,
+                relay.credentials if relay is not None else None,
+                server.destination,
             )
+            errand = Errand(message, recipients, deadline, probe, self._pool, slot, connection)
+            result = await run_session(peer, errand)
             attempts.append(Attempt(at, host, address, result.steps))
             if not result.tls_failed or policy is None:
                 return result

@@ -54,7 +54,7 @@ class PoolKey:
     host: str
     address: str
     port: int
-    tls: int | None  # id() of the TlsPolicy (one object per policy per worker), None = plaintext
+    tls: str | None  # the TlsPolicy's identity, None = plaintext
     account: str | None  # the AUTH user name, None = no AUTH
 
 

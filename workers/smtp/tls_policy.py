@@ -11,7 +11,7 @@ push the mail to plaintext anyway.
 from __future__ import annotations
 
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 import certifi
@@ -27,10 +27,21 @@ class TlsMode(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class TlsPolicy:
-    """A mode and the context that implements it; build once per process, share freely."""
+    """A mode and the context that implements it; build once per process, share freely.
+
+    Two policies built from the same mode and CA bundle are equal (the context is left out of
+    the comparison): connections parked under one may be reused under the other.
+    """
 
     mode: TlsMode
-    context: ssl.SSLContext
+    context: ssl.SSLContext = field(compare=False)
+    ca_file: str | None = None  # the operator's extra CA bundle, beside the public CAs
+
+    @property
+    def identity(self) -> str:
+        """A stable name for what this policy checks, the same for every equal policy."""
+        trusted = "none" if self.mode is TlsMode.OPPORTUNISTIC else self.ca_file or "public"
+        return f"{self.mode.value}:{trusted}"
 
     @property
     def required(self) -> bool:
@@ -54,7 +65,7 @@ def relay_policy(security: str, ca_file: str | None) -> TlsPolicy:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.check_hostname = True
     context.verify_mode = ssl.CERT_REQUIRED
-    return TlsPolicy(mode, context)
+    return TlsPolicy(mode, context, ca_file or None)
 
 
 def opportunistic_policy() -> TlsPolicy:

@@ -18,12 +18,14 @@ message was sent.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from workers.model import reply as replies
 from workers.model.envelope import OutboundMessage
 from workers.model.reply import Code, Reply, Step, parse_reply
 from workers.model.throttling import is_throttling
 from workers.smtp.connection_pool import Connection
+from workers.smtp.peer import Errand
 from workers.smtp.record import Ledger, Timeouts, ambiguous
 from workers.smtp.wire import NoReply, Wire, message_bytes
 
@@ -41,41 +43,46 @@ _STEPS = {
 Command = tuple[str, bytes, str | None]  # verb, the line to send, the recipient of a RCPT TO
 
 
+@dataclass(frozen=True, slots=True)
+class Awaited:
+    """A reply being waited for: to `verb`, sent at `started` (`time.perf_counter()`), for at
+    most `timeout` seconds, in one of the classes `expect`. The `last` reply of a transaction
+    (after the dot) must also come after the dot left, and nothing after it."""
+
+    verb: str
+    started: float
+    timeout: float
+    expect: tuple[int, ...] = FINAL
+    last: bool = False
+
+
 async def transaction(
     ledger: Ledger,
     connection: Connection,
-    message: OutboundMessage,
+    errand: Errand,
     timeouts: Timeouts,
     *,
     reset: bool,
-    probe: bool,
 ) -> bool:
-    """Run one transaction on `connection`, recording into `ledger`; a reused connection
-    (`reset`) gets RSET first. A `probe` stops after RCPT TO: each accepted recipient's reply
+    """Run `errand`'s transaction on `connection`, recording into `ledger`; a reused connection
+    (`reset`) gets RSET first. A probe stops after RCPT TO: each accepted recipient's reply
     is its RCPT reply.
 
     False when RSET failed: the caller drops the connection (and with it whatever was
     pipelined), and nothing of this message reached the server.
     """
-    return await _Transaction(ledger, connection, message, timeouts).run(reset=reset, probe=probe)
+    run = _Transaction(ledger, connection, errand.message, timeouts)
+    return await run.run(reset=reset, probe=errand.probe)
 
 
-async def read_reply(
-    ledger: Ledger,
-    wire: Wire,
-    verb: str,
-    started: float,
-    timeout: float,
-    *,
-    expect: tuple[int, ...] = FINAL,
-    last: bool = False,
-) -> Reply:
-    """The next reply from `wire`, recorded as `verb`'s; a made-up one if none came, or if
-    what came cannot be `verb`'s: a class not in `expect`, or, for the `last` reply of a
-    transaction (after the dot), one complete before the dot left or followed by more bytes.
+async def read_reply(ledger: Ledger, wire: Wire, awaited: Awaited) -> Reply:
+    """The next reply from `wire`, recorded as `awaited.verb`'s; a made-up one if none came, or
+    if what came cannot be its: a class it does not expect, or, for the last reply of a
+    transaction, one complete before the dot left or followed by more bytes.
     """
+    verb, started = awaited.verb, awaited.started
     ledger.step = _STEPS[verb]
-    got = await wire.read(timeout)
+    got = await wire.read(awaited.timeout)
     if isinstance(got, NoReply):
         ledger.lost = True
         if got.garbled:
@@ -85,9 +92,9 @@ async def read_reply(
         ledger.record(verb, answer, started)
         return answer
     answer = parse_reply(got.code, got.text, ledger.step)
-    if answer.reply_class not in expect:
+    if answer.reply_class not in awaited.expect:
         return _out_of_step(ledger, wire, verb, f"{answer} is no reply to {verb}", started)
-    if last and (got.at < wire.flushed or wire.heard_more):
+    if awaited.last and (got.at < wire.flushed or wire.heard_more):
         return _out_of_step(ledger, wire, verb, f"{answer} came out of step", started)
     if answer.reply_class > 3:
         ledger.throttled = ledger.throttled or is_throttling(
@@ -155,7 +162,7 @@ class _Transaction:
                 wire.send(line, 1)
             timeout = self.timeouts.rset if verb == "RSET" else self.timeouts.command
             expect = START if verb == "DATA" else FINAL
-            answer = await read_reply(ledger, wire, verb, started, timeout, expect=expect)
+            answer = await read_reply(ledger, wire, Awaited(verb, started, timeout, expect))
             if verb == "RSET":
                 if answer.reply_class != 2:
                     return False
@@ -256,7 +263,8 @@ class _Transaction:
             written = wire.send(message_bytes(self.message.data), 1)
             # The dot left only if the server kept reading (RFC 5321 §4.5.3.2.5's data block).
             ledger.body_sent = written and await wire.drain(self.timeouts.data_block)
-            answer = await read_reply(ledger, wire, "DATA", started, self.timeouts.data, last=True)
+            awaited = Awaited("DATA", started, self.timeouts.data, last=True)
+            answer = await read_reply(ledger, wire, awaited)
             if ledger.lost and ledger.body_sent:
                 answer = ambiguous(answer)  # the dot may have arrived unanswered
         for recipient in self.accepted:
