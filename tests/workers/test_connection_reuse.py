@@ -22,7 +22,8 @@ from workers.model.envelope import OutboundMessage, outbound
 from workers.model.outcome import Deferred, Delivered
 from workers.model.reply import Code, Step
 from workers.model.throttling import Granted
-from workers.smtp.connection_pool import ConnectionPool, PoolKey
+from workers.smtp.connection import PoolKey
+from workers.smtp.connection_pool import ConnectionPool
 from workers.smtp.peer import Credentials, Errand, Peer
 from workers.smtp.record import Timeouts
 from workers.smtp.session import SessionResult, run_session

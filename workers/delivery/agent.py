@@ -35,10 +35,12 @@ from workers.model.reply import Code, Reply, Step, not_attempted
 from workers.model.report import Attempt, DeliveryReport, StepRecord
 from workers.model.throttling import Granted, Throttled, ThrottleReason
 from workers.queue.leases import lease_ttl
-from workers.smtp.connection_pool import Connection, ConnectionPool, Handover, Slot
+from workers.smtp.connection import Connection
+from workers.smtp.connection_pool import ConnectionPool
 from workers.smtp.peer import Credentials, Errand, Peer
 from workers.smtp.record import Timeouts
 from workers.smtp.session import SessionResult, run_session
+from workers.smtp.slot import Handover, Slot
 from workers.smtp.tls_policy import TlsPolicy, opportunistic_policy, relay_policy
 from workers.traffic.profiles import traffic
 
@@ -143,8 +145,7 @@ class DeliveryAgent:
         if pool is not None and self._cap is not None:
             # A closed connection's lease goes back to Redis; a new one is asked for while
             # deliveries wait for a connection.
-            pool.release = self._cap.release_lease
-            pool.acquire = self._cap.connection_lease
+            pool.use_cap(self._cap.connection_lease, self._cap.release_lease)
 
     @classmethod
     def from_settings(

@@ -25,7 +25,7 @@ from aiosmtplib.errors import (
 from workers.model import reply as replies
 from workers.model.reply import Code, Reply, Step, parse_reply
 from workers.model.throttling import is_throttling
-from workers.smtp.connection_pool import Connection
+from workers.smtp.connection import Connection
 from workers.smtp.peer import Peer
 from workers.smtp.record import Ledger
 from workers.smtp.wire import Wire

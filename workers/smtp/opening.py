@@ -18,8 +18,10 @@ from aiosmtplib import SMTP
 from workers.model import reply as replies
 from workers.model.reply import Code, Reply, Step
 from workers.smtp.channel import Channel
-from workers.smtp.connection_pool import Connection, ConnectionPool, Slot
+from workers.smtp.connection import Connection
+from workers.smtp.connection_pool import ConnectionPool
 from workers.smtp.peer import Credentials
+from workers.smtp.slot import Slot
 from workers.smtp.tls_policy import TlsMode, TlsPolicy
 
 

@@ -7,8 +7,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from workers.model.envelope import OutboundMessage
-from workers.smtp.connection_pool import Connection, ConnectionPool, PoolKey, Slot
+from workers.smtp.connection import Connection, PoolKey
+from workers.smtp.connection_pool import ConnectionPool
 from workers.smtp.record import Timeouts
+from workers.smtp.slot import Slot
 from workers.smtp.tls_policy import TlsPolicy
 
 

@@ -27,10 +27,11 @@ from workers.model import reply as replies
 from workers.model.reply import Reply, Step
 from workers.model.report import StepRecord
 from workers.smtp.channel import Channel
-from workers.smtp.connection_pool import Connection, Slot
+from workers.smtp.connection import Connection
 from workers.smtp.opening import open_session
 from workers.smtp.peer import Errand, Peer
 from workers.smtp.record import Ledger
+from workers.smtp.slot import Slot
 from workers.smtp.transaction import Awaited, read_reply, transaction
 
 

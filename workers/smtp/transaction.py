@@ -24,7 +24,7 @@ from workers.model import reply as replies
 from workers.model.envelope import OutboundMessage
 from workers.model.reply import Code, Reply, Step, parse_reply
 from workers.model.throttling import is_throttling
-from workers.smtp.connection_pool import Connection
+from workers.smtp.connection import Connection
 from workers.smtp.peer import Errand
 from workers.smtp.record import Ledger, Timeouts, ambiguous
 from workers.smtp.wire import NoReply, Wire, message_bytes
