@@ -41,6 +41,7 @@ from workers.queue.disposition import Disposition
 from workers.queue.leases import Leases, lease_ttl
 from workers.queue.redis_client import redis_client
 from workers.queue.retention import retention
+from workers.queue.retry_schedule import RetryPolicy
 from workers.queue.status import StatusStore
 from workers.queue.sweeper import Sweeper
 from workers.runtime import runtime
@@ -105,8 +106,7 @@ class WorkerContext:
                 status,
                 deferred,
                 DeadLetters(client, kept.dead_letters),
-                delays=settings.retry_delays,
-                max_age=settings.max_age,
+                retry=RetryPolicy(settings.retry_delays, settings.max_age),
                 metrics=MetricsRecorder(client),
             )
             ttl_of_leases = lease_ttl(settings.session_timeout, settings.visibility_timeout)

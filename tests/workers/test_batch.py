@@ -27,6 +27,7 @@ from workers.queue.deferred import DeferredSet
 from workers.queue.disposition import Disposition, Summary
 from workers.queue.leases import Leases
 from workers.queue.redis_client import redis_client
+from workers.queue.retry_schedule import RetryPolicy
 from workers.queue.status import StatusStore
 from workers.runtime import runtime
 from workers.smtp.record import Timeouts
@@ -52,7 +53,7 @@ def runner(client: redis.Redis) -> BatchRunner:
         leases=Leases(client, ttl=30),
         deferred=deferred,
         disposition=Disposition(
-            status, deferred, DeadLetters(client, 3600), delays=(60,), max_age=3600
+            status, deferred, DeadLetters(client, 3600), retry=RetryPolicy((60,), 3600)
         ),
         submit=runtime().submit,
         clock=lambda: NOW,
@@ -113,7 +114,7 @@ def sink_runner(
         leases=Leases(client, ttl=30),
         deferred=deferred,
         disposition=disposition
-        or Disposition(status, deferred, DeadLetters(client, 3600), delays=(60,), max_age=3600),
+        or Disposition(status, deferred, DeadLetters(client, 3600), retry=RetryPolicy((60,), 3600)),
         submit=runtime().submit,
         record_window=25,
         session_limit=session_limit,
@@ -183,7 +184,9 @@ class _BrokenFor(Disposition):
     def __init__(self, client: redis.Redis, broken: str) -> None:
         status = StatusStore(client, ttl=3600)
         deferred = DeferredSet(client)
-        super().__init__(status, deferred, DeadLetters(client, 3600), delays=(60,), max_age=3600)
+        super().__init__(
+            status, deferred, DeadLetters(client, 3600), retry=RetryPolicy((60,), 3600)
+        )
         self._broken = broken
 
     def apply_many(

@@ -19,6 +19,7 @@ from workers.observe.metrics import DELIVERIES_KEY, SESSION_KEY, MetricsRecorder
 from workers.queue.dead_letters import DeadLetters
 from workers.queue.deferred import DeferredSet
 from workers.queue.disposition import Disposition
+from workers.queue.retry_schedule import RetryPolicy
 from workers.queue.status import StatusStore
 
 NOW = 1_800_000_000.0
@@ -221,9 +222,7 @@ def disposition(client: redis.Redis, max_age: float = 3600) -> Disposition:
         status,
         DeferredSet(client),
         DeadLetters(client, 3600),
-        delays=(60, 300),
-        max_age=max_age,
-        rng=random.Random(1),
+        retry=RetryPolicy((60, 300), max_age, rng=random.Random(1)),
         metrics=MetricsRecorder(client),
     )
 
@@ -231,7 +230,7 @@ def disposition(client: redis.Redis, max_age: float = 3600) -> Disposition:
 def test_disposition_counts_each_recipients_outcome(redis_client: redis.Redis) -> None:
     outcomes = (Delivered("a@x.test", OK_DATA), Bounced("b@x.test", UNKNOWN))
     applied = disposition(redis_client)
-    applied.apply("m1", 1, NOW, report(*outcomes, sessions=(SLOW,)), NOW)
+    applied.apply_many([("m1", 1, NOW, report(*outcomes, sessions=(SLOW,)))], NOW)
     applied.flush()
 
     snapshot = read_metrics(redis_client)
@@ -245,7 +244,7 @@ def test_disposition_counts_a_deferral_past_max_age_as_expired(
 ) -> None:
     outcomes = (Deferred("a@x.test", GREY), Deferred("b@x.test", GREY))
     applied = disposition(redis_client, max_age=60)
-    applied.apply("m1", 3, NOW, report(*outcomes, sessions=(FAST,)), NOW + 61)
+    applied.apply_many([("m1", 3, NOW, report(*outcomes, sessions=(FAST,)))], NOW + 61)
     applied.flush()
 
     assert read_metrics(redis_client).deliveries == {("expired", "x.test"): 2}
@@ -255,7 +254,7 @@ def test_a_throttled_delivery_counts_as_throttled_only(redis_client: redis.Redis
     gate = StepRecord("gate", GATE, 0.0)
     throttled = report(Deferred("a@x.test", GATE, 0.4), resolution=gate)
     applied = disposition(redis_client)
-    applied.apply("m1", 1, NOW, throttled, NOW)
+    applied.apply_many([("m1", 1, NOW, throttled)], NOW)
     applied.flush()
 
     snapshot = read_metrics(redis_client)
@@ -271,7 +270,7 @@ def test_a_throttled_delivery_past_max_age_counts_as_expired_too(
     outcomes = (Deferred("a@x.test", GATE, 5.0), Deferred("b@x.test", GATE, 5.0))
     throttled = report(*outcomes, resolution=gate)
     applied = disposition(redis_client, max_age=60)
-    applied.apply("m1", 1, NOW, throttled, NOW + 61)
+    applied.apply_many([("m1", 1, NOW, throttled)], NOW + 61)
     applied.flush()
 
     snapshot = read_metrics(redis_client)

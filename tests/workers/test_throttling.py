@@ -25,6 +25,7 @@ from workers.queue.dead_letters import DeadLetters
 from workers.queue.deferred import DeferredSet
 from workers.queue.disposition import Disposition
 from workers.queue.leases import Leases
+from workers.queue.retry_schedule import RetryPolicy
 from workers.queue.status import StatusStore
 from workers.runtime import runtime
 from workers.smtp.record import Timeouts
@@ -51,7 +52,7 @@ def _runner(client: redis.Redis, dns_server: DnsServer, mx_port: int) -> BatchRu
         leases=Leases(client, ttl=30),
         deferred=deferred,
         disposition=Disposition(
-            status, deferred, DeadLetters(client, 3600), delays=(60,), max_age=3600
+            status, deferred, DeadLetters(client, 3600), retry=RetryPolicy((60,), 3600)
         ),
         submit=runtime().submit,
         limiter=Limiter(client, rates={}, connections={}, lease_ttl=30),

@@ -85,13 +85,6 @@ end
 return #old
 """
 
-# KEYS: dlq, entries. Removes everything; returns how many entries there were.
-_PURGE_ALL = """
-local count = redis.call('ZCARD', KEYS[1])
-redis.call('DEL', KEYS[1], KEYS[2])
-return count
-"""
-
 
 class DeadReason(StrEnum):
     """Why a delivery ended in the dead-letter queue."""
@@ -128,7 +121,6 @@ class DeadLetters:
         self._put_if_unchanged = redis.register_script(_PUT_IF_UNCHANGED)
         self._take = redis.register_script(_TAKE)
         self._prune = redis.register_script(_PRUNE)
-        self._purge_all = redis.register_script(_PURGE_ALL)
 
     def add(
         self,
@@ -213,10 +205,6 @@ class DeadLetters:
     def purge(self, message_id: str) -> int:
         """Delete every entry of one message; returns how many were deleted."""
         return len(self.take(message_id))
-
-    def purge_all(self) -> int:
-        """Delete every entry; returns how many were deleted."""
-        return int(self._purge_all(keys=[DLQ_KEY, ENTRIES_KEY]))
 
     def count(self) -> int:
         """How many entries (dead deliveries) the queue holds."""

@@ -20,7 +20,6 @@ deferred member, so nothing is scheduled twice and nothing is lost. The cluster'
 
 from __future__ import annotations
 
-import random
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from workers.model.states import RecipientState
 from workers.observe.metrics import MetricsRecorder
 from workers.queue.dead_letters import DeadLetters
 from workers.queue.deferred import DeferredSet
-from workers.queue.retry_schedule import next_due
+from workers.queue.retry_schedule import RetryPolicy, next_due
 from workers.queue.status import Record, StatusStore
 
 
@@ -72,31 +71,21 @@ class Disposition:
         deferred: DeferredSet,
         dead_letters: DeadLetters,
         *,
-        delays: Sequence[int],
-        max_age: float,
-        rng: random.Random | None = None,
+        retry: RetryPolicy,
         metrics: MetricsRecorder | None = None,
     ) -> None:
         self._status = status
         self._deferred = deferred
         self._dead = dead_letters
-        self._delays = tuple(delays)
-        self._max_age = max_age
-        self._rng = rng or random.Random()
+        self._retry = retry
         self._metrics = metrics
-
-    def apply(
-        self, message_id: str, attempt: int, first_queued: float, report: DeliveryReport, now: float
-    ) -> Summary:
-        """Record `report`, attempt number `attempt` of the delivery queued at `first_queued`."""
-        [summary] = self.apply_many([(message_id, attempt, first_queued, report)], now)
-        return summary
 
     def apply_many(
         self, deliveries: Sequence[tuple[str, int, float, DeliveryReport]], now: float
     ) -> list[Summary]:
-        """`apply` for deliveries that ended together: each one's deferred entry and dead
-        letters first, then every status record in one round trip, then the metrics."""
+        """Record the reports of deliveries that ended together, each given as (message_id,
+        attempt number, first queued, report): each one's deferred entry and dead letters
+        first, then every status record in one round trip, then the metrics."""
         summaries = []
         records: list[Record] = []
         counts: list[tuple[DeliveryReport, Counter[RecipientState], bool]] = []
@@ -108,13 +97,11 @@ class Disposition:
             if deferred:
                 retry_after = max((o.retry_after or 0.0 for o in deferred), default=0.0) or None
                 due = next_due(
+                    self._retry,
                     attempt=attempt,
                     first_queued=first_queued,
                     now=now,
-                    delays=self._delays,
-                    max_age=self._max_age,
                     retry_after=retry_after,
-                    rng=self._rng,
                 )
             states = {
                 o.recipient: (_state(o, expired=due is None), o.reply) for o in report.outcomes

@@ -13,20 +13,30 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 _RANDOM = random.Random()
 
 
+@dataclass(frozen=True)
+class RetryPolicy:
+    """The operator's retry schedule: `delays` in seconds per attempt (the last repeats), each
+    spread by up to `jitter * delay` drawn from `rng` (a shared one when None), and `max_age`,
+    the seconds after first being queued at which a delivery expires."""
+
+    delays: Sequence[int]
+    max_age: float
+    jitter: float = 0.1
+    rng: random.Random | None = None
+
+
 def next_due(
+    policy: RetryPolicy,
     *,
     attempt: int,
     first_queued: float,
     now: float,
-    delays: Sequence[int],
-    max_age: float,
     retry_after: float | None = None,
-    jitter: float = 0.1,
-    rng: random.Random | None = None,
 ) -> float | None:
     """Return the UNIX time the delivery is due again, or None when it has expired.
 
@@ -39,6 +49,7 @@ def next_due(
     :raises ValueError: `attempt` below 1, no `delays`, a negative delay, `jitter` outside
         [0, 1), a negative `retry_after`, or a time that is not finite.
     """
+    delays, max_age, jitter = policy.delays, policy.max_age, policy.jitter
     if attempt < 1:
         raise ValueError(f"attempt must be at least 1, got {attempt}")
     if not delays or min(delays) < 0:
@@ -57,5 +68,5 @@ def next_due(
     else:
         base = delays[min(attempt, len(delays)) - 1]
         spread = jitter * base
-        delay = base + (rng or _RANDOM).uniform(-spread, spread)
+        delay = base + (policy.rng or _RANDOM).uniform(-spread, spread)
     return min(now + delay, deadline)

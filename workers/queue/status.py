@@ -430,12 +430,9 @@ class StatusStore:
         """Whether a status record exists (and has not expired) for `message_id`."""
         return bool(self._redis.exists(self._keys(message_id)[0]))
 
-    def mark_enqueued(self, message_id: str) -> bool:
-        """Note that the message's deliveries are on their queues; False for an unknown id."""
-        return self.mark_all_enqueued([message_id]) == 1
-
     def mark_all_enqueued(self, message_ids: Sequence[str]) -> int:
-        """`mark_enqueued` for many messages in one round trip; returns how many were known."""
+        """Note that the messages' deliveries are on their queues, in one round trip; returns how
+        many of the ids were known."""
         if not message_ids:
             return 0
         keys = [self._keys(message_id)[0] for message_id in message_ids]
@@ -446,12 +443,12 @@ class StatusStore:
         self._redis.delete(*self._keys(message_id))
 
     def is_enqueued(self, message_id: str) -> bool:
-        """Whether `mark_enqueued` was called for this (existing) message."""
+        """Whether `mark_all_enqueued` was called for this (existing) message."""
         return self._redis.hget(self._keys(message_id)[0], "enqueued") in (b"1", "1")
 
     def progress(self, message_ids: Sequence[str]) -> list[bool | None]:
         """Where each message stands, in one round trip: None, no status record; else whether
-        `mark_enqueued` was called for it."""
+        `mark_all_enqueued` was called for it."""
         with self._redis.pipeline(transaction=False) as pipe:
             for message_id in message_ids:
                 pipe.hmget(self._keys(message_id)[0], ["created", "enqueued"])
@@ -460,14 +457,11 @@ class StatusStore:
             None if created is None else enqueued in (b"1", "1") for created, enqueued in replies
         ]
 
-    def pending(self, message_id: str, destination: str) -> list[str]:
-        """Addresses of `destination` still queued or deferred, sorted; [] for an unknown id."""
-        return _pending(self._redis.hgetall(self._keys(message_id)[1]), destination)
-
     def claims(
         self, deliveries: Sequence[tuple[str, str]]
     ) -> list[tuple[DeliveryState | None, list[str]]]:
-        """`delivery` and `pending` of many (message_id, destination) pairs in one round trip."""
+        """`delivery` of many (message_id, destination) pairs, each with the addresses of that
+        destination still queued or deferred (sorted; [] for an unknown id), in one round trip."""
         pipe = self._redis.pipeline(transaction=False)
         for message_id, destination in deliveries:
             keys = self._keys(message_id)
