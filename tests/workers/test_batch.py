@@ -18,6 +18,7 @@ from tests.support.smtp_sink import MakeSink
 from tests.tasks.pipeline_support import wait_for
 from workers.batch import BatchRunner, Item
 from workers.delivery.agent import DeliveryAgent
+from workers.delivery.config import AgentConfig
 from workers.delivery.mx import MxResolver
 from workers.model.envelope import outbound
 from workers.model.report import DeliveryReport
@@ -40,11 +41,13 @@ def runner(client: redis.Redis) -> BatchRunner:
     deferred = DeferredSet(client)
     # The agent is never reached in these tests: any network attempt would fail them (port 9).
     agent = DeliveryAgent(
-        resolver=MxResolver([("127.0.0.1", 9)], port=9, timeout=0.2),
-        mx_port=9,
-        relay=None,
-        helo="client.mailroom.test",
-        timeouts=Timeouts(connect=0.2, command=0.2, data=0.2, session=0.5),
+        AgentConfig(
+            resolver=MxResolver([("127.0.0.1", 9)], port=9, timeout=0.2),
+            mx_port=9,
+            relay=None,
+            helo="client.mailroom.test",
+            timeouts=Timeouts(connect=0.2, command=0.2, data=0.2, session=0.5),
+        )
     )
     return BatchRunner(
         agent=agent,
@@ -101,11 +104,13 @@ def sink_runner(
     status = StatusStore(client, ttl=3600)
     deferred = DeferredSet(client)
     agent = DeliveryAgent(
-        resolver=MxResolver([dns_server.address], port=mx_port, timeout=2),
-        mx_port=mx_port,
-        relay=None,
-        helo="client.mailroom.test",
-        timeouts=timeouts,
+        AgentConfig(
+            resolver=MxResolver([dns_server.address], port=mx_port, timeout=2),
+            mx_port=mx_port,
+            relay=None,
+            helo="client.mailroom.test",
+            timeouts=timeouts,
+        )
     )
     return BatchRunner(
         agent=agent,

@@ -17,6 +17,7 @@ from tests.support.smtp_sink import MakeSink, Sink
 from tests.support.tls_material import TlsMaterial
 from tests.workers.test_smtp_session import FAST, message
 from workers.delivery.agent import DeliveryAgent
+from workers.delivery.config import AgentConfig
 from workers.delivery.mx import MxResolver
 from workers.model.envelope import OutboundMessage, outbound
 from workers.model.outcome import Deferred, Delivered
@@ -258,11 +259,13 @@ def capped_agent(
     resolver = MxResolver([dns_server.address], port=port, timeout=2)
     pool = ConnectionPool(max_messages=100, idle_timeout=5)
     agent = DeliveryAgent(
-        resolver=resolver,
-        mx_port=port,
-        relay=None,
-        helo="client.mailroom.test",
-        timeouts=timeouts,
+        AgentConfig(
+            resolver=resolver,
+            mx_port=port,
+            relay=None,
+            helo="client.mailroom.test",
+            timeouts=timeouts,
+        ),
         pool=pool,
         cap=limiter,
     )

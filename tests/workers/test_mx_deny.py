@@ -14,6 +14,7 @@ from tests.support.smtp_sink import MakeSink
 from tests.workers.test_delivery import FAST
 from tests.workers.test_smtp_session import message
 from workers.delivery.agent import DeliveryAgent
+from workers.delivery.config import AgentConfig
 from workers.delivery.mx import MxResolver, Target
 from workers.model.outcome import Bounced, Delivered, classify
 from workers.model.reply import Reply, Step
@@ -26,11 +27,13 @@ def resolver(dns_server: DnsServer, port: int, *denied: str) -> MxResolver:
 
 def agent(dns_server: DnsServer, port: int, *denied: str) -> DeliveryAgent:
     return DeliveryAgent(
-        resolver=resolver(dns_server, port, *denied),
-        mx_port=port,
-        relay=None,
-        helo="client.mailroom.test",
-        timeouts=FAST,
+        AgentConfig(
+            resolver=resolver(dns_server, port, *denied),
+            mx_port=port,
+            relay=None,
+            helo="client.mailroom.test",
+            timeouts=FAST,
+        )
     )
 
 
