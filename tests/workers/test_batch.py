@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +17,7 @@ from tests.support.raw_servers import MakeSilentServer
 from tests.support.redis_server import RedisServerFactory
 from tests.support.smtp_sink import MakeSink
 from tests.tasks.pipeline_support import wait_for
-from workers.batch import BatchRunner, Item
+from workers.batch import BatchRunner, BatchStores, BatchTiming, Item
 from workers.delivery.agent import DeliveryAgent
 from workers.delivery.config import AgentConfig
 from workers.delivery.mx import MxResolver
@@ -49,8 +50,7 @@ def runner(client: redis.Redis) -> BatchRunner:
             timeouts=Timeouts(connect=0.2, command=0.2, data=0.2, session=0.5),
         )
     )
-    return BatchRunner(
-        agent=agent,
+    stores = BatchStores(
         content=ContentStore(client, ttl=3600),
         status=status,
         leases=Leases(client, ttl=30),
@@ -58,8 +58,9 @@ def runner(client: redis.Redis) -> BatchRunner:
         disposition=Disposition(
             status, deferred, DeadLetters(client, 3600), retry=RetryPolicy((60,), 3600)
         ),
-        submit=runtime().submit,
-        clock=lambda: NOW,
+    )
+    return BatchRunner(
+        agent=agent, stores=stores, submit=runtime().submit, timing=BatchTiming(clock=lambda: NOW)
     )
 
 
@@ -91,14 +92,17 @@ def test_stale_attempt_and_done_deliveries_are_skipped(redis_client: redis.Redis
 SINK_TIMEOUTS = Timeouts(connect=1, command=2, data=3, session=5)
 
 
+@dataclass(frozen=True)
+class SinkOptions:
+    """What a test changes in `sink_runner`'s runner."""
+
+    disposition: Disposition | None = None
+    timeouts: Timeouts = SINK_TIMEOUTS
+    session_limit: float = 20
+
+
 def sink_runner(
-    client: redis.Redis,
-    dns_server: DnsServer,
-    mx_port: int,
-    disposition: Disposition | None = None,
-    *,
-    timeouts: Timeouts = SINK_TIMEOUTS,
-    session_limit: float = 20,
+    client: redis.Redis, dns_server: DnsServer, mx_port: int, options: SinkOptions = SinkOptions()
 ) -> BatchRunner:
     """A runner whose agent delivers for real (implicit.test → 127.0.0.5 on `mx_port`)."""
     status = StatusStore(client, ttl=3600)
@@ -109,21 +113,19 @@ def sink_runner(
             mx_port=mx_port,
             relay=None,
             helo="client.mailroom.test",
-            timeouts=timeouts,
+            timeouts=options.timeouts,
         )
     )
-    return BatchRunner(
-        agent=agent,
+    stores = BatchStores(
         content=ContentStore(client, ttl=3600),
         status=status,
         leases=Leases(client, ttl=30),
         deferred=deferred,
-        disposition=disposition
+        disposition=options.disposition
         or Disposition(status, deferred, DeadLetters(client, 3600), retry=RetryPolicy((60,), 3600)),
-        submit=runtime().submit,
-        record_window=25,
-        session_limit=session_limit,
     )
+    timing = BatchTiming(record_window=25, session_limit=options.session_limit)
+    return BatchRunner(agent=agent, stores=stores, submit=runtime().submit, timing=timing)
 
 
 def queue(client: redis.Redis, message_id: str, to: str, *, content: bool = True) -> Item:
@@ -210,7 +212,9 @@ def test_a_result_that_cannot_be_applied_is_handed_back_not_left_queued(
         queue(redis_client, "good", "a@implicit.test", content=False),
         queue(redis_client, "bad", "b@implicit.test", content=False),
     ]
-    runner = sink_runner(redis_client, dns_server, mx_port, _BrokenFor(redis_client, "bad"))
+    runner = sink_runner(
+        redis_client, dns_server, mx_port, SinkOptions(disposition=_BrokenFor(redis_client, "bad"))
+    )
 
     handled = runner.run(items)
 
@@ -238,8 +242,9 @@ def test_a_session_running_past_the_batch_limit_is_cancelled_and_deferred(
         redis_client,
         dns_server,
         mx_port,
-        timeouts=Timeouts(connect=30, command=30, data=30, session=30),
-        session_limit=0.5,
+        SinkOptions(
+            timeouts=Timeouts(connect=30, command=30, data=30, session=30), session_limit=0.5
+        ),
     )
 
     with ThreadPoolExecutor(1) as pool:

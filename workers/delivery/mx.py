@@ -19,7 +19,7 @@ import random
 import socket
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import dns.asyncresolver
 import dns.exception
@@ -107,6 +107,15 @@ def _min_ttl(*ttls: int | None) -> int | None:
     return min(known) if known else None
 
 
+@dataclass(frozen=True, slots=True)
+class Sources:
+    """Where a resolver gets the time (its cache's expiry) and chance (the order of MX hosts of
+    equal preference); tests pass their own to make both predictable."""
+
+    clock: Callable[[], float] = time.monotonic
+    rng: random.Random = field(default_factory=random.Random)
+
+
 class MxResolver:
     """Resolves destination domains to ordered `Target`s, with an in-memory TTL cache."""
 
@@ -116,9 +125,8 @@ class MxResolver:
         *,
         port: int,
         timeout: float,
-        clock: Callable[[], float] = time.monotonic,
-        rng: random.Random | None = None,
         deny_networks: Sequence[Network] = (),
+        sources: Sources | None = None,
     ) -> None:
         """Use `nameservers` ((ip, port) pairs), or the system's resolver when empty.
 
@@ -138,8 +146,9 @@ class MxResolver:
         # Half the lifetime per try, so a lost UDP datagram gets one more chance.
         self._resolver.timeout = timeout / 2
         self._port = port
-        self._clock = clock
-        self._rng = rng if rng is not None else random.Random()
+        sources = sources if sources is not None else Sources()
+        self._clock = sources.clock
+        self._rng = sources.rng
         self._cache: dict[dns.name.Name, _Cached] = {}
         self._deny = tuple(deny_networks)
 
