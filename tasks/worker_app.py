@@ -30,7 +30,7 @@ from tasks.api import Mailroom
 from tasks.app import make_celery
 from tasks.notification import InvalidNotification
 from tasks.routing import DELIVER_TASK, NOTIFY_TASK
-from workers.batch import BatchRunner, Handled, Item
+from workers.batch import BatchRunner, BatchStores, BatchTiming, Handled, Item
 from workers.delivery.agent import DeliveryAgent
 from workers.model.redaction import redact_addresses
 from workers.observe.metrics import MetricsRecorder
@@ -118,19 +118,22 @@ class WorkerContext:
                 lease_ttl=ttl_of_leases,
             )
             self._agent = DeliveryAgent.from_settings(settings, cap=limiter, rates=limiter)
-            self._runner = BatchRunner(
-                agent=self._agent,
+            stores = BatchStores(
                 content=ContentStore(client, kept.content),
                 status=status,
                 leases=Leases(client, ttl_of_leases),
                 deferred=deferred,
                 disposition=disposition,
-                submit=runtime().submit,
                 limiter=limiter,
-                # Between a session's deadline and its lease's expiry: first the cut-off for a
-                # session that overran (a bug), then the last try to record a kept result.
+            )
+            # Between a session's deadline and its lease's expiry: first the cut-off for a
+            # session that overran (a bug), then the last try to record a kept result.
+            timing = BatchTiming(
                 session_limit=_between(settings.session_timeout, ttl_of_leases, 0.5),
                 record_window=_between(settings.session_timeout, ttl_of_leases, 0.75),
+            )
+            self._runner = BatchRunner(
+                agent=self._agent, stores=stores, submit=runtime().submit, timing=timing
             )
             self._producer = Mailroom(settings, client=client, app=self.app)
             self._redis = client
