@@ -43,7 +43,7 @@ from workers.queue.redis_client import redis_client
 from workers.queue.retention import retention
 from workers.queue.retry_schedule import RetryPolicy
 from workers.queue.status import StatusStore
-from workers.queue.sweeper import Sweeper
+from workers.queue.sweeper import Sweeper, SweepPacing
 from workers.runtime import runtime
 from workers.traffic.profiles import traffic
 from workers.traffic.rate_limits import Limiter
@@ -224,7 +224,10 @@ def create_app(settings: Settings) -> Celery:
             client = context.client()
             dead = DeadLetters(client, retention(context.settings).dead_letters)
             self.sweeper = Sweeper(
-                DeferredSet(client), producer.enqueue, interval=0.2, prune=dead.prune
+                DeferredSet(client),
+                producer.enqueue,
+                prune=dead.prune,
+                pacing=SweepPacing(interval=0.2),
             )
             self.sweeper.start()
 

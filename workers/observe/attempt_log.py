@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from workers.model.redaction import redact_addresses
@@ -25,31 +26,31 @@ def log_attempts(message_id: str, attempt: int, report: DeliveryReport) -> None:
     """Log one line per attempt in `report` (or one for the step that stopped it early)."""
     if not log.isEnabledFor(logging.INFO):
         return
+    delivery = _Delivery(message_id, attempt, report.destination)
     if not report.attempts:
-        log.info(_line(message_id, attempt, report.destination, "", "", [report.resolution]))
+        log.info(_line(delivery, "", "", [report.resolution]))
         return
     for tried in report.attempts:
-        steps = list(tried.steps)
-        log.info(_line(message_id, attempt, report.destination, tried.host, tried.address, steps))
+        log.info(_line(delivery, tried.host, tried.address, list(tried.steps)))
 
 
-def _line(
-    message_id: str,
-    attempt: int,
-    destination: str,
-    host: str,
-    address: str,
-    steps: list[StepRecord],
-) -> str:
+@dataclass(frozen=True, slots=True)
+class _Delivery:
+    message_id: str
+    attempt: int
+    destination: str
+
+
+def _line(delivery: _Delivery, host: str, address: str, steps: list[StepRecord]) -> str:
     last = steps[-1] if steps else None
     # QUIT never decides an outcome: report the step before it when there is one.
     if last is not None and last.command == "QUIT" and len(steps) > 1:
         last = steps[-2]
     fields: dict[str, Any] = {
         "event": "attempt",
-        "message_id": message_id,
-        "destination": destination,
-        "attempt": attempt,
+        "message_id": delivery.message_id,
+        "destination": delivery.destination,
+        "attempt": delivery.attempt,
         "host": host,
         "address": address,
         "step": last.reply.step.value if last else "",

@@ -15,6 +15,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from redis import RedisError
 
@@ -25,6 +26,20 @@ log = logging.getLogger(__name__)
 Enqueue = Callable[[Sequence[tuple[str, str, int]]], None]
 
 
+@dataclass(frozen=True)
+class SweepPacing:
+    """How the sweeper paces itself: a round every `interval` seconds, claiming at most `batch`
+    entries at a time, pruning dead letters every `prune_every` seconds of `clock`."""
+
+    interval: float = 1.0
+    batch: int = 500
+    prune_every: float = 60.0
+    clock: Callable[[], float] = time.time
+
+
+DEFAULT_PACING = SweepPacing()
+
+
 class Sweeper:
     """A daemon thread that claims due entries every `interval` seconds and enqueues them."""
 
@@ -33,20 +48,17 @@ class Sweeper:
         deferred: DeferredSet,
         enqueue: Enqueue,
         *,
-        interval: float = 1.0,
-        batch: int = 500,
-        clock: Callable[[], float] = time.time,
         prune: Callable[[float], int] | None = None,
-        prune_every: float = 60.0,
+        pacing: SweepPacing = DEFAULT_PACING,
     ) -> None:
         self._prune = prune
-        self._prune_every = prune_every
+        self._prune_every = pacing.prune_every
         self._pruned_at = -math.inf
         self._deferred = deferred
         self._enqueue = enqueue
-        self._interval = interval
-        self._batch = batch
-        self._clock = clock
+        self._interval = pacing.interval
+        self._batch = pacing.batch
+        self._clock = pacing.clock
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
