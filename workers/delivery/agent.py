@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from pathlib import Path
 
-from settings import DeliveryMode, Settings
-from workers.delivery.config import AgentConfig, Relay
+from settings import Settings
+from workers.delivery.config import AgentConfig
 from workers.delivery.gate import (
     RETRY,
     ConnectionCap,
@@ -28,21 +27,15 @@ from workers.delivery.gate import (
     gate_deferred,
     rate_slot,
 )
-from workers.delivery.mx import MxResolver
+from workers.delivery.setup import agent_config, connection_pool
 from workers.delivery.walk import Delivery, Walk
 from workers.model.envelope import OutboundMessage
 from workers.model.report import DeliveryReport
 from workers.model.throttling import Granted, Throttled
-from workers.queue.leases import lease_ttl
 from workers.smtp.connection_pool import ConnectionPool
-from workers.smtp.peer import Credentials
-from workers.smtp.record import Timeouts
 from workers.smtp.slot import Slot
-from workers.smtp.tls_policy import relay_policy
-from workers.traffic.profiles import traffic
 
 _WAIT = 30.0  # seconds a delivery waits for a connection when the cap is full
-_MAX_LIFETIME = 300.0  # seconds a connection is reused at most (Postfix's reuse time limit)
 
 
 class DeliveryAgent:
@@ -73,57 +66,7 @@ class DeliveryAgent:
         rates: RateGate | None = None,
     ) -> DeliveryAgent:
         """Build the agent a worker process uses, from validated settings."""
-        relay = None
-        if settings.delivery is DeliveryMode.RELAY:
-            assert settings.relay_host is not None  # settings validation guarantees it
-            credentials = None
-            if settings.relay_username and settings.relay_password is not None:
-                credentials = Credentials(
-                    settings.relay_username, settings.relay_password.get_secret_value()
-                )
-            relay = Relay(
-                settings.relay_host,
-                settings.relay_port,
-                relay_policy(settings.relay_security.value, _path(settings.tls_ca_file)),
-                credentials,
-            )
-        resolver = MxResolver(
-            [(server.ip, server.port) for server in settings.dns_nameservers],
-            port=settings.mx_port,
-            timeout=settings.dns_timeout,
-            deny_networks=settings.mx_deny_networks,
-        )
-        timeouts = Timeouts(
-            connect=settings.connect_timeout,
-            command=settings.command_timeout,
-            data=settings.data_timeout,
-            session=settings.session_timeout,
-        )
-        config = AgentConfig(
-            resolver=resolver,
-            mx_port=settings.mx_port,
-            relay=relay,
-            helo=settings.helo_name,
-            timeouts=timeouts,
-            max_recipients=traffic(settings).max_recipients,
-        )
-        return cls(
-            config,
-            pool=ConnectionPool(
-                max_messages=settings.connection_max_messages,
-                idle_timeout=settings.connection_idle_timeout,
-                # A connection's cap lease must outlive it, through its last session too.
-                max_lifetime=min(
-                    _MAX_LIFETIME,
-                    lease_ttl(settings.session_timeout, settings.visibility_timeout)
-                    - settings.session_timeout,
-                ),
-            )
-            if settings.connection_reuse
-            else None,
-            cap=cap,
-            rates=rates,
-        )
+        return cls(agent_config(settings), pool=connection_pool(settings), cap=cap, rates=rates)
 
     @property
     def pool(self) -> ConnectionPool | None:
@@ -228,7 +171,3 @@ class DeliveryAgent:
             await self._pool.free(slot)
         elif slot.lease is not None and self._cap is not None:
             await blocking(self._cap.release_lease, slot.destination, slot.empty())
-
-
-def _path(path: Path | None) -> str | None:
-    return None if path is None else str(path)
