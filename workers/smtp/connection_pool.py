@@ -32,10 +32,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import defaultdict
 
 from workers.model.throttling import Granted
 from workers.smtp.connection import Connection, PoolKey
+from workers.smtp.parking import Parking
 from workers.smtp.slot import Acquire, Handover, Leases, Release, Slot
 from workers.smtp.waiting import Waiters
 
@@ -59,7 +59,7 @@ class ConnectionPool:
         self._max_lifetime = max_lifetime
         self.leases = Leases(acquire, release)
         self._waiters = Waiters(self.leases)
-        self._idle: dict[PoolKey, list[tuple[Connection, asyncio.TimerHandle]]] = defaultdict(list)
+        self._parked = Parking()
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def use_cap(self, acquire: Acquire, release: Release) -> None:
@@ -69,12 +69,9 @@ class ConnectionPool:
     def take(self, key: PoolKey) -> Connection | None:
         """A parked connection for `key` that still looks alive, or None."""
         self._check_loop()
-        parked = self._idle.get(key)
-        while parked:
-            # Most recently parked first: it is the least likely to have been timed out by the
-            # server, and the rest age out, so a burst's extra connections close by themselves.
-            connection, expiry = parked.pop()
-            expiry.cancel()
+        # Most recently parked first: it is the least likely to have been timed out by the
+        # server, and the rest age out, so a burst's extra connections close by themselves.
+        while (connection := self._parked.newest(key)) is not None:
             if connection.usable and not self._too_old(connection):
                 return connection
             self._retire(key, connection)
@@ -87,11 +84,10 @@ class ConnectionPool:
     def take_parked(self, destination: str) -> Handover | None:
         """A parked connection to any server of `destination`, or None."""
         self._check_loop()
-        for key in [key for key, parked in self._idle.items() if parked]:
-            if key.destination == destination:
-                connection = self.take(key)
-                if connection is not None:
-                    return Handover(key, connection, None)
+        for key in self._parked.keys(destination):
+            connection = self.take(key)
+            if connection is not None:
+                return Handover(key, connection, None)
         return None
 
     async def take_any(self, destination: str, wait: float) -> Handover | None:
@@ -117,7 +113,7 @@ class ConnectionPool:
         if self._waiters.hand(key.destination, Handover(key, connection, None)):
             return True  # straight to a waiting delivery
         expiry = loop.call_later(self._idle_timeout, self._expire, key, connection)
-        self._idle[key].append((connection, expiry))
+        self._parked.park(key, connection, expiry)
         return True
 
     def attach(self, slot: Slot, connection: Connection) -> None:
@@ -146,46 +142,31 @@ class ConnectionPool:
         if isinstance(granted, Granted):
             slot.hold(granted.lease)
             return True
-        for key, parked in self._idle.items():
-            if key.destination == slot.destination and parked:
-                # The least recently used one: the next delivery would take the newest.
-                connection, expiry = parked.pop(0)
-                expiry.cancel()
-                if not parked:
-                    del self._idle[key]
-                # Closed before its lease moves: the server never sees the new one beside it.
-                if connection.usable:
-                    await connection.quit()
-                connection.close()
-                lease, connection.lease = connection.lease, None
-                slot.hold(lease)
-                return True
-        return False
+        # The least recently used one: the next delivery would take the newest.
+        connection = self._parked.oldest(slot.destination)
+        if connection is None:
+            return False
+        # Closed before its lease moves: the server never sees the new one beside it.
+        if connection.usable:
+            await connection.quit()
+        connection.close()
+        lease, connection.lease = connection.lease, None
+        slot.hold(lease)
+        return True
 
     def idle(self, key: PoolKey | None = None) -> int:
         """How many connections are parked (for `key`, or in all)."""
-        if key is not None:
-            return len(self._idle.get(key, ()))
-        return sum(len(parked) for parked in self._idle.values())
+        return self._parked.count(key)
 
     async def close(self) -> None:
         """QUIT every parked connection (worker shutdown); waits for the QUITs under way."""
         self._waiters.stop()
-        for key, parked in self._idle.items():
-            for connection, expiry in parked:
-                expiry.cancel()
-                self._retire(key, connection)
-        self._idle.clear()
+        for key, connection in self._parked.drain():
+            self._retire(key, connection)
         await self.leases.settle()
 
     def _expire(self, key: PoolKey, connection: Connection) -> None:
-        parked = self._idle.get(key, [])
-        for index, (candidate, _) in enumerate(parked):
-            if candidate is connection:
-                del parked[index]
-                break
-        if not parked:
-            self._idle.pop(key, None)
+        self._parked.remove(key, connection)
         self._retire(key, connection)
 
     def _retire(self, key: PoolKey, connection: Connection) -> None:
@@ -211,12 +192,9 @@ class ConnectionPool:
         """The pool's loop; connections of a loop that is gone are dropped, never reused."""
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
-            for parked in self._idle.values():
-                for connection, expiry in parked:
-                    expiry.cancel()
-                    with contextlib.suppress(RuntimeError):  # that loop may be closed
-                        connection.close()
-            self._idle.clear()
+            for _, connection in self._parked.drain():
+                with contextlib.suppress(RuntimeError):  # that loop may be closed
+                    connection.close()
             self._waiters.forget()
             self._loop = loop
         return loop
