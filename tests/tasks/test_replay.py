@@ -8,6 +8,7 @@ import redis
 from settings import Settings
 from tasks.api import Mailroom
 from tests.support.redis_server import RedisServer
+from tests.support.status import record_one
 from tests.tasks.pipeline_support import SHARDS
 from workers.model.reply import Code, Reply, Step
 from workers.model.states import RecipientState
@@ -31,7 +32,9 @@ def test_replay_refreshes_the_content_ttl_with_the_status_record(
     )
     # It expired after MAX_AGE, and its content is near the end of its own retention.
     status = StatusStore(redis_client, ttl=60)
-    status.record(message_id, {"a@example.org": (RecipientState.EXPIRED, GREYLISTED)}, [], None)
+    record_one(
+        status, message_id, {"a@example.org": (RecipientState.EXPIRED, GREYLISTED)}, [], None
+    )
     DeadLetters(redis_client, ttl=60).add(
         message_id, "example.org", "expired", [dead_recipient("a@example.org", GREYLISTED)], 0.0
     )

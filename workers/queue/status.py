@@ -20,279 +20,46 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from enum import StrEnum
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import redis
 from redis.client import Pipeline
 
-from workers.model.redaction import redact_addresses
 from workers.model.reply import Reply
 from workers.model.states import RecipientState
+from workers.queue import status_scripts as scripts
 from workers.queue.redis_text import redis_text
+from workers.queue.status_states import (
+    FINAL_STATES,
+    TRANSITIONS,
+    DeliveryState,
+    MessageState,
+    Record,
+    can_transition,
+    iso_time,
+    message_state,
+    record_keys,
+)
+from workers.queue.status_view import read_view
 
-ATTEMPTS_KEPT = 100
-# Recipient fields only a deferred recipient has: why the gate held it back (only when it did)
-# and when it is due again.
-_WHEN_DEFERRED = ("throttled", "next_attempt")
-
-_log = logging.getLogger(__name__)
-
-
-class MessageState(StrEnum):
-    """A message's state, derived from its recipients' states."""
-
-    QUEUED = "queued"  # every recipient queued
-    IN_PROGRESS = "in_progress"  # some recipient tried and not final, or a mix not yet final
-    DELIVERED = "delivered"  # every recipient delivered
-    PARTIALLY_DELIVERED = "partially_delivered"  # all final, some delivered, some not
-    FAILED = "failed"  # all final, none delivered
-
-
-FINAL_STATES = frozenset({RecipientState.DELIVERED, RecipientState.BOUNCED, RecipientState.EXPIRED})
-_ONWARD = frozenset({RecipientState.DEFERRED, *FINAL_STATES})
-TRANSITIONS: Mapping[RecipientState, frozenset[RecipientState]] = {
-    RecipientState.QUEUED: _ONWARD,
-    RecipientState.DEFERRED: _ONWARD,
-    RecipientState.DELIVERED: frozenset(),
-    RecipientState.BOUNCED: frozenset(),
-    RecipientState.EXPIRED: frozenset(),
-}
-_REQUEUEABLE = (RecipientState.BOUNCED, RecipientState.EXPIRED)
-
-
-@dataclass(frozen=True, slots=True)
-class DeliveryState:
-    """The schedule of one delivery (message, destination): attempts made and its age."""
-
-    attempt: int  # the attempt the next delivery task carries (1 for the first)
-    first_queued: float  # UNIX time it was queued (or replayed): MAX_AGE counts from here
-
-
-def can_transition(current: RecipientState, new: RecipientState) -> bool:
-    """Whether `record` lets a recipient move from `current` to `new`."""
-    return new in TRANSITIONS[current]
-
-
-def message_state(states: Iterable[RecipientState]) -> MessageState:
-    """The message state that a message whose recipients are in `states` is in."""
-    seen = set(states)
-    if seen <= {RecipientState.QUEUED}:
-        return MessageState.QUEUED
-    if not seen <= FINAL_STATES:
-        return MessageState.IN_PROGRESS
-    if seen == {RecipientState.DELIVERED}:
-        return MessageState.DELIVERED
-    if RecipientState.DELIVERED in seen:
-        return MessageState.PARTIALLY_DELIVERED
-    return MessageState.FAILED
-
-
-def iso_time(timestamp: float) -> str:
-    """A UNIX time as ISO-8601 in UTC with milliseconds, as status and dead letters show it."""
-    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
-
-
-def _lua_transitions() -> str:
-    rows = (
-        f"{current}={{{','.join(f'{new}=true' for new in sorted(targets))}}}"
-        for current, targets in TRANSITIONS.items()
-    )
-    return "{" + ",".join(rows) + "}"
-
-
-# KEYS: msg, rcpt, dlv, attempts. ARGV: ttl, attempts kept, next attempt ("" for none), its
-# due time (ISO-8601, "" for none), the number n of attempt records, n attempt JSONs, then
-# (address, state, code, enhanced, reply) per recipient. A recipient moved to deferred gets the
-# due time as "next_attempt"; every recipient moved loses "throttled" (a real attempt's reply
-# replaces the gate's). Returns the refused moves as a flat list: address, current state, new
-# state.
-# dlv's "attempt" is replaced textually: decoding and re-encoding with cjson would round
-# first_queued to 14 digits.
-_RECORD = f"""
-if redis.call('EXISTS', KEYS[1]) == 0 then return {{}} end
-local allowed = {_lua_transitions()}
-local n = tonumber(ARGV[5])
-local refused, destinations = {{}}, {{}}
-for i = 6 + n, #ARGV, 5 do
-  local address, state = ARGV[i], ARGV[i + 1]
-  local current = redis.call('HGET', KEYS[2], address)
-  if not current then
-    table.insert(refused, address); table.insert(refused, ''); table.insert(refused, state)
-  else
-    local rec = cjson.decode(current)
-    destinations[rec.destination] = true
-    if allowed[rec.state] and allowed[rec.state][state] then
-      rec.state, rec.code = state, tonumber(ARGV[i + 2])
-      rec.enhanced, rec.reply = ARGV[i + 3], ARGV[i + 4]
-      rec.throttled, rec.next_attempt = nil, nil
-      if state == 'deferred' and ARGV[4] ~= '' then rec.next_attempt = ARGV[4] end
-      redis.call('HSET', KEYS[2], address, cjson.encode(rec))
-    else
-      table.insert(refused, address); table.insert(refused, rec.state); table.insert(refused, state)
-    end
-  end
-end
-if ARGV[3] ~= '' then
-  for destination in pairs(destinations) do
-    local current = redis.call('HGET', KEYS[3], destination)
-    if current then
-      local updated = string.gsub(current, '"attempt":%d+', '"attempt":' .. ARGV[3], 1)
-      redis.call('HSET', KEYS[3], destination, updated)
-    end
-  end
-end
-for i = 6, 5 + n do redis.call('RPUSH', KEYS[4], ARGV[i]) end
-redis.call('LTRIM', KEYS[4], -tonumber(ARGV[2]), -1)
-for _, key in ipairs(KEYS) do redis.call('EXPIRE', key, ARGV[1]) end
-return refused
-"""
-
-# KEYS: msg, rcpt. ARGV: ttl, code, enhanced, text of the gate's reply, next attempt (ISO-8601),
-# then the addresses the gate held back. Each one still queued or deferred becomes deferred with
-# "throttled" (why) and "next_attempt"; its last reply stays a server's if it had one, else it
-# becomes the gate's. No attempt is recorded: none was made.
-_THROTTLE = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-local held = 0
-for i = 6, #ARGV do
-  local current = redis.call('HGET', KEYS[2], ARGV[i])
-  if current then
-    local rec = cjson.decode(current)
-    if rec.state == 'queued' or rec.state == 'deferred' then
-      rec.state = 'deferred'
-      if rec.code == cjson.null or rec.code == nil or rec.enhanced == ARGV[3] then
-        rec.code, rec.enhanced, rec.reply = tonumber(ARGV[2]), ARGV[3], ARGV[4]
-      end
-      rec.throttled, rec.next_attempt = ARGV[4], ARGV[5]
-      redis.call('HSET', KEYS[2], ARGV[i], cjson.encode(rec))
-      held = held + 1
-    end
-  end
-end
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-redis.call('EXPIRE', KEYS[2], ARGV[1])
-return held
-"""
-
-# KEYS: msg, rcpt, dlv, attempts. ARGV: destination, now (JSON number), ttl.
-# Returns the addresses put back to queued.
-_REQUEUE = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
-local entries = redis.call('HGETALL', KEYS[2])
-local requeued = {}
-for i = 1, #entries, 2 do
-  local rec = cjson.decode(entries[i + 1])
-  if rec.destination == ARGV[1] and (rec.state == 'bounced' or rec.state == 'expired') then
-    rec.state = 'queued'
-    redis.call('HSET', KEYS[2], entries[i], cjson.encode(rec))
-    table.insert(requeued, entries[i])
-  end
-end
-if #requeued > 0 then
-  local attempt = 1
-  local current = redis.call('HGET', KEYS[3], ARGV[1])
-  if current then attempt = cjson.decode(current).attempt + 1 end
-  redis.call('HSET', KEYS[3], ARGV[1],
-    string.format('{"attempt":%d,"first_queued":%s}', attempt, ARGV[2]))
-  for _, key in ipairs(KEYS) do redis.call('EXPIRE', key, ARGV[3]) end
-end
-return requeued
-"""
-
-
-# KEYS: msg, rcpt, dlv, attempts of each message. ARGV: ttl, created, claim, then per message:
-# sender, n, n pairs (address, recipient JSON), m, m pairs (destination, delivery JSON). HSET
-# takes the pairs 500 at a time: Lua's unpack has a stack limit of a few thousand values. A
-# message whose record exists is left as it is (a racing producer wrote it, and its recipients
-# may have moved on since). Returns the indexes (from 1) of the messages created.
-_CREATE = """
-local function hset_pairs(key, first, count)
-  for done = 0, count - 1, 500 do
-    local last = math.min(count, done + 500)
-    redis.call('HSET', key, unpack(ARGV, first + 2 * done, first + 2 * last - 1))
-  end
-end
-local at, created = 4, {}
-for i = 1, #KEYS, 4 do
-  local msg, rcpt, dlv = KEYS[i], KEYS[i + 1], KEYS[i + 2]
-  local n = tonumber(ARGV[at + 1])
-  local m = tonumber(ARGV[at + 2 + 2 * n])
-  if redis.call('EXISTS', msg) == 0 then
-    redis.call('DEL', rcpt, dlv, KEYS[i + 3])
-    redis.call('HSET', msg, 'created', ARGV[2], 'sender', ARGV[at], 'claim', ARGV[3])
-    hset_pairs(rcpt, at + 2, n)
-    hset_pairs(dlv, at + 3 + 2 * n, m)
-    redis.call('EXPIRE', msg, ARGV[1])
-    redis.call('EXPIRE', rcpt, ARGV[1])
-    redis.call('EXPIRE', dlv, ARGV[1])
-    table.insert(created, (i + 3) / 4)
-  end
-  at = at + 3 + 2 * n + 2 * m
-end
-return created
-"""
-
-# KEYS: msg. ARGV: the claim seen, a new claim. Takes over enqueueing a message whose producer
-# never marked it enqueued: only if nobody did, and nobody else took it over since (compare and
-# set), so of many waiting producers exactly one takes it. Returns 1 when taken.
-_TAKE_OVER = """
-local claim = redis.call('HMGET', KEYS[1], 'enqueued', 'claim')
-if claim[1] == '1' or (claim[2] or '') ~= ARGV[1] then return 0 end
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], 'claim', ARGV[2])
-return 1
-"""
-
-# KEYS: the msg key of each message. Marks existing records only, so an expired one is not
-# brought back without a TTL. Returns how many were marked.
-_MARK_ENQUEUED = """
-local marked = 0
-for _, key in ipairs(KEYS) do
-  if redis.call('EXISTS', key) == 1 then
-    redis.call('HSET', key, 'enqueued', '1')
-    marked = marked + 1
-  end
-end
-return marked
-"""
-
-
-# One delivery's results for `StatusStore.record`: message id, (state, reply) by address, the
-# attempt records, the next attempt number (None: not rescheduled) and its due time (UNIX time,
-# shown as deferred recipients' "next_attempt"; None: not known).
-Record = tuple[
-    str,
-    Mapping[str, tuple["RecipientState", Reply]],
-    Sequence[Mapping[str, Any]],
-    int | None,
-    float | None,
+__all__ = [
+    "ATTEMPTS_KEPT",
+    "FINAL_STATES",
+    "TRANSITIONS",
+    "DeliveryState",
+    "MessageState",
+    "Record",
+    "StatusStore",
+    "can_transition",
+    "iso_time",
+    "message_state",
+    "record_keys",
 ]
 
+ATTEMPTS_KEPT = 100
 
-def record_keys(message_id: str) -> list[str]:
-    """The keys of one message's status record: msg, rcpt, dlv, attempts."""
-    return [
-        f"mailroom:msg:{message_id}",
-        f"mailroom:rcpt:{message_id}",
-        f"mailroom:dlv:{message_id}",
-        f"mailroom:attempts:{message_id}",
-    ]
-
-
-def _dumps(value: object) -> str:
-    return json.dumps(value, separators=(",", ":"))
-
-
-def _queued_record(destination: str) -> str:
-    """A new recipient's JSON: `_dumps` of the record `create` writes, from a template."""
-    return (
-        '{"destination":' + _dumps(destination) + ',"state":"queued",'
-        '"code":null,"enhanced":"","reply":""}'
-    )
+_log = logging.getLogger(__name__)
 
 
 def _schedule(value: bytes | str | None) -> DeliveryState | None:
@@ -314,11 +81,16 @@ def _pending(entries: Mapping[Any, Any], destination: str) -> list[str]:
     return sorted(found)
 
 
-def _redacted_attempt(attempt: dict[str, Any]) -> dict[str, Any]:
-    for step in attempt.get("steps", ()):
-        if isinstance(step.get("text"), str):
-            step["text"] = redact_addresses(step["text"])
-    return attempt
+def _log_refused(message_id: str, refused: Sequence[bytes | str]) -> None:
+    for i in range(0, len(refused), 3):
+        address, current, new = (redis_text(value) for value in refused[i : i + 3])
+        _log.warning(
+            "message %s: recipient %s not moved from %s to %s",
+            message_id,
+            address,
+            current or "(unknown recipient)",
+            new,
+        )
 
 
 class StatusStore:
@@ -329,12 +101,12 @@ class StatusStore:
             raise ValueError(f"status ttl must be a positive number of seconds, got {ttl}")
         self._redis = redis
         self._ttl = ttl
-        self._record = redis.register_script(_RECORD)
-        self._requeue = redis.register_script(_REQUEUE)
-        self._mark_enqueued = redis.register_script(_MARK_ENQUEUED)
-        self._create = redis.register_script(_CREATE)
-        self._take_over = redis.register_script(_TAKE_OVER)
-        self._throttle = redis.register_script(_THROTTLE)
+        self._record = redis.register_script(scripts.RECORD)
+        self._requeue = redis.register_script(scripts.REQUEUE)
+        self._mark_enqueued = redis.register_script(scripts.MARK_ENQUEUED)
+        self._create = redis.register_script(scripts.CREATE)
+        self._take_over = redis.register_script(scripts.TAKE_OVER)
+        self._throttle = redis.register_script(scripts.THROTTLE)
 
     @staticmethod
     def _keys(message_id: str) -> list[str]:
@@ -379,26 +151,7 @@ class StatusStore:
             raise ValueError(f"now must be finite, got {now}")
         if not messages:
             return []
-        # The JSON is written from templates: json.dumps per recipient was most of the cost.
-        # The bytes are what _dumps writes ("attempt" must stay compact: _RECORD edits it).
-        delivery = '{"attempt":1,"first_queued":' + _dumps(now) + "}"
-        queued: dict[str, str] = {}
-        keys: list[str] = []
-        args: list[str | int] = [self._ttl, repr(now), claim]
-        for message_id, sender, recipients in messages:
-            if not recipients:
-                raise ValueError("a message needs at least one recipient")
-            keys += self._keys(message_id)
-            args += [sender, len(recipients)]
-            for address, destination in recipients.items():
-                record = queued.get(destination)
-                if record is None:
-                    record = queued[destination] = _queued_record(destination)
-                args += [address, record]
-            destinations = dict.fromkeys(recipients.values())
-            args.append(len(destinations))
-            for destination in destinations:
-                args += [destination, delivery]
+        keys, args = scripts.create_arguments(messages, now, self._ttl, claim)
         reply = self._create(keys=keys, args=args, client=pipe)
         if pipe is not None:
             return []
@@ -425,10 +178,6 @@ class StatusStore:
         """Take over enqueueing a message still not marked enqueued, if its claim is still
         `seen`; True for exactly one of any number of callers that saw the same claim."""
         return bool(self._take_over(keys=[self._keys(message_id)[0]], args=[seen, claim]))
-
-    def exists(self, message_id: str) -> bool:
-        """Whether a status record exists (and has not expired) for `message_id`."""
-        return bool(self._redis.exists(self._keys(message_id)[0]))
 
     def mark_all_enqueued(self, message_ids: Sequence[str]) -> int:
         """Note that the messages' deliveries are on their queues, in one round trip; returns how
@@ -477,53 +226,24 @@ class StatusStore:
         """The schedule of one delivery, or None when the message or destination is unknown."""
         return _schedule(self._redis.hget(self._keys(message_id)[2], destination))
 
-    def record(
-        self,
-        message_id: str,
-        outcome_by_address: Mapping[str, tuple[RecipientState, Reply]],
-        attempt_json: Sequence[Mapping[str, Any]],
-        next_attempt: int | None,
-        due: float | None = None,
-    ) -> None:
-        """Apply one delivery's results in one atomic step.
+    def record_many(self, records: Sequence[Record]) -> None:
+        """Apply deliveries' results, each in one atomic step, all in one round trip.
 
         Sets each address's state and last reply (code, enhanced code, text) where the move is
         allowed (`can_transition`), appends the attempt records (the newest 100 are kept), and,
-        when `next_attempt` is given, sets the attempt counter of the recipients' destination;
-        `due` becomes the "next_attempt" time of recipients moved to deferred. Refused moves
-        and unknown addresses are skipped and logged. Does nothing for an unknown
-        or expired message.
+        when a next attempt number is given, sets the attempt counter of the recipients'
+        destination; the due time becomes the "next_attempt" time of recipients moved to
+        deferred. Refused moves and unknown addresses are skipped and logged. Does nothing for
+        an unknown or expired message.
         """
-        self.record_many([(message_id, outcome_by_address, attempt_json, next_attempt, due)])
-
-    def record_many(self, records: Sequence[Record]) -> None:
-        """`record` for many deliveries in one round trip (each still one atomic script)."""
         if not records:
             return
         pipe = self._redis.pipeline(transaction=False)
-        for message_id, outcome_by_address, attempt_json, next_attempt, due in records:
-            arguments: list[str | int] = [
-                self._ttl,
-                ATTEMPTS_KEPT,
-                "" if next_attempt is None else int(next_attempt),
-                "" if due is None else iso_time(due),
-                len(attempt_json),
-            ]
-            arguments += [_dumps(attempt) for attempt in attempt_json]
-            for address, (state, reply) in outcome_by_address.items():
-                arguments += [address, RecipientState(state).value, int(reply.code)]
-                arguments += [reply.enhanced, reply.text]
-            self._record(keys=self._keys(message_id), args=arguments, client=pipe)
+        for record in records:
+            arguments = scripts.record_arguments(record, self._ttl, ATTEMPTS_KEPT)
+            self._record(keys=self._keys(record[0]), args=arguments, client=pipe)
         for (message_id, *_), refused in zip(records, pipe.execute(), strict=True):
-            for i in range(0, len(refused), 3):
-                address, current, new = (redis_text(value) for value in refused[i : i + 3])
-                _log.warning(
-                    "message %s: recipient %s not moved from %s to %s",
-                    message_id,
-                    address,
-                    current or "(unknown recipient)",
-                    new,
-                )
+            _log_refused(message_id, refused)
 
     def throttle_many(self, held: Sequence[tuple[str, Sequence[str], Reply, float]]) -> None:
         """Note deliveries the gate held back: (message id, addresses, the gate's reply, due
@@ -553,41 +273,6 @@ class StatusStore:
         return sorted(redis_text(address) for address in requeued)
 
     def view(self, message_id: str) -> dict[str, Any] | None:
-        """The record in the shape of `mailroom status --json`, or None for an unknown id.
-
-        Recipients are sorted by address; attempts are oldest first. A recipient's address is
-        in its own "address" field only: addresses quoted in reply texts keep just their domain.
-        """
-        msg, rcpt, _, attempts = self._keys(message_id)
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.exists(msg)
-        pipe.hgetall(rcpt)
-        pipe.lrange(attempts, 0, -1)
-        found, entries, attempt_values = pipe.execute()
-        if not found:
-            return None
-        recipients = sorted(
-            (
-                {"address": redis_text(address), **json.loads(value)}
-                for address, value in entries.items()
-            ),
-            key=lambda record: str(record["address"]),
-        )
-        state = message_state(RecipientState(record["state"]) for record in recipients)
-        return {
-            "id": message_id,
-            "state": state.value,
-            "recipients": [
-                {
-                    "address": record["address"],
-                    "destination": record["destination"],
-                    "state": record["state"],
-                    "code": record["code"],
-                    "enhanced": record["enhanced"],
-                    "reply": redact_addresses(record["reply"]),
-                    **{key: record[key] for key in _WHEN_DEFERRED if key in record},
-                }
-                for record in recipients
-            ],
-            "attempts": [_redacted_attempt(json.loads(value)) for value in attempt_values],
-        }
+        """The record in the shape of `mailroom status --json`, or None for an unknown id
+        (`workers.queue.status_view`)."""
+        return read_view(self._redis, message_id)
