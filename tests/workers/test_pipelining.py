@@ -19,10 +19,10 @@ from tests.workers.test_smtp_session import FAST, message
 from workers.model.envelope import OutboundMessage
 from workers.model.reply import Code, Step
 from workers.smtp.connection_pool import ConnectionPool
+from workers.smtp.framing import message_bytes
 from workers.smtp.peer import Errand, Peer
 from workers.smtp.record import Timeouts
 from workers.smtp.session import SessionResult, run_session
-from workers.smtp.wire import message_bytes
 
 
 async def send(

@@ -25,9 +25,10 @@ from workers.model.envelope import OutboundMessage
 from workers.model.reply import Code, Reply, Step, parse_reply
 from workers.model.throttling import is_throttling
 from workers.smtp.connection import Connection
+from workers.smtp.framing import message_bytes
 from workers.smtp.peer import Errand
 from workers.smtp.record import Ledger, Timeouts, ambiguous
-from workers.smtp.wire import NoReply, Wire, message_bytes
+from workers.smtp.wire import NoReply, Wire
 
 FINAL = (2, 4, 5)  # the classes of a final reply, the only ones RSET, MAIL, RCPT or the dot get
 START = (3, 4, 5)  # DATA before the message: 354, or a refusal; never a 2xx

@@ -26,20 +26,7 @@ from dataclasses import dataclass
 from typing import cast
 
 from workers.model.reply import printable
-
-MAX_LINE = 8192  # RFC 5321 §4.5.3.1.5 allows 512 octets for a reply line; be lenient
-MAX_BUFFER = 4 * MAX_LINE  # a reply (continuation lines included) longer than this is garbage
-_EXCERPT = 80  # how much of a garbled line a reason quotes
-
-
-@dataclass(frozen=True, slots=True)
-class WireReply:
-    """One reply as the server sent it: its code, its lines joined by newlines, and when it
-    was complete (`time.perf_counter()`)."""
-
-    code: int
-    text: str
-    at: float
+from workers.smtp.framing import MAX_BUFFER, NotAReply, WireReply, excerpt, take_reply
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,8 +171,11 @@ class Wire(asyncio.Protocol):
             self._closed = self._closed or "the server spoke out of turn"
         at = time.perf_counter()
         while not self._garbled:
-            reply = self._parse(at)
+            reply = take_reply(self._buffer, at)
             if reply is None:
+                break
+            if isinstance(reply, NotAReply):
+                self._garble(reply.reason)
                 break
             if self._expected <= 0:
                 # A parked connection's "421 closing" as much as a stray "250 OK" mid-session.
@@ -194,7 +184,7 @@ class Wire(asyncio.Protocol):
             self._expected -= 1
             self._replies.append(reply)
         if len(self._buffer) > MAX_BUFFER:
-            self._garble(f"reply too long: {self._excerpt(self._buffer)}")
+            self._garble(f"reply too long: {excerpt(self._buffer)}")
         if self._replies or self._closed is not None:
             self._wake()
 
@@ -220,31 +210,6 @@ class Wire(asyncio.Protocol):
             return NoReply(self._closed)
         return None
 
-    def _parse(self, at: float) -> WireReply | None:
-        """Take one complete reply off the buffer, or None when it holds none yet."""
-        buffer = self._buffer
-        offset = 0
-        lines: list[str] = []
-        while True:
-            end = buffer.find(b"\n", offset)
-            if end < 0:
-                return None
-            line = bytes(buffer[offset:end]).rstrip(b"\r")
-            offset = end + 1
-            code = line[:3]
-            if (
-                not code.isdigit()
-                or not b"200" <= code <= b"599"  # RFC 5321 §4.2: SMTP has no 1yz, nor 6yz on
-                or len(line) > MAX_LINE
-                or line[3:4] not in (b"", b" ", b"-")
-            ):
-                self._garble(f"not a reply: {self._excerpt(line)}")
-                return None
-            lines.append(line[4:].strip().decode("utf-8", "surrogateescape"))
-            if line[3:4] != b"-":
-                del buffer[:offset]
-                return WireReply(int(code), "\n".join(lines), at)
-
     def _garble(self, reason: str) -> None:
         """The stream is out of step: say why to every read from now on, and hang up."""
         self._garbled = True
@@ -252,10 +217,6 @@ class Wire(asyncio.Protocol):
         self._replies.clear()
         del self._buffer[:]
         self.abort(reason)
-
-    @staticmethod
-    def _excerpt(data: bytes | bytearray) -> str:
-        return printable(bytes(data[:_EXCERPT]).decode("utf-8", "surrogateescape"), _EXCERPT)
 
     def _close(self, reason: str) -> None:
         if self._closed is None:
@@ -271,20 +232,3 @@ class Wire(asyncio.Protocol):
 def _wake(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
-
-
-def message_bytes(data: bytes) -> bytes:
-    """`data` as it goes on the wire after DATA: CRLF line ends, dot-stuffed, then ".".
-
-    RFC 5321 §4.5.2: a line starting with "." gets another; lone CR or LF become CRLF, as
-    aiosmtplib does (bytes.replace: a 2 KB message costs microseconds, not a regex pass).
-    """
-    bare = data.replace(b"\r\n", b"")
-    if b"\r" in bare or b"\n" in bare:
-        data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
-    if data.startswith(b"."):
-        data = b"." + data
-    data = data.replace(b"\n.", b"\n..")
-    if not data.endswith(b"\r\n"):
-        data += b"\r\n"
-    return data + b".\r\n"
