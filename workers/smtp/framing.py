@@ -1,5 +1,5 @@
 """SMTP framing, both ways: replies taken off the bytes a server sent (RFC 5321 §4.2: a code,
-continuation lines marked by "-"), and a message as it goes on the wire after DATA."""
+continuation lines marked by "-"), and commands and the message as they go on the wire."""
 
 from __future__ import annotations
 
@@ -57,6 +57,17 @@ def take_reply(buffer: bytearray, at: float) -> WireReply | NotAReply | None:
 def excerpt(data: bytes | bytearray) -> str:
     """The start of `data`, printable, for a reason to quote."""
     return printable(bytes(data[:_EXCERPT]).decode("utf-8", "surrogateescape"), _EXCERPT)
+
+
+def command_line(command: str, smtputf8: bool) -> bytes | None:
+    """`command` as one CRLF-terminated line, or None when it must not be sent as is
+    (a control character, or non-ASCII without SMTPUTF8)."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in command):
+        return None  # CR, LF or NUL would smuggle another command in
+    try:
+        return command.encode("utf-8" if smtputf8 else "ascii") + b"\r\n"
+    except UnicodeEncodeError:
+        return None
 
 
 def message_bytes(data: bytes) -> bytes:

@@ -25,7 +25,7 @@ from workers.model.envelope import OutboundMessage
 from workers.model.reply import Code, Reply, Step, parse_reply
 from workers.model.throttling import is_throttling
 from workers.smtp.connection import Connection
-from workers.smtp.framing import message_bytes
+from workers.smtp.framing import command_line, message_bytes
 from workers.smtp.peer import Errand
 from workers.smtp.record import Ledger, Timeouts, ambiguous
 from workers.smtp.wire import NoReply, Wire
@@ -192,7 +192,8 @@ class _Transaction:
             options.append(" SMTPUTF8")
         if self.message.eight_bit and self.smtp.supports_extension("8bitmime"):
             options.append(" BODY=8BITMIME")
-        sender = self.line(f"MAIL FROM:<{self.message.sender}>{''.join(options)}")
+        utf8 = self.message.smtputf8
+        sender = command_line(f"MAIL FROM:<{self.message.sender}>{''.join(options)}", utf8)
         if sender is None:
             return replies.bad_address(Step.MAIL_FROM)
         commands: list[Command] = []
@@ -200,7 +201,7 @@ class _Transaction:
             commands.append(("RSET", b"RSET\r\n", None))
         commands.append(("MAIL FROM", sender, None))
         for recipient in self.ledger.recipients:
-            line = self.line(f"RCPT TO:<{recipient}>")
+            line = command_line(f"RCPT TO:<{recipient}>", utf8)
             if line is None:
                 self.ledger.replies[recipient] = replies.bad_address(Step.RCPT_TO)
             else:
@@ -208,16 +209,6 @@ class _Transaction:
         if not probe:
             commands.append(("DATA", b"DATA\r\n", None))
         return commands
-
-    def line(self, command: str) -> bytes | None:
-        """`command` as one CRLF-terminated line, or None when it must not be sent as is
-        (a control character, or non-ASCII without SMTPUTF8)."""
-        if any(ord(c) < 32 or ord(c) == 127 for c in command):
-            return None  # CR, LF or NUL would smuggle another command in
-        try:
-            return command.encode("utf-8" if self.message.smtputf8 else "ascii") + b"\r\n"
-        except UnicodeEncodeError:
-            return None
 
     def unsendable(self) -> Reply | None:
         """A reason this server cannot take this message at all, known before MAIL FROM."""
