@@ -32,6 +32,7 @@ import dns.rdtypes.IN.A
 import dns.rdtypes.IN.AAAA
 import dns.resolver
 
+from workers.delivery.ttl_cache import TtlCache
 from workers.model.reply import (
     Reply,
     denied_network,
@@ -78,12 +79,6 @@ class _Addresses:
 
 # Preference groups, lowest first, each unshuffled; or the null MX reply.
 _Answer = tuple[tuple[Target, ...], ...] | Reply
-
-
-@dataclass(frozen=True, slots=True)
-class _Cached:
-    answer: _Answer
-    expires: float
 
 
 def _reply_for(exc: Exception, name: str) -> Reply:
@@ -147,9 +142,8 @@ class MxResolver:
         self._resolver.timeout = timeout / 2
         self._port = port
         sources = sources if sources is not None else Sources()
-        self._clock = sources.clock
         self._rng = sources.rng
-        self._cache: dict[dns.name.Name, _Cached] = {}
+        self._cache: TtlCache[dns.name.Name, _Answer] = TtlCache(sources.clock, _MAX_CACHED)
         self._deny = tuple(deny_networks)
 
     def denies(self, address: str) -> bool:
@@ -174,13 +168,11 @@ class MxResolver:
             return _reply_for(exc, shown)
         if name == dns.name.root:  # "" and "." parse as the root, which takes no mail
             return no_such_domain(shown or ".")
-        cached = self._cache.get(name)
-        if cached is not None and self._clock() < cached.expires:
-            answer = cached.answer
-        else:
+        answer = self._cache.get(name)
+        if answer is None:
             answer, ttl = await self._look_up(name, shown)
             if ttl is not None and ttl > 0:
-                self._remember(name, _Cached(answer, self._clock() + ttl))
+                self._cache.put(name, answer, ttl)
         if isinstance(answer, Reply):
             return answer
         return tuple(target for group in answer for target in self._shuffled(group))
@@ -189,15 +181,6 @@ class MxResolver:
         targets = list(group)
         self._rng.shuffle(targets)
         return targets
-
-    def _remember(self, name: dns.name.Name, entry: _Cached) -> None:
-        if len(self._cache) >= _MAX_CACHED:
-            now = self._clock()
-            for key in [key for key, old in self._cache.items() if old.expires <= now]:
-                del self._cache[key]
-        if len(self._cache) >= _MAX_CACHED:
-            del self._cache[next(iter(self._cache))]
-        self._cache[name] = entry
 
     async def _look_up(self, name: dns.name.Name, shown: str) -> tuple[_Answer, int | None]:
         """The answer for `name` and how long it may be cached (None: not at all)."""
