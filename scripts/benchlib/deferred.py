@@ -28,6 +28,7 @@ import time
 import uuid
 from collections.abc import Callable
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -87,13 +88,21 @@ def parked_destination() -> str:
     raise RuntimeError("no destination found outside nullmx.test's shard")
 
 
-def fill(
-    client: redis.Redis, settings: Settings, total: int, real: int, parked: str, due: float
-) -> list[str]:
-    """Defer `total` deliveries at `due`; the first `real` are whole messages to BOUNCING.
+@dataclass(frozen=True)
+class Fill:
+    """`total` deliveries deferred until `due`: the first `real` whole messages to BOUNCING, the
+    others bare entries to `parked`."""
 
-    Returns the ids of the real ones. The others (to `parked`) have no status record.
-    """
+    total: int
+    real: int
+    parked: str
+    due: float
+
+
+def fill(client: redis.Redis, settings: Settings, plan: Fill) -> list[str]:
+    """Defer the deliveries `plan` describes; returns the ids of the real ones (the others have
+    no status record)."""
+    total, real, parked, due = plan.total, plan.real, plan.parked, plan.due
     ttl = settings.max_age + _DAY
     real_ids = []
     pipe = client.pipeline(transaction=False)
@@ -265,7 +274,7 @@ class DeferredRun:
         print(f"[deferred] filling the deferred set with {self.total:,}", file=sys.stderr)
         before, started = used_memory(self.client), time.monotonic()
         later = time.time() + _DAY
-        self.real = fill(self.client, self.settings, self.total, self.due, self.parked, later)
+        self.real = fill(self.client, self.settings, Fill(self.total, self.due, self.parked, later))
         self.figures["fill_seconds"] = rounded(time.monotonic() - started, 1)
         self.figures["redis_bytes_per_msg"] = round(
             (used_memory(self.client) - before) / self.total
