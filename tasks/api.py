@@ -87,7 +87,8 @@ class Mailroom:
 
         :raises InvalidNotification: any bad input, naming its index (nothing was stored).
         """
-        prepared = [self._prepare(index, n) for index, n in enumerate(notifications)]
+        max_bytes = self._settings.max_message_bytes
+        prepared = [_prepare(index, n, max_bytes) for index, n in enumerate(notifications)]
         ids: list[str] = []
         settled: set[str] = set()  # ids this call has written, or found already enqueued
         for start in range(0, len(prepared), SLICE):
@@ -155,28 +156,6 @@ class Mailroom:
             replayed += len(items)
         return replayed
 
-    def _prepare(
-        self, index: int, given: Mapping[str, Any] | Notification
-    ) -> tuple[Notification, str, OutboundMessage]:
-        try:
-            notification = (
-                given if isinstance(given, Notification) else Notification.validate_dict(given)
-            )
-            message_id = uuid.uuid4().hex
-            return notification, message_id, self._build(notification, message_id)
-        except InvalidNotification as exc:
-            if index == 0:
-                raise
-            raise InvalidNotification(f"notifications[{index}].{exc}") from exc
-
-    def _build(self, notification: Notification, message_id: str) -> OutboundMessage:
-        return build_message(
-            notification,
-            message_id=message_id,
-            helo_domain=notification.envelope_sender().rpartition("@")[2],
-            max_bytes=self._settings.max_message_bytes,
-        )
-
     def _queue(
         self, prepared: Sequence[tuple[Notification, str, OutboundMessage]], settled: set[str]
     ) -> list[str]:
@@ -202,7 +181,7 @@ class Mailroom:
                     stored: OutboundMessage | None = message
                 elif progress[message_id] is None:
                     # The first producer of this key crashed before storing: store it now.
-                    stored = self._build(notification, message_id)
+                    stored = _build(notification, message_id, self._settings.max_message_bytes)
                 else:  # ... or after storing, before enqueueing: enqueue it now.
                     stored = None
                 writes.append(Write(message_id, stored, self._destinations(notification)))
@@ -216,6 +195,32 @@ class Mailroom:
         return {
             address: destination_of(address, mode) for address in notification.envelope_recipients()
         }
+
+
+def _prepare(
+    index: int, given: Mapping[str, Any] | Notification, max_bytes: int
+) -> tuple[Notification, str, OutboundMessage]:
+    """The notification validated, a fresh message id, and its message; InvalidNotification
+    names the index of any but the first."""
+    try:
+        notification = (
+            given if isinstance(given, Notification) else Notification.validate_dict(given)
+        )
+        message_id = uuid.uuid4().hex
+        return notification, message_id, _build(notification, message_id, max_bytes)
+    except InvalidNotification as exc:
+        if index == 0:
+            raise
+        raise InvalidNotification(f"notifications[{index}].{exc}") from exc
+
+
+def _build(notification: Notification, message_id: str, max_bytes: int) -> OutboundMessage:
+    return build_message(
+        notification,
+        message_id=message_id,
+        helo_domain=notification.envelope_sender().rpartition("@")[2],
+        max_bytes=max_bytes,
+    )
 
 
 @functools.cache
