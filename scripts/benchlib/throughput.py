@@ -22,15 +22,13 @@ import resource
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import redis
-
 from benchlib import procstat
+from benchlib.harness import chunks, dns_pid, outcome_counts, produce, wait_delivered
 from benchlib.redis_server import PERSISTENCE, BenchRedis, command_calls, used_memory
 from benchlib.scenarios import Options, Scenario, deployment, worker_specs
 from benchlib.sink import SinkProcess
@@ -40,54 +38,9 @@ from settings import Settings
 from tasks.api import Mailroom
 from tasks.app import make_celery
 from tests.support.dns_server import DnsServer
-from workers.observe.metrics import DELIVERIES_KEY, THROTTLED_KEY
 
 _WARM_LIMIT = 60.0
 _METRICS_LIMIT = 15.0  # seconds the workers get to record the last deliveries after the 250s
-
-
-def chunks(items: list[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-def produce(
-    mailroom: Mailroom, notifications: list[dict[str, Any]], chunk: int
-) -> dict[str, float]:
-    """notify_many in chunks; returns message id → time.time() when its chunk's call began."""
-    enqueued: dict[str, float] = {}
-    for part in chunks(notifications, chunk):
-        at = time.time()
-        for message_id in mailroom.notify_many(part):
-            enqueued[message_id] = at
-    return enqueued
-
-
-def outcome_counts(client: redis.Redis) -> dict[str, int]:
-    """The workers' metric counters: recipients per outcome, and deliveries throttled."""
-    counts: dict[str, int] = {}
-    for key, value in client.hgetall(DELIVERIES_KEY).items():
-        name = key.decode() if isinstance(key, bytes) else str(key)
-        outcome = name.partition("|")[0]
-        counts[outcome] = counts.get(outcome, 0) + int(value)
-    counts["throttled"] = sum(int(v) for v in client.hgetall(THROTTLED_KEY).values())
-    return counts
-
-
-def wait_delivered(client: redis.Redis, target: int, limit: float) -> bool:
-    """Wait until the workers' delivered counter reaches `target`; False after `limit` s."""
-    deadline = time.monotonic() + limit
-    while outcome_counts(client).get("delivered", 0) < target:
-        if time.monotonic() >= deadline:
-            print(f"warning: delivered counter short of {target} after {limit} s", file=sys.stderr)
-            return False
-        time.sleep(0.02)
-    return True
-
-
-def dns_pid(dns: DnsServer) -> int:
-    """dnsmasq's PID, from its pid file (DnsServer keeps its process private)."""
-    return int((dns.workdir / "dnsmasq.pid").read_text().split()[0])
 
 
 @dataclass
