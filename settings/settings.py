@@ -12,13 +12,11 @@ variable. Secrets stay SecretStr; callers unwrap them with `.get_secret_value()`
 
 from __future__ import annotations
 
-import os
 import socket
-from collections.abc import Iterator, Mapping
-from enum import StrEnum
+from collections.abc import Iterator
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -29,62 +27,41 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import (
-    BaseSettings,
-    NoDecode,
-    PydanticBaseSettingsSource,
-    SecretsSettingsSource,
-    SettingsConfigDict,
-)
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from settings import parsing
-from settings.errors import ENV_PREFIX, SettingsError, env_name, one_line
+from settings.choices import (
+    WORDS,
+    DeliveryMode,
+    LogLevel,
+    RelayProfile,
+    RelaySecurity,
+    SubmissionTls,
+    one_of,
+)
+from settings.consistency import check_consistent
+from settings.errors import ENV_PREFIX, one_line
 from settings.parsing import Listen, Nameserver, Rate
+from settings.sources import (
+    FILE_FIELDS,
+    SECRET_FIELDS,
+    SECRETS_DIR_VARIABLE,
+    later_sources,
+)
 
-_SECRET_FIELDS = frozenset({"relay_password", "flower_basic_auth"})
-# Settings that may hold a secret, each also readable from the file MAILROOM_<NAME>_FILE names.
-FILE_FIELDS = frozenset({*_SECRET_FIELDS, "redis_url"})
-SECRETS_DIR_VARIABLE = f"{ENV_PREFIX}SECRETS_DIR"
-DEFAULT_SECRETS_DIR = Path("/run/secrets")  # where Docker and Compose mount secrets
-_MAX_SECRET_BYTES = 65536  # a secret file larger than this is the wrong file
+__all__ = [
+    "FILE_FIELDS",
+    "SECRETS_DIR_VARIABLE",
+    "DeliveryMode",
+    "LogLevel",
+    "RelayProfile",
+    "RelaySecurity",
+    "Settings",
+    "SubmissionTls",
+    "load_settings",
+]
+
 _DEFAULT_RETRY_DELAYS = (60, 300, 900, 1800, 3600, 7200, 14400, 28800)
-_Enum = TypeVar("_Enum", bound=StrEnum)
-
-
-class DeliveryMode(StrEnum):
-    MX = "mx"  # straight to the recipient domain's mail exchangers
-    RELAY = "relay"  # everything through MAILROOM_RELAY_HOST
-
-
-class RelaySecurity(StrEnum):
-    STARTTLS = "starttls"  # plain connect, then STARTTLS (port 587); required, never optional
-    TLS = "tls"  # implicit TLS from the first byte (port 465)
-
-
-class RelayProfile(StrEnum):
-    NONE = "none"  # no built-in limits
-    OFFICE365 = "office365"  # 3 connections, 30 messages a minute, 500 recipients a message
-
-
-class LogLevel(StrEnum):
-    DEBUG = "debug"  # every library's chatter, for chasing a problem
-    INFO = "info"  # one line per delivery attempt, plus start-up and shutdown
-    WARNING = "warning"  # only what needs an operator's attention
-    ERROR = "error"  # only failures
-
-
-class SubmissionTls(StrEnum):
-    STARTTLS = "starttls"  # clients upgrade with STARTTLS before AUTH
-    TLS = "tls"  # implicit TLS listener
-
-
-_WORDS: dict[str, type[StrEnum]] = {
-    "delivery": DeliveryMode,
-    "relay_security": RelaySecurity,
-    "relay_profile": RelayProfile,
-    "submission_tls": SubmissionTls,
-    "log_level": LogLevel,
-}
 _Port = Annotated[int, Field(ge=1, le=65535)]
 _Positive = Annotated[int, Field(gt=0)]
 _Timeout = Annotated[float, Field(gt=0, allow_inf_nan=False)]
@@ -176,20 +153,13 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # With extra="forbid" the dotenv source hands every unknown line on as an extra field.
-        dotenv = _FieldsOnly(settings_cls, dotenv_settings)
-        files = _SecretFiles(settings_cls, os.environ)
-        secrets_dir = _secrets_dir(os.environ)
-        if secrets_dir is not None:
-            # pydantic-settings warns about a directory that does not exist: only an existing
-            # one is ever handed over (_secrets_dir refuses a named one that is missing).
-            file_secret_settings = SecretsSettingsSource(settings_cls, secrets_dir=secrets_dir)
-        return init_settings, env_settings, files, dotenv, file_secret_settings
+        later = later_sources(settings_cls, dotenv_settings, file_secret_settings)
+        return init_settings, env_settings, *later
 
-    @field_validator(*_WORDS, mode="before")
+    @field_validator(*WORDS, mode="before")
     @classmethod
     def _known_word(cls, value: Any, info: ValidationInfo) -> Any:
-        return _one_of(_WORDS[str(info.field_name)], value)
+        return one_of(WORDS[str(info.field_name)], value)
 
     @field_validator("redis_url")
     @classmethod
@@ -282,36 +252,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
-        if self.delivery is DeliveryMode.RELAY and self.relay_host is None:
-            raise SettingsError(env_name("relay_host"), "required when MAILROOM_DELIVERY=relay")
-        if self.relay_username is not None and self.relay_password is None:
-            raise SettingsError(
-                env_name("relay_password"), "required when MAILROOM_RELAY_USERNAME is set"
-            )
-        if self.relay_password is not None and self.relay_username is None:
-            raise SettingsError(
-                env_name("relay_username"), "required when MAILROOM_RELAY_PASSWORD is set"
-            )
-        if self.session_timeout >= self.visibility_timeout:
-            raise SettingsError(
-                env_name("session_timeout"),
-                f"must be less than MAILROOM_VISIBILITY_TIMEOUT ({self.visibility_timeout})"
-                f" (got {self.session_timeout:g})",
-            )
-        for name in ("content_ttl", "status_ttl"):
-            kept = getattr(self, name)
-            # A deferred delivery needs both until MAX_AGE expires it.
-            if kept is not None and kept <= self.max_age:
-                raise SettingsError(
-                    env_name(name),
-                    f"must be more than MAILROOM_MAX_AGE ({self.max_age}) (got {kept})",
-                )
-        if not self.flower_listen.is_loopback and self.flower_basic_auth is None:
-            raise SettingsError(
-                env_name("flower_basic_auth"),
-                "required when MAILROOM_FLOWER_LISTEN is not a loopback address"
-                f" (got '{self.flower_listen}')",
-            )
+        check_consistent(self)
         return self
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
@@ -327,97 +268,7 @@ def load_settings(**overrides: Any) -> Settings:
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        raise one_line(exc.errors()[0], _SECRET_FIELDS) from None
-
-
-class _FieldsOnly(PydanticBaseSettingsSource):
-    """Wraps a source and drops every key that is not a field of the settings class."""
-
-    def __init__(self, settings_cls: type[BaseSettings], inner: PydanticBaseSettingsSource):
-        super().__init__(settings_cls)
-        self._inner = inner
-
-    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        return None, field_name, False  # unused: __call__ does the work
-
-    def __call__(self) -> dict[str, Any]:
-        fields = self.settings_cls.model_fields
-        return {key: value for key, value in self._inner().items() if key in fields}
-
-
-class _SecretFiles(PydanticBaseSettingsSource):
-    """`MAILROOM_<NAME>_FILE=/path` for the settings of FILE_FIELDS: the file's content, without
-    its trailing newline, is the value (an empty file leaves the setting unset)."""
-
-    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]):
-        super().__init__(settings_cls)
-        self._environ = environ
-
-    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        return None, field_name, False  # unused: __call__ does the work
-
-    def __call__(self) -> dict[str, Any]:
-        values: dict[str, Any] = {}
-        for field in sorted(FILE_FIELDS):
-            variable = f"{env_name(field)}_FILE"
-            path = self._environ.get(variable, "")
-            if not path:
-                continue
-            if self._environ.get(env_name(field)):
-                raise SettingsError(
-                    variable, f"set either {env_name(field)} or {variable}, not both"
-                )
-            value = read_secret_file(variable, Path(path))
-            if value:
-                values[field] = value
-        return values
-
-
-def read_secret_file(variable: str, path: Path) -> str:
-    """The text of the secret file `variable` names, without its trailing newline.
-
-    :raises SettingsError: it cannot be read, is too large, or is not UTF-8 (the content is
-        never shown).
-    """
-    try:
-        with path.open("rb") as file:
-            data = file.read(_MAX_SECRET_BYTES + 1)
-    except OSError as exc:
-        raise SettingsError(variable, f"cannot read '{path}': {exc.strerror or exc}") from None
-    if len(data) > _MAX_SECRET_BYTES:
-        raise SettingsError(variable, f"'{path}' is larger than {_MAX_SECRET_BYTES} bytes")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise SettingsError(variable, f"'{path}' is not UTF-8 text") from None
-    return text.rstrip("\r\n")
-
-
-def _secrets_dir(environ: Mapping[str, str]) -> Path | None:
-    """MAILROOM_SECRETS_DIR (empty: none), else DEFAULT_SECRETS_DIR when it is a directory.
-
-    :raises SettingsError: MAILROOM_SECRETS_DIR names no directory.
-    """
-    named = environ.get(SECRETS_DIR_VARIABLE)
-    if named is None:
-        return DEFAULT_SECRETS_DIR if DEFAULT_SECRETS_DIR.is_dir() else None
-    if not named:
-        return None
-    if not Path(named).is_dir():
-        raise SettingsError(SECRETS_DIR_VARIABLE, f"no such directory (got '{named}')")
-    return Path(named)
-
-
-def _one_of(enum: type[_Enum], value: Any) -> _Enum:
-    if isinstance(value, enum):
-        return value
-    if isinstance(value, str):
-        try:
-            return enum(value.strip().lower())
-        except ValueError:
-            pass
-    choices = ", ".join(member.value for member in enum)
-    raise ValueError(f"must be one of {choices} (got {value!r})")
+        raise one_line(exc.errors()[0], SECRET_FIELDS) from None
 
 
 def _redact_url(value: Any) -> Any:

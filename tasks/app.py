@@ -14,7 +14,7 @@ from celery import Celery
 
 from settings import Settings
 from tasks.routing import INTAKE_QUEUE
-from workers.redis_client import broker_transport_options
+from workers.queue.redis_client import broker_transport_options
 
 
 def make_celery(settings: Settings) -> Celery:

@@ -33,7 +33,7 @@ from tasks.notification import (
     Mailbox,
     Notification,
 )
-from workers.envelope import OutboundMessage, outbound
+from workers.model.envelope import OutboundMessage, outbound
 
 _ASCII_POLICY = policy.SMTP.clone(cte_type="7bit")  # for the stdlib fallback only
 _UTF8_POLICY = _ASCII_POLICY.clone(utf8=True)

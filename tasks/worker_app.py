@@ -30,22 +30,23 @@ from tasks.api import Mailroom
 from tasks.app import make_celery
 from tasks.notification import InvalidNotification
 from tasks.routing import DELIVER_TASK, NOTIFY_TASK
-from workers.batch import BatchRunner, Handled, Item
-from workers.content import ContentStore
-from workers.dead_letters import DeadLetters
-from workers.deferred import DeferredSet
-from workers.delivery import DeliveryAgent
-from workers.disposition import Disposition
-from workers.leases import Leases, lease_ttl
-from workers.metrics import MetricsRecorder
-from workers.profiles import traffic
-from workers.rate_limits import Limiter
-from workers.redaction import redact_addresses
-from workers.redis_client import redis_client
-from workers.retention import retention
+from workers.batch import BatchRunner, BatchStores, BatchTiming, Handled, Item
+from workers.delivery.agent import DeliveryAgent
+from workers.model.redaction import redact_addresses
+from workers.observe.metrics import MetricsRecorder
+from workers.queue.content import ContentStore
+from workers.queue.dead_letters import DeadLetters
+from workers.queue.deferred import DeferredSet
+from workers.queue.disposition import Disposition
+from workers.queue.leases import Leases, lease_ttl
+from workers.queue.redis_client import redis_client
+from workers.queue.retention import retention
+from workers.queue.retry_schedule import RetryPolicy
+from workers.queue.status import StatusStore
+from workers.queue.sweeper import Sweeper, SweepPacing
 from workers.runtime import runtime
-from workers.status import StatusStore
-from workers.sweeper import Sweeper
+from workers.traffic.profiles import traffic
+from workers.traffic.rate_limits import Limiter
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +106,7 @@ class WorkerContext:
                 status,
                 deferred,
                 DeadLetters(client, kept.dead_letters),
-                delays=settings.retry_delays,
-                max_age=settings.max_age,
+                retry=RetryPolicy(settings.retry_delays, settings.max_age),
                 metrics=MetricsRecorder(client),
             )
             ttl_of_leases = lease_ttl(settings.session_timeout, settings.visibility_timeout)
@@ -118,19 +118,22 @@ class WorkerContext:
                 lease_ttl=ttl_of_leases,
             )
             self._agent = DeliveryAgent.from_settings(settings, cap=limiter, rates=limiter)
-            self._runner = BatchRunner(
-                agent=self._agent,
+            stores = BatchStores(
                 content=ContentStore(client, kept.content),
                 status=status,
                 leases=Leases(client, ttl_of_leases),
                 deferred=deferred,
                 disposition=disposition,
-                submit=runtime().submit,
                 limiter=limiter,
-                # Between a session's deadline and its lease's expiry: first the cut-off for a
-                # session that overran (a bug), then the last try to record a kept result.
+            )
+            # Between a session's deadline and its lease's expiry: first the cut-off for a
+            # session that overran (a bug), then the last try to record a kept result.
+            timing = BatchTiming(
                 session_limit=_between(settings.session_timeout, ttl_of_leases, 0.5),
                 record_window=_between(settings.session_timeout, ttl_of_leases, 0.75),
+            )
+            self._runner = BatchRunner(
+                agent=self._agent, stores=stores, submit=runtime().submit, timing=timing
             )
             self._producer = Mailroom(settings, client=client, app=self.app)
             self._redis = client
@@ -221,7 +224,10 @@ def create_app(settings: Settings) -> Celery:
             client = context.client()
             dead = DeadLetters(client, retention(context.settings).dead_letters)
             self.sweeper = Sweeper(
-                DeferredSet(client), producer.enqueue, interval=0.2, prune=dead.prune
+                DeferredSet(client),
+                producer.enqueue,
+                prune=dead.prune,
+                pacing=SweepPacing(interval=0.2),
             )
             self.sweeper.start()
 

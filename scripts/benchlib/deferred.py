@@ -25,110 +25,38 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-import redis
-
 from benchlib import procstat
+from benchlib.deferred_setup import (
+    BOUNCING,
+    SENDER,
+    SHARDS,
+    Fill,
+    deployment,
+    fill,
+    make_due,
+    parked_destination,
+)
+from benchlib.harness import outcome_counts
 from benchlib.redis_server import PERSISTENCE, BenchRedis, used_memory
 from benchlib.stats import mib, rounded
-from benchlib.throughput import outcome_counts
 from benchlib.workers import Workers, WorkerSpec
 from settings import Settings
 from tasks.api import Mailroom
 from tasks.app import make_celery
-from tasks.message import build_message
-from tasks.notification import Notification
 from tasks.routing import shard_of
 from tests.support.dns_server import STANDARD_ZONE, DnsServer
-from workers.content import ContentStore
-from workers.dead_letters import DeadLetters
-from workers.deferred import DEFERRED_KEY, DeferredSet
-from workers.status import StatusStore
+from workers.queue.dead_letters import DeadLetters
+from workers.queue.deferred import DEFERRED_KEY, DeferredSet
 
-SENDER = "bench@example.test"
-BOUNCING = "nullmx.test"  # MX 0 . in the test zone: every delivery bounces without a connection
-SHARDS = 4
 WARM_UP = 10
 CONCURRENCY = 4
 IDLE_SECONDS = 5.0
 _DAY = 86400
-
-
-def deployment(redis_url: str, dns: DnsServer) -> dict[str, Any]:
-    """The settings of the benchmark deployment, as Settings keyword arguments."""
-    return {
-        "redis_url": redis_url,
-        "shards": SHARDS,
-        "mx_port": 2525,  # never dialled: every destination here has a null MX or no due entry
-        "dns_nameservers": f"{dns.address[0]}:{dns.address[1]}",
-        "helo_name": "bench.mailroom.test",
-        "connect_timeout": 2,
-        "command_timeout": 5,
-        "data_timeout": 5,
-        "session_timeout": 10,
-        "dns_timeout": 2,
-        "visibility_timeout": 60,
-        "retry_delays": "60",
-    }
-
-
-def parked_destination() -> str:
-    """A destination whose shard is not nullmx.test's: the worker leaves its queue alone."""
-    bouncing = shard_of(BOUNCING, SHARDS)
-    for n in range(100):
-        name = f"later{n}.test"
-        if shard_of(name, SHARDS) != bouncing:
-            return name
-    raise RuntimeError("no destination found outside nullmx.test's shard")
-
-
-def fill(
-    client: redis.Redis, settings: Settings, total: int, real: int, parked: str, due: float
-) -> list[str]:
-    """Defer `total` deliveries at `due`; the first `real` are whole messages to BOUNCING.
-
-    Returns the ids of the real ones. The others (to `parked`) have no status record.
-    """
-    ttl = settings.max_age + _DAY
-    real_ids = []
-    pipe = client.pipeline(transaction=False)
-    deferred, content, status = DeferredSet(pipe), ContentStore(pipe, ttl), StatusStore(pipe, ttl)
-    now = time.time()
-    for n in range(total):
-        message_id = uuid.uuid4().hex
-        if n < real:
-            address = f"user{n}@{BOUNCING}"
-            fields = {"sender": SENDER, "to": [address], "subject": f"deferred {n}", "text": "x"}
-            message = build_message(
-                Notification.validate_dict(fields),
-                message_id=message_id,
-                helo_domain="example.test",
-                max_bytes=settings.max_message_bytes,
-            )
-            content.put(message, pipe=pipe)
-            status.create(message_id, SENDER, {address: BOUNCING}, now, pipe=pipe)
-            deferred.defer(message_id, BOUNCING, 1, due)
-            real_ids.append(message_id)
-        else:
-            deferred.defer(message_id, parked, 2, due)
-        if n % 5000 == 4999:
-            pipe.execute()
-    pipe.execute()
-    return real_ids
-
-
-def make_due(client: redis.Redis, ids: list[str], now: float) -> None:
-    """Reschedule the deferred deliveries of `ids` (to BOUNCING, attempt 1) to `now`."""
-    pipe = client.pipeline(transaction=False)
-    deferred = DeferredSet(pipe)
-    for message_id in ids:
-        deferred.defer(message_id, BOUNCING, 1, now)
-    pipe.execute()
 
 
 def wait_until(done: Callable[[], bool], limit: float, what: str) -> None:
@@ -265,7 +193,7 @@ class DeferredRun:
         print(f"[deferred] filling the deferred set with {self.total:,}", file=sys.stderr)
         before, started = used_memory(self.client), time.monotonic()
         later = time.time() + _DAY
-        self.real = fill(self.client, self.settings, self.total, self.due, self.parked, later)
+        self.real = fill(self.client, self.settings, Fill(self.total, self.due, self.parked, later))
         self.figures["fill_seconds"] = rounded(time.monotonic() - started, 1)
         self.figures["redis_bytes_per_msg"] = round(
             (used_memory(self.client) - before) / self.total

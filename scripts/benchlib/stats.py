@@ -10,7 +10,6 @@ import json
 import math
 import sys
 import threading
-import time
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
@@ -77,8 +76,3 @@ class Progress:
     def _run(self) -> None:
         while not self._stop.wait(self._every):
             self._show()
-
-
-def elapsed_since(start: float) -> float:
-    """Seconds of the monotonic clock since `start`."""
-    return time.monotonic() - start

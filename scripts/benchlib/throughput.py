@@ -22,15 +22,13 @@ import resource
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import redis
-
 from benchlib import procstat
+from benchlib.harness import chunks, dns_pid, outcome_counts, produce, wait_delivered
 from benchlib.redis_server import PERSISTENCE, BenchRedis, command_calls, used_memory
 from benchlib.scenarios import Options, Scenario, deployment, worker_specs
 from benchlib.sink import SinkProcess
@@ -40,54 +38,9 @@ from settings import Settings
 from tasks.api import Mailroom
 from tasks.app import make_celery
 from tests.support.dns_server import DnsServer
-from workers.metrics import DELIVERIES_KEY, THROTTLED_KEY
 
 _WARM_LIMIT = 60.0
 _METRICS_LIMIT = 15.0  # seconds the workers get to record the last deliveries after the 250s
-
-
-def chunks(items: list[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-def produce(
-    mailroom: Mailroom, notifications: list[dict[str, Any]], chunk: int
-) -> dict[str, float]:
-    """notify_many in chunks; returns message id → time.time() when its chunk's call began."""
-    enqueued: dict[str, float] = {}
-    for part in chunks(notifications, chunk):
-        at = time.time()
-        for message_id in mailroom.notify_many(part):
-            enqueued[message_id] = at
-    return enqueued
-
-
-def outcome_counts(client: redis.Redis) -> dict[str, int]:
-    """The workers' metric counters: recipients per outcome, and deliveries throttled."""
-    counts: dict[str, int] = {}
-    for key, value in client.hgetall(DELIVERIES_KEY).items():
-        name = key.decode() if isinstance(key, bytes) else str(key)
-        outcome = name.partition("|")[0]
-        counts[outcome] = counts.get(outcome, 0) + int(value)
-    counts["throttled"] = sum(int(v) for v in client.hgetall(THROTTLED_KEY).values())
-    return counts
-
-
-def wait_delivered(client: redis.Redis, target: int, limit: float) -> bool:
-    """Wait until the workers' delivered counter reaches `target`; False after `limit` s."""
-    deadline = time.monotonic() + limit
-    while outcome_counts(client).get("delivered", 0) < target:
-        if time.monotonic() >= deadline:
-            print(f"warning: delivered counter short of {target} after {limit} s", file=sys.stderr)
-            return False
-        time.sleep(0.02)
-    return True
-
-
-def dns_pid(dns: DnsServer) -> int:
-    """dnsmasq's PID, from its pid file (DnsServer keeps its process private)."""
-    return int((dns.workdir / "dnsmasq.pid").read_text().split()[0])
 
 
 @dataclass
@@ -142,7 +95,7 @@ class ThroughputRun:
         cpu = {**timed.cpu, "producer": timed.producer_cpu}
         outcomes = {key: value - outcomes_before.get(key, 0) for key, value in outcomes.items()}
         calls = {key: value - calls_before.get(key, 0) for key, value in calls.items()}
-        figures = self._figures(timed, cpu, peaks, bytes_per_message, outcomes)
+        figures = _figures_of(self, Measured(timed, cpu, peaks, bytes_per_message, outcomes))
         figures["redis_calls_per_msg"] = rounded(sum(calls.values()) / self.n, 2)
         top = sorted(calls.items(), key=lambda item: -item[1])[:12]
         figures["redis_calls_per_msg_top"] = {key: rounded(value / self.n, 2) for key, value in top}
@@ -257,59 +210,67 @@ class ThroughputRun:
             if ahead > 0:
                 time.sleep(ahead)
 
-    def _figures(
-        self,
-        timed: Timed,
-        cpu: dict[str, float],
-        peaks: list[int],
-        bytes_per_message: float,
-        outcomes: dict[str, int],
-    ) -> dict[str, Any]:
-        n, options, plan = self.n, self.options, self.plan
-        assert timed.accepted is not None
-        seconds = max(timed.accepted.values()) - timed.start
-        latencies = [(timed.accepted[i] - at) * 1000 for i, at in timed.enqueued.items()]
-        per = {key: value * 1000 / n for key, value in cpu.items()}
-        mailroom_ms = per["producer"] + per["workers"] + per["redis"]
-        return {
-            "scenario": plan.name,
-            "n": n,
-            "msgs_per_s": rounded(n / seconds, 1),
-            "cpu_ms_per_msg": rounded(mailroom_ms),
-            "cpu_ms_per_msg_split": {k: rounded(per[k]) for k in ("producer", "workers", "redis")},
-            "producer_system_ms_per_msg": rounded(timed.producer_system * 1000 / n),
-            "cpu_ms_per_msg_all": rounded(mailroom_ms + per["sink"] + per["dns"]),
-            "sink_cpu_ms_per_msg": rounded(per["sink"]),
-            "dns_cpu_ms_per_msg": rounded(per["dns"]),
-            "p50_ms": rounded(percentile(latencies, 0.50), 1),
-            "p99_ms": rounded(percentile(latencies, 0.99), 1),
-            "max_ms": rounded(max(latencies), 1),
-            "worker_rss_mb": rounded(mib(max(peaks)), 1),
-            # How evenly the workers share the work: one busy worker is bound by its GIL.
-            "worker_cpu_ms_per_msg_each": [
-                rounded(per[f"worker{i}"]) for i in range(len(self.workers.pids))
-            ],
-            "worker_rss_mb_each": [rounded(mib(peak), 1) for peak in peaks],
-            "redis_bytes_per_msg": round(bytes_per_message),
-            "seconds": rounded(seconds, 2),
-            "producer_msgs_per_s": rounded(n / max(timed.produced_at - timed.start, 1e-9), 1),
-            "smtp_sessions": timed.connections_opened,
-            "connections_used": timed.connections_used,
-            "msgs_per_session": rounded(n / max(timed.connections_used, 1), 2),
-            "duplicates": timed.duplicates,
-            "outcomes": outcomes,
-            "setup": {
-                "workers": options.workers,
-                "concurrency": options.concurrency,
-                "shards": options.shards,
-                "worker_shards": [spec.shards or "all" for spec in self.specs],
-                "max_connections": options.max_connections,
-                "chunk": options.chunk,
-                "rate": options.rate,
-                "sink_delay_ms": plan.delay * 1000,
-                "destinations": len(plan.domains),
-                "redis_persistence": PERSISTENCE,
-                "worker_loglevel": options.loglevel,
-                "text_bytes": len(plan.notification(0, "user")["text"]),
-            },
-        }
+
+@dataclass(frozen=True)
+class Measured:
+    """What the timed part of a run measured, for `figures`."""
+
+    timed: Timed
+    cpu: dict[str, float]
+    peaks: list[int]
+    bytes_per_message: float
+    outcomes: dict[str, int]
+
+
+def _figures_of(run: ThroughputRun, measured: Measured) -> dict[str, Any]:
+    """The run's figures as `bench_e2e` reports them."""
+    n, options, plan = run.n, run.options, run.plan
+    timed, cpu, peaks = measured.timed, measured.cpu, measured.peaks
+    bytes_per_message, outcomes = measured.bytes_per_message, measured.outcomes
+    assert timed.accepted is not None
+    seconds = max(timed.accepted.values()) - timed.start
+    latencies = [(timed.accepted[i] - at) * 1000 for i, at in timed.enqueued.items()]
+    per = {key: value * 1000 / n for key, value in cpu.items()}
+    mailroom_ms = per["producer"] + per["workers"] + per["redis"]
+    return {
+        "scenario": plan.name,
+        "n": n,
+        "msgs_per_s": rounded(n / seconds, 1),
+        "cpu_ms_per_msg": rounded(mailroom_ms),
+        "cpu_ms_per_msg_split": {k: rounded(per[k]) for k in ("producer", "workers", "redis")},
+        "producer_system_ms_per_msg": rounded(timed.producer_system * 1000 / n),
+        "cpu_ms_per_msg_all": rounded(mailroom_ms + per["sink"] + per["dns"]),
+        "sink_cpu_ms_per_msg": rounded(per["sink"]),
+        "dns_cpu_ms_per_msg": rounded(per["dns"]),
+        "p50_ms": rounded(percentile(latencies, 0.50), 1),
+        "p99_ms": rounded(percentile(latencies, 0.99), 1),
+        "max_ms": rounded(max(latencies), 1),
+        "worker_rss_mb": rounded(mib(max(peaks)), 1),
+        # How evenly the workers share the work: one busy worker is bound by its GIL.
+        "worker_cpu_ms_per_msg_each": [
+            rounded(per[f"worker{i}"]) for i in range(len(run.workers.pids))
+        ],
+        "worker_rss_mb_each": [rounded(mib(peak), 1) for peak in peaks],
+        "redis_bytes_per_msg": round(bytes_per_message),
+        "seconds": rounded(seconds, 2),
+        "producer_msgs_per_s": rounded(n / max(timed.produced_at - timed.start, 1e-9), 1),
+        "smtp_sessions": timed.connections_opened,
+        "connections_used": timed.connections_used,
+        "msgs_per_session": rounded(n / max(timed.connections_used, 1), 2),
+        "duplicates": timed.duplicates,
+        "outcomes": outcomes,
+        "setup": {
+            "workers": options.workers,
+            "concurrency": options.concurrency,
+            "shards": options.shards,
+            "worker_shards": [spec.shards or "all" for spec in run.specs],
+            "max_connections": options.max_connections,
+            "chunk": options.chunk,
+            "rate": options.rate,
+            "sink_delay_ms": plan.delay * 1000,
+            "destinations": len(plan.domains),
+            "redis_persistence": PERSISTENCE,
+            "worker_loglevel": options.loglevel,
+            "text_bytes": len(plan.notification(0, "user")["text"]),
+        },
+    }

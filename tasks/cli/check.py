@@ -2,7 +2,7 @@
 to deliver?
 
 Checks, in order: settings (already loaded by `tasks.cli.main`), Redis (PING), then one real
-delivery through the production engine (`workers.delivery`) to the relay, or to domain D's MX
+delivery through the production engine (`workers.delivery.agent`) to the relay, or to domain D's MX
 hosts: DNS, connect, TLS certificate, AUTH, MAIL FROM, RCPT. Without `--send-to` the session is a
 probe that stops after RCPT TO and sends no message, addressed to `postmaster` (RFC 5321
 §4.5.1 requires every domain to accept it). Every step is printed with its reply; the last line
@@ -17,21 +17,21 @@ import asyncio
 import json
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, assert_never
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import redis
 
 from settings import DeliveryMode, Settings
+from tasks.cli.check_report import as_json, as_lines
 from tasks.cli.errors import FAILED, OK, UsageError
 from tasks.message import build_message
 from tasks.notification import InvalidNotification, Notification, parse_mailbox
-from workers.envelope import OutboundMessage
-from workers.outcome import Bounced, Deferred, Delivered, Outcome
-from workers.smtp_record import StepRecord
+from workers.model.envelope import OutboundMessage
+from workers.model.outcome import Delivered
 
 if TYPE_CHECKING:
-    from workers.delivery import DeliveryReport
+    from workers.model.report import DeliveryReport
 
 SUBJECT = "Mailroom check"
 _TEXT = (
@@ -83,7 +83,9 @@ class RedisCheck:
 
 
 async def _deliver(settings: Settings, plan: Plan) -> DeliveryReport:
-    from workers.delivery import DeliveryAgent  # aiosmtplib and dnspython: the `worker` extra
+    from workers.delivery.agent import (
+        DeliveryAgent,  # aiosmtplib and dnspython: the `worker` extra
+    )
 
     agent = DeliveryAgent.from_settings(settings)
     try:
@@ -184,110 +186,6 @@ def redact_url(url: str) -> str:
     user, _, host = parts.netloc.rpartition("@")
     name = user.partition(":")[0]
     return parts._replace(netloc=f"{name}:***@{host}").geturl()
-
-
-def as_lines(
-    settings: Settings, plan: Plan, redis_check: RedisCheck, report: DeliveryReport
-) -> list[str]:
-    """The human-readable report: one line per check and per SMTP step, then the verdict."""
-    mode = settings.delivery.value
-    if settings.delivery is DeliveryMode.RELAY:
-        mode += f" {settings.relay_host}:{settings.relay_port} ({settings.relay_security.value})"
-    lines = [f"{'settings':<12} ok    delivery={mode} helo={settings.helo_name}"]
-    if redis_check.error is None:
-        lines.append(f"{'redis':<12} ok    {redis_check.url}")
-    else:
-        lines.append(f"{'redis':<12} FAIL  {redis_check.url}: {redis_check.error}")
-    what = "probe, stops after RCPT TO" if plan.probe else "sends a test message"
-    lines.append(
-        f"{'delivery':<12} to    {plan.destination}: {plan.message.sender} -> "
-        f"{plan.recipient} ({what})"
-    )
-    lines.append(_step_line(report.resolution, plan.destination))
-    for attempt in report.attempts:
-        lines.extend(
-            _step_line(record, f"{attempt.host}[{attempt.address}]") for record in attempt.steps
-        )
-    [outcome] = report.outcomes
-    reply = outcome.reply
-    lines.append(f"result  {_result(outcome, plan.probe)}  {reply}")
-    failures = []
-    if redis_check.error is not None:
-        failures.append(f"FAILED at redis: {redis_check.error}")
-    if not isinstance(outcome, Delivered):
-        failures.append(f"FAILED at {reply.step}: {reply}")
-    return lines + (failures or ["OK"])
-
-
-def as_json(
-    settings: Settings,
-    plan: Plan,
-    redis_check: RedisCheck,
-    report: DeliveryReport,
-    passed: bool,
-) -> dict[str, Any]:
-    """The report as `--json` prints it: ok, settings, redis, steps, outcome."""
-    steps = [_step_json(report.resolution, plan.destination, "")]
-    for attempt in report.attempts:
-        steps.extend(_step_json(r, attempt.host, attempt.address) for r in attempt.steps)
-    [outcome] = report.outcomes
-    reply = outcome.reply
-    return {
-        "ok": passed,
-        "settings": {"ok": True, "delivery": settings.delivery.value, "helo": settings.helo_name},
-        "redis": {
-            "ok": redis_check.error is None,
-            "url": redis_check.url,
-            "error": redis_check.error,
-        },
-        "destination": plan.destination,
-        "sender": plan.message.sender,
-        "recipient": plan.recipient,
-        "probe": plan.probe,
-        "steps": steps,
-        "outcome": {
-            "result": _result(outcome, plan.probe),
-            "step": str(reply.step),
-            "code": reply.code,
-            "enhanced": reply.enhanced,
-            "text": reply.text,
-        },
-    }
-
-
-def _result(outcome: Outcome, probe: bool) -> str:
-    match outcome:
-        case Delivered():
-            return "accepted" if probe else "delivered"
-        case Deferred():
-            return "deferred"
-        case Bounced():
-            return "bounced"
-        case _:
-            assert_never(outcome)
-
-
-def _step_line(record: StepRecord, where: str) -> str:
-    reply = record.reply
-    detail = " ".join(part for part in (reply.enhanced, reply.text) if part)
-    return (
-        f"{reply.step:<12} {reply.code:<3}  {record.command:<10} {where}  "
-        f"{record.ms:.1f} ms  {detail}"
-    )
-
-
-def _step_json(record: StepRecord, host: str, address: str) -> dict[str, Any]:
-    reply = record.reply
-    return {
-        "step": str(reply.step),
-        "command": record.command,
-        "host": host,
-        "address": address,
-        "code": reply.code,
-        "enhanced": reply.enhanced,
-        "text": reply.text,
-        "ms": round(record.ms, 1),
-    }
 
 
 def _secrets(settings: Settings) -> list[str]:

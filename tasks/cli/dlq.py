@@ -10,9 +10,9 @@ from typing import Any
 from settings import Settings
 from tasks.api import Mailroom
 from tasks.cli.errors import FAILED, OK, UsageError
-from workers.dead_letters import DeadLetters
-from workers.redis_client import redis_client
-from workers.retention import retention
+from workers.queue.dead_letters import DeadLetters
+from workers.queue.redis_client import redis_client
+from workers.queue.retention import retention
 
 
 def register(commands: argparse._SubParsersAction[Any]) -> None:

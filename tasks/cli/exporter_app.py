@@ -1,7 +1,7 @@
 """The server of `mailroom exporter` (tasks.cli.exporter): Prometheus metrics at /metrics.
 
 Nothing is kept in this process: every scrape reads Redis, where every worker counts its
-deliveries (`workers.metrics`), and measures the queues as `mailroom queues` does. So one
+deliveries (`workers.observe.metrics`), and measures the queues as `mailroom queues` does. So one
 exporter serves the whole cluster, and it may be restarted or run twice without losing a count.
 A scrape while Redis is down answers 503 (one line on stderr, no traceback), which Prometheus
 records as `up == 0`. It binds only the configured address, and runs until SIGTERM or SIGINT.
@@ -31,8 +31,8 @@ from tasks.cli.errors import FAILED, OK
 from tasks.cli.queues import queue_depths
 from tasks.cli.signals import stop_on_signals
 from tasks.routing import INTAKE_QUEUE
-from workers.metrics import read_metrics
-from workers.redis_client import redis_client
+from workers.observe.metrics import read_metrics
+from workers.queue.redis_client import redis_client
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment

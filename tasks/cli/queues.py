@@ -11,9 +11,9 @@ import redis
 from settings import Settings
 from tasks.cli.errors import OK
 from tasks.routing import INTAKE_QUEUE, all_shard_queues
-from workers.dead_letters import DeadLetters
-from workers.deferred import DeferredSet
-from workers.redis_client import redis_client
+from workers.queue.dead_letters import DeadLetters
+from workers.queue.deferred import DeferredSet
+from workers.queue.redis_client import redis_client
 
 # kombu's Redis transport keeps priority sub-queues beside each queue ("name\x06\x16N").
 _PRIORITY_SEPARATOR = "\x06\x16"

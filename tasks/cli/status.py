@@ -9,10 +9,10 @@ from typing import Any
 
 from settings import Settings
 from tasks.cli.errors import FAILED, OK
-from workers.redis_client import redis_client
-from workers.reply import printable
-from workers.retention import retention
-from workers.status import StatusStore
+from workers.model.reply import printable
+from workers.queue.redis_client import redis_client
+from workers.queue.retention import retention
+from workers.queue.status import StatusStore
 
 
 def register(commands: argparse._SubParsersAction[Any]) -> None:

@@ -27,6 +27,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from tasks.notification import InvalidNotification, a_label_domain, parse_mailbox
 
@@ -71,7 +72,7 @@ class PasswordHash:
         """Hash `password` (UTF-8 when text) with a fresh random salt and today's parameters."""
         salt = os.urandom(SALT_BYTES) if salt is None else salt
         secret = password.encode() if isinstance(password, str) else password
-        key = _scrypt(secret, salt, SCRYPT_N, SCRYPT_R, SCRYPT_P, KEY_BYTES)
+        key = _scrypt(secret, salt, _Cost(SCRYPT_N, SCRYPT_R, SCRYPT_P), KEY_BYTES)
         return cls(SCRYPT_N, SCRYPT_R, SCRYPT_P, salt, key)
 
     @classmethod
@@ -100,14 +101,23 @@ class PasswordHash:
 
     def verify(self, password: bytes) -> bool:
         """Whether `password` is the one hashed here (constant-time comparison)."""
-        candidate = _scrypt(password, self.salt, self.n, self.r, self.p, len(self.key))
+        candidate = _scrypt(password, self.salt, _Cost(self.n, self.r, self.p), len(self.key))
         return hmac.compare_digest(candidate, self.key)
 
     def __str__(self) -> str:
         return f"{SCHEME}${self.n}${self.r}${self.p}${_b64(self.salt)}${_b64(self.key)}"
 
 
-def _scrypt(password: bytes, salt: bytes, n: int, r: int, p: int, size: int) -> bytes:
+class _Cost(NamedTuple):
+    """scrypt's work factors: CPU and memory (N), block size (r), parallelism (p)."""
+
+    n: int
+    r: int
+    p: int
+
+
+def _scrypt(password: bytes, salt: bytes, cost: _Cost, size: int) -> bytes:
+    n, r, p = cost
     # hashlib refuses above maxmem (32 MiB by default); scrypt needs about 128·r·N bytes.
     maxmem = 128 * r * (n + p + 2) + 1024 * 1024
     return hashlib.scrypt(password, salt=salt, n=n, r=r, p=p, maxmem=maxmem, dklen=size)

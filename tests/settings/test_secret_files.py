@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-import settings.settings as settings_module
+import settings.sources as settings_module
 from settings import SettingsError, load_settings
 from tests.tasks.test_cli import run_mailroom
 

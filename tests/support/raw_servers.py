@@ -24,7 +24,7 @@ import socket
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
-from typing import BinaryIO, Protocol, Self
+from typing import BinaryIO, Protocol, Self, TypedDict, Unpack
 
 import pytest
 
@@ -175,6 +175,16 @@ class SilentServer(RawServer):
 Said = str | bytes  # one reply as it goes on the wire, CRLF added; bytes for what is no text
 
 
+class Script(TypedDict, total=False):
+    """Keyword options of `ScriptedServer`; see its docstring for what each one does."""
+
+    replies: dict[str, Said | list[Said]] | None
+    out_of_turn: str | None
+    greeting: Said
+    stall_after_354: bool
+    hang_at: str | None
+
+
 class ScriptedServer(RawServer):
     """Answers every command from `replies` (by verb; 250 when not named), DATA's content too.
 
@@ -187,22 +197,13 @@ class ScriptedServer(RawServer):
     after each message's reply, a moment later, and `spoke` is set once it has.
     """
 
-    def __init__(
-        self,
-        host: str = "127.0.0.1",
-        *,
-        replies: dict[str, Said | list[Said]] | None = None,
-        out_of_turn: str | None = None,
-        greeting: Said = "220 scripted.test ESMTP",
-        stall_after_354: bool = False,
-        hang_at: str | None = None,
-    ) -> None:
+    def __init__(self, host: str = "127.0.0.1", **script: Unpack[Script]) -> None:
         super().__init__(host)
-        self.replies = dict(replies or {})
-        self.out_of_turn = out_of_turn
-        self.greeting = greeting
-        self.stall_after_354 = stall_after_354
-        self.hang_at = hang_at
+        self.replies = dict(script.get("replies") or {})
+        self.out_of_turn = script.get("out_of_turn")
+        self.greeting: Said = script.get("greeting", "220 scripted.test ESMTP")
+        self.stall_after_354 = script.get("stall_after_354", False)
+        self.hang_at = script.get("hang_at")
         self.spoke = threading.Event()
 
     def serve(self, conn: socket.socket, lines: list[str]) -> None:

@@ -14,8 +14,8 @@ import redis
 
 from tests.support.redis_server import RedisServer
 from tests.tasks.test_cli import Run, run_mailroom
-from workers.dead_letters import DeadLetters
-from workers.reply import Reply, Step
+from workers.model.reply import Reply, Step
+from workers.queue.dead_letters import DeadLetters
 
 
 def env(server: RedisServer) -> dict[str, str]:

@@ -9,10 +9,12 @@ from pathlib import Path
 import redis
 
 from tests.support.redis_server import RedisServer
+from tests.support.status import record_one
 from tests.tasks.test_cli import run_mailroom
 from tests.tasks.test_cli_pipeline import GOOD, env, send
-from workers.reply import Reply, Step
-from workers.status import RecipientState, StatusStore
+from workers.model.reply import Reply, Step
+from workers.model.states import RecipientState
+from workers.queue.status import StatusStore
 
 RAW = "\x1b]0;owned\x07\x1b[2J\x9b31m queued"
 
@@ -27,7 +29,9 @@ def test_status_escapes_control_characters_in_stored_reply_text(
     attempt = {"at": 1.0, "destination": "one.test", "host": "mx.one.test", "steps": [step]}
     reply = Reply(250, "2.0.0", RAW, Step.DATA)
     store = StatusStore(redis_client, 3600)
-    store.record(message_id, {"a@one.test": (RecipientState.DELIVERED, reply)}, [attempt], None)
+    record_one(
+        store, message_id, {"a@one.test": (RecipientState.DELIVERED, reply)}, [attempt], None
+    )
 
     human = run_mailroom("status", message_id, env=env(redis_server), cwd=tmp_path)
 

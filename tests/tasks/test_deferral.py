@@ -13,9 +13,9 @@ import redis
 from tests.support.smtp_sink import MakeSink
 from tests.tasks.conftest import Deploy
 from tests.tasks.pipeline_support import running_worker, wait_for
-from workers.dead_letters import DeadLetters
-from workers.deferred import DeferredSet
-from workers.status import StatusStore
+from workers.queue.dead_letters import DeadLetters
+from workers.queue.deferred import DeferredSet
+from workers.queue.status import StatusStore
 
 
 def notification(*to: str) -> dict[str, Any]:

@@ -30,13 +30,12 @@ from tasks.api import Mailroom
 from tasks.routing import INTAKE_QUEUE, all_shard_queues, shard_of
 from tests.support.redis_server import RedisServer, RedisServerFactory
 from tests.tasks.test_cli import REPO, run_mailroom
-from workers.dead_letters import DeadLetters
-from workers.deferred import DeferredSet
-from workers.delivery import Attempt, DeliveryReport
-from workers.metrics import MetricsRecorder
-from workers.reply import Reply, Step
-from workers.smtp_record import StepRecord
-from workers.status import RecipientState
+from workers.model.reply import Reply, Step
+from workers.model.report import Attempt, DeliveryReport, StepRecord
+from workers.model.states import RecipientState
+from workers.observe.metrics import MetricsRecorder
+from workers.queue.dead_letters import DeadLetters
+from workers.queue.deferred import DeferredSet
 
 SHARDS = 3
 _START_TIMEOUT = 15.0

@@ -45,8 +45,8 @@ from tests.tasks.pipeline_support import (
 )
 from tests.tasks.test_cli import assert_usage_error, run_mailroom
 from workers.batch import Handled
-from workers.disposition import Summary
-from workers.status import StatusStore
+from workers.queue.disposition import Summary
+from workers.queue.status import StatusStore
 
 ARTIFACTS = REPO / "var" / "test-artifacts"
 SENDER = "app@example.test"

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from tasks.message import build_message
 from tasks.notification import InvalidNotification, Notification
-from workers.envelope import OutboundMessage, outbound
+from workers.model.envelope import OutboundMessage, outbound
 
 NOW = datetime(2026, 3, 14, 15, 9, 26, tzinfo=UTC)
 MAX = 26_214_400

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from tasks.message import build_message
 from tasks.notification import InvalidNotification, Mailbox, Notification
-from workers.envelope import OutboundMessage
+from workers.model.envelope import OutboundMessage
 
 NOW = datetime(2026, 3, 14, 15, 9, 26, tzinfo=UTC)
 MAX = 26_214_400

@@ -21,7 +21,7 @@ from tests.tasks.pipeline_support import (
     running_worker,
     wait_for,
 )
-from workers.status import StatusStore
+from workers.queue.status import StatusStore
 
 
 def fields(**overrides: Any) -> dict[str, Any]:

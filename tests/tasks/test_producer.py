@@ -23,9 +23,9 @@ from tasks.notification import InvalidNotification
 from tasks.routing import DELIVER_TASK, all_shard_queues
 from tests.support.redis_server import RedisServer
 from tests.tasks.pipeline_support import SHARDS, queued_task_bodies
-from workers.content import ContentStore
-from workers.envelope import outbound
-from workers.status import StatusStore
+from workers.model.envelope import outbound
+from workers.queue.content import ContentStore
+from workers.queue.status import StatusStore
 
 
 @pytest.fixture

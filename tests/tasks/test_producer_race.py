@@ -17,7 +17,7 @@ from tasks.api import Mailroom
 from tests.support.redis_server import RedisServer
 from tests.tasks.pipeline_support import SHARDS
 from tests.tasks.test_producer import queued
-from workers.status import StatusStore
+from workers.queue.status import StatusStore
 
 PRODUCERS = 4
 ROUNDS = 15

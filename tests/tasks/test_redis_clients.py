@@ -16,7 +16,7 @@ from tasks.api import Mailroom
 from tasks.app import make_celery
 from tasks.worker_app import WorkerContext
 from tests.support.redis_server import RedisServer, RedisServerFactory
-from workers.redis_client import redis_client
+from workers.queue.redis_client import redis_client
 
 _HANG = 20.0  # seconds after which a call is taken to hang (unbounded clients wait ~a minute)
 

@@ -8,11 +8,13 @@ import redis
 from settings import Settings
 from tasks.api import Mailroom
 from tests.support.redis_server import RedisServer
+from tests.support.status import record_one
 from tests.tasks.pipeline_support import SHARDS
-from workers.content import ContentStore, content_key
-from workers.dead_letters import DeadLetters, dead_recipient
-from workers.reply import Code, Reply, Step
-from workers.status import RecipientState, StatusStore
+from workers.model.reply import Code, Reply, Step
+from workers.model.states import RecipientState
+from workers.queue.content import ContentStore, content_key
+from workers.queue.dead_letters import DeadLetters, dead_recipient
+from workers.queue.status import StatusStore
 
 GREYLISTED = Reply(Code.LOCAL_ERROR, "4.7.1", "greylisted", Step.RCPT_TO)
 CONTENT_TTL = 7200
@@ -30,7 +32,9 @@ def test_replay_refreshes_the_content_ttl_with_the_status_record(
     )
     # It expired after MAX_AGE, and its content is near the end of its own retention.
     status = StatusStore(redis_client, ttl=60)
-    status.record(message_id, {"a@example.org": (RecipientState.EXPIRED, GREYLISTED)}, [], None)
+    record_one(
+        status, message_id, {"a@example.org": (RecipientState.EXPIRED, GREYLISTED)}, [], None
+    )
     DeadLetters(redis_client, ttl=60).add(
         message_id, "example.org", "expired", [dead_recipient("a@example.org", GREYLISTED)], 0.0
     )

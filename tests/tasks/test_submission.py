@@ -41,9 +41,9 @@ from tests.tasks.submission_support import (
     running_listener,
     submission_settings,
 )
-from workers.content import ContentStore
-from workers.envelope import outbound
-from workers.status import StatusStore
+from workers.model.envelope import outbound
+from workers.queue.content import ContentStore
+from workers.queue.status import StatusStore
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 import redis
@@ -31,6 +32,25 @@ from tests.tasks.submission_support import (
     submission_settings,
 )
 from tests.tasks.test_cli import assert_usage_error, run_mailroom
+
+
+class BadPasswd(NamedTuple):
+    """`mailroom passwd` arguments and input, and the words its one-line error must hold."""
+
+    args: tuple[str, ...]
+    stdin: str
+    words: tuple[str, ...]
+
+
+class BadSetting(NamedTuple):
+    """A setting made bad (None: unset; "{name}" filled in by the test), and the variable and
+    problem the error must name."""
+
+    field: str
+    value: str | None
+    variable: str
+    problem: str
+
 
 REPO = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.22"
@@ -67,22 +87,21 @@ def test_passwd_prints_a_line_that_verifies_and_never_the_password(tmp_path: Pat
 
 
 @pytest.mark.parametrize(
-    ("args", "stdin", "words"),
+    "case",
     [
-        (("bad:name",), "pw\n", ("username",)),
-        (("app",), "", ("no password",)),
-        (("app",), "\n", ("no password",)),
-        (("app", "--sender", "not an address@"), "pw\n", ("sender",)),
+        BadPasswd(("bad:name",), "pw\n", ("username",)),
+        BadPasswd(("app",), "", ("no password",)),
+        BadPasswd(("app",), "\n", ("no password",)),
+        BadPasswd(("app", "--sender", "not an address@"), "pw\n", ("sender",)),
     ],
 )
 def test_passwd_bad_input_is_one_line_and_exit_2(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
-    args: tuple[str, ...],
-    stdin: str,
-    words: tuple[str, ...],
+    case: BadPasswd,
 ) -> None:
+    args, stdin, words = case
     monkeypatch.chdir(tmp_path)  # no .env of the outer world
     monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
     assert main(["passwd", *args]) == 2
@@ -173,19 +192,24 @@ def test_submission_without_its_files_is_one_line_and_exit_2(
 
 
 @pytest.mark.parametrize(
-    ("field", "value", "variable", "problem"),
+    "case",
     [
-        ("submission_cert_file", None, "MAILROOM_SUBMISSION_CERT_FILE", "required"),
-        ("submission_key_file", None, "MAILROOM_SUBMISSION_KEY_FILE", "required"),
-        ("submission_key_file", "/nonexistent/key.pem", "MAILROOM_SUBMISSION_KEY_FILE", "no such"),
-        ("submission_key_file", "{cert}", "MAILROOM_SUBMISSION_CERT_FILE", "cannot load"),
-        ("submission_accounts", "{bad}", "MAILROOM_SUBMISSION_ACCOUNTS", "bad-accounts:2: "),
-        ("submission_accounts", "{empty}", "MAILROOM_SUBMISSION_ACCOUNTS", "no accounts"),
+        BadSetting("submission_cert_file", None, "MAILROOM_SUBMISSION_CERT_FILE", "required"),
+        BadSetting("submission_key_file", None, "MAILROOM_SUBMISSION_KEY_FILE", "required"),
+        BadSetting(
+            "submission_key_file", "/nonexistent/key.pem", "MAILROOM_SUBMISSION_KEY_FILE", "no such"
+        ),
+        BadSetting("submission_key_file", "{cert}", "MAILROOM_SUBMISSION_CERT_FILE", "cannot load"),
+        BadSetting(
+            "submission_accounts", "{bad}", "MAILROOM_SUBMISSION_ACCOUNTS", "bad-accounts:2: "
+        ),
+        BadSetting("submission_accounts", "{empty}", "MAILROOM_SUBMISSION_ACCOUNTS", "no accounts"),
     ],
 )
 def test_build_server_names_the_bad_setting(
-    tmp_path: Path, tls: TlsMaterial, field: str, value: str | None, variable: str, problem: str
+    tmp_path: Path, tls: TlsMaterial, case: BadSetting
 ) -> None:
+    field, value, variable, problem = case
     good = submission_settings(tmp_path, tls, "redis://127.0.0.1:1/0", host=HOST)
     bad, empty = tmp_path / "bad-accounts", tmp_path / "empty-accounts"
     bad.write_text("# ok\nbilling-app:plain-text-password\n")

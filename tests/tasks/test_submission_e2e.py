@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import redis
 
-from tests.support.smtp_sink import MakeSink
+from settings import Settings
+from tests.support.smtp_sink import MakeSink, Sink
 from tests.support.tls_material import TlsMaterial
-from tests.tasks.conftest import Deploy
+from tests.tasks.conftest import Deploy, Deployment
 from tests.tasks.pipeline_support import running_worker, wait_for
 from tests.tasks.submission_support import (
     CERT_NAME,
@@ -29,11 +31,32 @@ from tests.tasks.submission_support import (
     running_listener,
     submission_settings,
 )
-from workers.status import StatusStore
+from workers.queue.status import StatusStore
 
 pytestmark = pytest.mark.slow  # a Celery worker starts in each test
 
 SWAKS = shutil.which("swaks") or "/usr/bin/swaks"
+
+
+@dataclass(frozen=True)
+class Setup:
+    """A deployment, the sink as implicit.test's mail host, and listener settings for both."""
+
+    settings: Settings
+    deployment: Deployment
+    sink: Sink
+
+
+@pytest.fixture
+def sink(make_sink: MakeSink, mx_port: int) -> Sink:
+    return make_sink("127.0.0.5", port=mx_port)
+
+
+@pytest.fixture
+def setup(tmp_path: Path, tls: TlsMaterial, deploy: Deploy, sink: Sink) -> Setup:
+    deployment = deploy()
+    settings = submission_settings(tmp_path, tls, deployment.settings.redis_url)
+    return Setup(settings, deployment, sink)
 
 
 def delivered(client: redis.Redis, message_id: str) -> bool:
@@ -52,16 +75,9 @@ def swaks(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_smtplib_message_is_delivered_with_trace_and_without_bcc(
-    tmp_path: Path,
-    tls: TlsMaterial,
-    deploy: Deploy,
-    make_sink: MakeSink,
-    mx_port: int,
-    redis_client: redis.Redis,
+    setup: Setup, tls: TlsMaterial, redis_client: redis.Redis
 ) -> None:
-    sink = make_sink("127.0.0.5", port=mx_port)
-    deployment = deploy()
-    settings = submission_settings(tmp_path, tls, deployment.settings.redis_url)
+    settings, deployment, sink = setup.settings, setup.deployment, setup.sink
     body = "Dear Zoë,\r\n.leading dot survives\r\n\r\nregards"
     data = message(extra="Bcc: hidden@implicit.test\r\n", body=body)
     with running_listener(settings, producer=deployment.mailroom):
@@ -91,16 +107,9 @@ def test_smtplib_message_is_delivered_with_trace_and_without_bcc(
 
 
 def test_swaks_submits_over_starttls_and_the_message_is_delivered(
-    tmp_path: Path,
-    tls: TlsMaterial,
-    deploy: Deploy,
-    make_sink: MakeSink,
-    mx_port: int,
-    redis_client: redis.Redis,
+    setup: Setup, tls: TlsMaterial, redis_client: redis.Redis
 ) -> None:
-    sink = make_sink("127.0.0.5", port=mx_port)
-    deployment = deploy()
-    settings = submission_settings(tmp_path, tls, deployment.settings.redis_url)
+    settings, deployment, sink = setup.settings, setup.deployment, setup.sink
     listen = settings.submission_listen
     server = ["--server", listen.host, "--port", str(listen.port)]
     common = [*server, "--from", SENDER, "--to", "max@implicit.test"]

@@ -34,7 +34,7 @@ from tests.support.dns_server import DnsServer
 from tests.support.redis_server import RedisServerFactory
 from tests.support.smtp_sink import MakeSink, Sink
 from tests.tasks.pipeline_support import WorkerProcess, make_settings, wait_for, worker_env
-from workers.status import StatusStore
+from workers.queue.status import StatusStore
 
 pytestmark = pytest.mark.slow
 

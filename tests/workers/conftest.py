@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from workers.connection_pool import ConnectionPool
+from workers.smtp.connection_pool import ConnectionPool
 
 
 @pytest.fixture

@@ -8,11 +8,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from workers.attempt_log import log_attempts
-from workers.delivery import Attempt, DeliveryReport
-from workers.outcome import Bounced, Deferred, Delivered
-from workers.reply import Reply, Step
-from workers.smtp_record import StepRecord
+from workers.model.outcome import Bounced, Deferred, Delivered
+from workers.model.reply import Reply, Step
+from workers.model.report import Attempt, DeliveryReport, StepRecord
+from workers.observe.attempt_log import log_attempts
 
 RESOLVED = StepRecord("resolve", Reply(250, "2.0.0", "x.test -> mx", Step.RESOLVE_MX), 2.0)
 

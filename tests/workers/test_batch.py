@@ -7,6 +7,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import pytest
 import redis
@@ -16,19 +17,22 @@ from tests.support.raw_servers import MakeSilentServer
 from tests.support.redis_server import RedisServerFactory
 from tests.support.smtp_sink import MakeSink
 from tests.tasks.pipeline_support import wait_for
-from workers.batch import BatchRunner, Item
-from workers.content import ContentStore
-from workers.dead_letters import DeadLetters
-from workers.deferred import DeferredSet
-from workers.delivery import DeliveryAgent, DeliveryReport
-from workers.disposition import Disposition, Summary
-from workers.envelope import outbound
-from workers.leases import Leases
-from workers.mx import MxResolver
-from workers.redis_client import redis_client
+from workers.batch import BatchRunner, BatchStores, BatchTiming, Item
+from workers.delivery.agent import DeliveryAgent
+from workers.delivery.config import AgentConfig
+from workers.delivery.mx import MxResolver
+from workers.model.envelope import outbound
+from workers.model.report import DeliveryReport
+from workers.queue.content import ContentStore
+from workers.queue.dead_letters import DeadLetters
+from workers.queue.deferred import DeferredSet
+from workers.queue.disposition import Disposition, Summary
+from workers.queue.leases import Leases
+from workers.queue.redis_client import redis_client
+from workers.queue.retry_schedule import RetryPolicy
+from workers.queue.status import StatusStore
 from workers.runtime import runtime
-from workers.smtp_record import Timeouts
-from workers.status import StatusStore
+from workers.smtp.record import Timeouts
 
 NOW = 1_800_000_000.0
 
@@ -38,23 +42,25 @@ def runner(client: redis.Redis) -> BatchRunner:
     deferred = DeferredSet(client)
     # The agent is never reached in these tests: any network attempt would fail them (port 9).
     agent = DeliveryAgent(
-        resolver=MxResolver([("127.0.0.1", 9)], port=9, timeout=0.2),
-        mx_port=9,
-        relay=None,
-        helo="client.mailroom.test",
-        timeouts=Timeouts(connect=0.2, command=0.2, data=0.2, session=0.5),
+        AgentConfig(
+            resolver=MxResolver([("127.0.0.1", 9)], port=9, timeout=0.2),
+            mx_port=9,
+            relay=None,
+            helo="client.mailroom.test",
+            timeouts=Timeouts(connect=0.2, command=0.2, data=0.2, session=0.5),
+        )
     )
-    return BatchRunner(
-        agent=agent,
+    stores = BatchStores(
         content=ContentStore(client, ttl=3600),
         status=status,
         leases=Leases(client, ttl=30),
         deferred=deferred,
         disposition=Disposition(
-            status, deferred, DeadLetters(client, 3600), delays=(60,), max_age=3600
+            status, deferred, DeadLetters(client, 3600), retry=RetryPolicy((60,), 3600)
         ),
-        submit=runtime().submit,
-        clock=lambda: NOW,
+    )
+    return BatchRunner(
+        agent=agent, stores=stores, submit=runtime().submit, timing=BatchTiming(clock=lambda: NOW)
     )
 
 
@@ -86,37 +92,40 @@ def test_stale_attempt_and_done_deliveries_are_skipped(redis_client: redis.Redis
 SINK_TIMEOUTS = Timeouts(connect=1, command=2, data=3, session=5)
 
 
+@dataclass(frozen=True)
+class SinkOptions:
+    """What a test changes in `sink_runner`'s runner."""
+
+    disposition: Disposition | None = None
+    timeouts: Timeouts = SINK_TIMEOUTS
+    session_limit: float = 20
+
+
 def sink_runner(
-    client: redis.Redis,
-    dns_server: DnsServer,
-    mx_port: int,
-    disposition: Disposition | None = None,
-    *,
-    timeouts: Timeouts = SINK_TIMEOUTS,
-    session_limit: float = 20,
+    client: redis.Redis, dns_server: DnsServer, mx_port: int, options: SinkOptions = SinkOptions()
 ) -> BatchRunner:
     """A runner whose agent delivers for real (implicit.test → 127.0.0.5 on `mx_port`)."""
     status = StatusStore(client, ttl=3600)
     deferred = DeferredSet(client)
     agent = DeliveryAgent(
-        resolver=MxResolver([dns_server.address], port=mx_port, timeout=2),
-        mx_port=mx_port,
-        relay=None,
-        helo="client.mailroom.test",
-        timeouts=timeouts,
+        AgentConfig(
+            resolver=MxResolver([dns_server.address], port=mx_port, timeout=2),
+            mx_port=mx_port,
+            relay=None,
+            helo="client.mailroom.test",
+            timeouts=options.timeouts,
+        )
     )
-    return BatchRunner(
-        agent=agent,
+    stores = BatchStores(
         content=ContentStore(client, ttl=3600),
         status=status,
         leases=Leases(client, ttl=30),
         deferred=deferred,
-        disposition=disposition
-        or Disposition(status, deferred, DeadLetters(client, 3600), delays=(60,), max_age=3600),
-        submit=runtime().submit,
-        record_window=25,
-        session_limit=session_limit,
+        disposition=options.disposition
+        or Disposition(status, deferred, DeadLetters(client, 3600), retry=RetryPolicy((60,), 3600)),
     )
+    timing = BatchTiming(record_window=25, session_limit=options.session_limit)
+    return BatchRunner(agent=agent, stores=stores, submit=runtime().submit, timing=timing)
 
 
 def queue(client: redis.Redis, message_id: str, to: str, *, content: bool = True) -> Item:
@@ -182,7 +191,9 @@ class _BrokenFor(Disposition):
     def __init__(self, client: redis.Redis, broken: str) -> None:
         status = StatusStore(client, ttl=3600)
         deferred = DeferredSet(client)
-        super().__init__(status, deferred, DeadLetters(client, 3600), delays=(60,), max_age=3600)
+        super().__init__(
+            status, deferred, DeadLetters(client, 3600), retry=RetryPolicy((60,), 3600)
+        )
         self._broken = broken
 
     def apply_many(
@@ -201,7 +212,9 @@ def test_a_result_that_cannot_be_applied_is_handed_back_not_left_queued(
         queue(redis_client, "good", "a@implicit.test", content=False),
         queue(redis_client, "bad", "b@implicit.test", content=False),
     ]
-    runner = sink_runner(redis_client, dns_server, mx_port, _BrokenFor(redis_client, "bad"))
+    runner = sink_runner(
+        redis_client, dns_server, mx_port, SinkOptions(disposition=_BrokenFor(redis_client, "bad"))
+    )
 
     handled = runner.run(items)
 
@@ -229,8 +242,9 @@ def test_a_session_running_past_the_batch_limit_is_cancelled_and_deferred(
         redis_client,
         dns_server,
         mx_port,
-        timeouts=Timeouts(connect=30, command=30, data=30, session=30),
-        session_limit=0.5,
+        SinkOptions(
+            timeouts=Timeouts(connect=30, command=30, data=30, session=30), session_limit=0.5
+        ),
     )
 
     with ThreadPoolExecutor(1) as pool:

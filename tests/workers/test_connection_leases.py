@@ -20,11 +20,12 @@ import redis
 from tests.support.dns_server import DnsServer, Host, Mx, Zone
 from tests.support.smtp_sink import MakeSink, Sink
 from tests.workers.test_smtp_session import FAST, message
-from workers.connection_pool import ConnectionPool
-from workers.delivery import DeliveryAgent
-from workers.mx import MxResolver
-from workers.outcome import Deferred, Delivered
-from workers.rate_limits import Limiter
+from workers.delivery.agent import DeliveryAgent
+from workers.delivery.config import AgentConfig
+from workers.delivery.mx import MxResolver
+from workers.model.outcome import Deferred, Delivered
+from workers.smtp.connection_pool import ConnectionPool
+from workers.traffic.rate_limits import Limiter
 
 DESTINATION = "lease.test"
 CAP_KEY = f"mailroom:rate:conn:{DESTINATION}"
@@ -83,11 +84,13 @@ def lease_dns(make_dns_server: Callable[[Zone], DnsServer]) -> DnsServer:
 def agent(lease_dns: DnsServer, mx_port: int, redis_client: redis.Redis) -> DeliveryAgent:
     limiter = Limiter(redis_client, rates={}, connections={DESTINATION: 1}, lease_ttl=30)
     return DeliveryAgent(
-        resolver=MxResolver([lease_dns.address], port=mx_port, timeout=2),
-        mx_port=mx_port,
-        relay=None,
-        helo="client.mailroom.test",
-        timeouts=FAST,
+        AgentConfig(
+            resolver=MxResolver([lease_dns.address], port=mx_port, timeout=2),
+            mx_port=mx_port,
+            relay=None,
+            helo="client.mailroom.test",
+            timeouts=FAST,
+        ),
         pool=ConnectionPool(max_messages=100, idle_timeout=IDLE),
         cap=limiter,
     )

@@ -16,16 +16,20 @@ from tests.support.dns_server import DnsServer
 from tests.support.smtp_sink import MakeSink, Sink
 from tests.support.tls_material import TlsMaterial
 from tests.workers.test_smtp_session import FAST, message
-from workers.connection_pool import ConnectionPool, PoolKey
-from workers.delivery import DeliveryAgent
-from workers.envelope import OutboundMessage, outbound
-from workers.mx import MxResolver
-from workers.outcome import Deferred, Delivered
-from workers.rate_limits import Granted, Limiter
-from workers.reply import Code, Step
-from workers.smtp_record import Timeouts
-from workers.smtp_session import Credentials, SessionResult, run_session
-from workers.tls_policy import TlsPolicy, relay_policy
+from workers.delivery.agent import DeliveryAgent
+from workers.delivery.config import AgentConfig
+from workers.delivery.mx import MxResolver
+from workers.model.envelope import OutboundMessage, outbound
+from workers.model.outcome import Deferred, Delivered
+from workers.model.reply import Code, Step
+from workers.model.throttling import Granted
+from workers.smtp.connection import PoolKey
+from workers.smtp.connection_pool import ConnectionPool
+from workers.smtp.peer import Credentials, Errand, Peer
+from workers.smtp.record import Timeouts
+from workers.smtp.session import SessionResult, run_session
+from workers.smtp.tls_policy import TlsPolicy, relay_policy
+from workers.traffic.rate_limits import Limiter
 
 
 async def send(
@@ -40,17 +44,8 @@ async def send(
 ) -> SessionResult:
     deadline = asyncio.get_running_loop().time() + FAST.session
     return await run_session(
-        host,
-        sink.host,
-        sink.port,
-        numbered(number),
-        recipients,
-        tls=tls,
-        helo="client.mailroom.test",
-        timeouts=FAST,
-        credentials=credentials,
-        deadline=deadline,
-        pool=pool,
+        Peer(host, sink.host, sink.port, tls, "client.mailroom.test", FAST, credentials),
+        Errand(numbered(number), recipients, deadline, pool=pool),
     )
 
 
@@ -219,7 +214,7 @@ async def test_an_authenticated_tls_connection_is_reused_without_a_second_login(
     assert len(sink.auth_attempts) == 1
     assert all(m.tls for m in sink.messages)
     # A different account never gets that connection.
-    other = PoolKey("", "localhost", sink.host, sink.port, id(policy), "someone-else")
+    other = PoolKey("", "localhost", sink.host, sink.port, policy.identity, "someone-else")
     assert pool.take(other) is None
 
 
@@ -236,18 +231,8 @@ async def test_a_probe_never_parks_a_connection(make_sink: MakeSink, pool: Conne
     sink = make_sink("127.0.0.2")
     deadline = asyncio.get_running_loop().time() + FAST.session
     result = await run_session(
-        "mx.test",
-        sink.host,
-        sink.port,
-        message(),
-        ["a@mx.test"],
-        tls=None,
-        helo="client.mailroom.test",
-        timeouts=FAST,
-        credentials=None,
-        deadline=deadline,
-        probe=True,
-        pool=pool,
+        Peer("mx.test", sink.host, sink.port, None, "client.mailroom.test", FAST),
+        Errand(message(), ["a@mx.test"], deadline, probe=True, pool=pool),
     )
     assert result.replies["a@mx.test"].code == Code.OK
     assert pool.idle() == 0
@@ -274,11 +259,13 @@ def capped_agent(
     resolver = MxResolver([dns_server.address], port=port, timeout=2)
     pool = ConnectionPool(max_messages=100, idle_timeout=5)
     agent = DeliveryAgent(
-        resolver=resolver,
-        mx_port=port,
-        relay=None,
-        helo="client.mailroom.test",
-        timeouts=timeouts,
+        AgentConfig(
+            resolver=resolver,
+            mx_port=port,
+            relay=None,
+            helo="client.mailroom.test",
+            timeouts=timeouts,
+        ),
         pool=pool,
         cap=limiter,
     )

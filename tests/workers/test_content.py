@@ -7,8 +7,8 @@ import uuid
 import pytest
 import redis
 
-from workers.content import ContentStore, content_key
-from workers.envelope import OutboundMessage, outbound
+from workers.model.envelope import OutboundMessage, outbound
+from workers.queue.content import ContentStore, content_key
 
 TTL = 3600
 

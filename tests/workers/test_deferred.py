@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from tests.support.redis_server import RedisServer
-from workers.deferred import CLAIMED_KEY, DEFERRED_KEY, DeferredEntry, DeferredSet
+from workers.queue.deferred import CLAIMED_KEY, DEFERRED_KEY, DeferredEntry, DeferredSet
 
 NOW = 1_700_000_000.0
 

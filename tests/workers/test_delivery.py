@@ -20,14 +20,18 @@ from tests.support.redis_server import RedisServerFactory
 from tests.support.smtp_sink import MakeSink, Sink
 from tests.support.tls_material import TlsMaterial
 from tests.workers.test_smtp_session import message
-from workers.delivery import ConnectionCap, DeliveryAgent, DeliveryReport, Relay
-from workers.mx import MxResolver
-from workers.outcome import Bounced, Deferred, Delivered
-from workers.rate_limits import Granted, Limiter, Throttled
-from workers.reply import Step
-from workers.smtp_record import Timeouts
-from workers.smtp_session import Credentials
-from workers.tls_policy import relay_policy
+from workers.delivery.agent import DeliveryAgent
+from workers.delivery.config import AgentConfig, Relay
+from workers.delivery.gate import ConnectionCap
+from workers.delivery.mx import MxResolver
+from workers.model.outcome import Bounced, Deferred, Delivered
+from workers.model.reply import Step
+from workers.model.report import DeliveryReport
+from workers.model.throttling import Granted, Throttled
+from workers.smtp.peer import Credentials
+from workers.smtp.record import Timeouts
+from workers.smtp.tls_policy import relay_policy
+from workers.traffic.rate_limits import Limiter
 
 FAST = Timeouts(connect=1, command=2, data=2, session=10)
 
@@ -35,7 +39,13 @@ FAST = Timeouts(connect=1, command=2, data=2, session=10)
 def agent(dns_server: DnsServer, port: int, timeouts: Timeouts = FAST) -> DeliveryAgent:
     resolver = MxResolver([dns_server.address], port=port, timeout=2)
     return DeliveryAgent(
-        resolver=resolver, mx_port=port, relay=None, helo="client.mailroom.test", timeouts=timeouts
+        AgentConfig(
+            resolver=resolver,
+            mx_port=port,
+            relay=None,
+            helo="client.mailroom.test",
+            timeouts=timeouts,
+        )
     )
 
 
@@ -254,12 +264,14 @@ def split_relay(
 ) -> DeliveryAgent:
     """A relay agent sending one recipient per message (as a profile's limit splits them)."""
     return DeliveryAgent(
-        resolver=MxResolver([("127.0.0.1", 9)], port=9, timeout=0.2),
-        mx_port=9,
-        relay=Relay("localhost", sink_port, relay_policy("starttls", str(tls.ca_file)), None),
-        helo="client.mailroom.test",
-        timeouts=Timeouts(connect=1, command=2, data=3, session=session),
-        max_recipients=1,
+        AgentConfig(
+            resolver=MxResolver([("127.0.0.1", 9)], port=9, timeout=0.2),
+            mx_port=9,
+            relay=Relay("localhost", sink_port, relay_policy("starttls", str(tls.ca_file)), None),
+            helo="client.mailroom.test",
+            timeouts=Timeouts(connect=1, command=2, data=3, session=session),
+            max_recipients=1,
+        ),
         rates=rates,
         cap=cap,
     )

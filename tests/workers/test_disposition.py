@@ -8,14 +8,14 @@ from datetime import UTC, datetime
 
 import redis
 
-from workers.dead_letters import DeadLetters
-from workers.deferred import DeferredSet
-from workers.delivery import Attempt, DeliveryReport
-from workers.disposition import Disposition
-from workers.outcome import Bounced, Deferred, Delivered, Outcome
-from workers.reply import Reply, Step
-from workers.smtp_record import StepRecord
-from workers.status import StatusStore, iso_time
+from workers.model.outcome import Bounced, Deferred, Delivered, Outcome
+from workers.model.reply import Reply, Step
+from workers.model.report import Attempt, DeliveryReport, StepRecord
+from workers.queue.dead_letters import DeadLetters
+from workers.queue.deferred import DeferredSet
+from workers.queue.disposition import Disposition
+from workers.queue.retry_schedule import RetryPolicy
+from workers.queue.status import StatusStore, iso_time
 
 NOW = 1_800_000_000.0
 OK = Reply(250, "2.0.0", "ok", Step.DATA)
@@ -37,9 +37,7 @@ def setup(client: redis.Redis, max_age: float = 3600) -> tuple[Disposition, Stat
         status,
         DeferredSet(client),
         DeadLetters(client, 3600),
-        delays=(60, 300),
-        max_age=max_age,
-        rng=random.Random(1),
+        retry=RetryPolicy((60, 300), max_age, rng=random.Random(1)),
     )
     return disposition, status
 
@@ -50,8 +48,8 @@ def deferred_members(client: redis.Redis) -> list[bytes]:
 
 def test_mixed_outcomes(redis_client: redis.Redis) -> None:
     disposition, status = setup(redis_client)
-    summary = disposition.apply(
-        "m1", 1, NOW, report(Delivered("a@x.test", OK), Deferred("b@x.test", GREY)), NOW
+    [summary] = disposition.apply_many(
+        [("m1", 1, NOW, report(Delivered("a@x.test", OK), Deferred("b@x.test", GREY)))], NOW
     )
 
     assert (summary.delivered, summary.deferred) == (1, 1)
@@ -72,8 +70,8 @@ def test_past_max_age_expires_into_the_dlq_with_the_servers_reply(
     redis_client: redis.Redis,
 ) -> None:
     disposition, _ = setup(redis_client, max_age=60)
-    disposition.apply(
-        "m1", 3, NOW, report(Deferred("a@x.test", GREY), Bounced("b@x.test", UNKNOWN)), NOW + 61
+    disposition.apply_many(
+        [("m1", 3, NOW, report(Deferred("a@x.test", GREY), Bounced("b@x.test", UNKNOWN)))], NOW + 61
     )
 
     assert deferred_members(redis_client) == []
@@ -89,7 +87,7 @@ def test_throttled_is_no_attempt_and_keeps_its_number(redis_client: redis.Redis)
     throttled = report(
         Deferred("a@x.test", GATE, 0.4), Deferred("b@x.test", GATE, 0.4), attempted=False
     )
-    disposition.apply("m1", 1, NOW, throttled, NOW)
+    disposition.apply_many([("m1", 1, NOW, throttled)], NOW)
 
     entries: list[tuple[bytes, float]] = redis_client.zrange(  # type: ignore[assignment]
         "mailroom:deferred", 0, -1, withscores=True
@@ -112,13 +110,13 @@ def test_throttled_is_no_attempt_and_keeps_its_number(redis_client: redis.Redis)
 
 def test_expiring_while_throttled_keeps_the_last_server_reply(redis_client: redis.Redis) -> None:
     disposition, status = setup(redis_client, max_age=60)
-    disposition.apply(
-        "m1", 1, NOW, report(Deferred("a@x.test", GREY), Deferred("b@x.test", GREY)), NOW
+    disposition.apply_many(
+        [("m1", 1, NOW, report(Deferred("a@x.test", GREY), Deferred("b@x.test", GREY)))], NOW
     )
     throttled = report(
         Deferred("a@x.test", GATE, 5.0), Deferred("b@x.test", GATE, 5.0), attempted=False
     )
-    disposition.apply("m1", 2, NOW, throttled, NOW + 61)
+    disposition.apply_many([("m1", 2, NOW, throttled)], NOW + 61)
 
     view = status.view("m1")
     assert view is not None

@@ -11,20 +11,16 @@ from datetime import UTC, datetime
 import pytest
 import redis
 
-from workers.dead_letters import DeadLetters
-from workers.deferred import DeferredSet
-from workers.delivery import Attempt, DeliveryReport
-from workers.disposition import Disposition
-from workers.metrics import (
-    DELIVERIES_KEY,
-    SESSION_KEY,
-    MetricsRecorder,
-    read_metrics,
-)
-from workers.outcome import Bounced, Deferred, Delivered, Outcome
-from workers.reply import Reply, Step
-from workers.smtp_record import StepRecord
-from workers.status import RecipientState, StatusStore
+from workers.model.outcome import Bounced, Deferred, Delivered, Outcome
+from workers.model.reply import Reply, Step
+from workers.model.report import Attempt, DeliveryReport, StepRecord
+from workers.model.states import RecipientState
+from workers.observe.metrics import DELIVERIES_KEY, SESSION_KEY, MetricsRecorder, read_metrics
+from workers.queue.dead_letters import DeadLetters
+from workers.queue.deferred import DeferredSet
+from workers.queue.disposition import Disposition
+from workers.queue.retry_schedule import RetryPolicy
+from workers.queue.status import StatusStore
 
 NOW = 1_800_000_000.0
 OK_DATA = Reply(250, "2.0.0", "queued", Step.DATA)
@@ -209,7 +205,7 @@ def test_a_redis_failure_is_logged_and_never_raised(caplog: pytest.LogCaptureFix
     client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=1)
     recorder = MetricsRecorder(client)
 
-    with caplog.at_level(logging.WARNING, logger="workers.metrics"):
+    with caplog.at_level(logging.WARNING, logger="workers.observe.metrics"):
         recorder.delivery(report(sessions=(FAST,)), ALL)
 
     assert "metrics of x.test not recorded" in caplog.text
@@ -226,9 +222,7 @@ def disposition(client: redis.Redis, max_age: float = 3600) -> Disposition:
         status,
         DeferredSet(client),
         DeadLetters(client, 3600),
-        delays=(60, 300),
-        max_age=max_age,
-        rng=random.Random(1),
+        retry=RetryPolicy((60, 300), max_age, rng=random.Random(1)),
         metrics=MetricsRecorder(client),
     )
 
@@ -236,7 +230,7 @@ def disposition(client: redis.Redis, max_age: float = 3600) -> Disposition:
 def test_disposition_counts_each_recipients_outcome(redis_client: redis.Redis) -> None:
     outcomes = (Delivered("a@x.test", OK_DATA), Bounced("b@x.test", UNKNOWN))
     applied = disposition(redis_client)
-    applied.apply("m1", 1, NOW, report(*outcomes, sessions=(SLOW,)), NOW)
+    applied.apply_many([("m1", 1, NOW, report(*outcomes, sessions=(SLOW,)))], NOW)
     applied.flush()
 
     snapshot = read_metrics(redis_client)
@@ -250,7 +244,7 @@ def test_disposition_counts_a_deferral_past_max_age_as_expired(
 ) -> None:
     outcomes = (Deferred("a@x.test", GREY), Deferred("b@x.test", GREY))
     applied = disposition(redis_client, max_age=60)
-    applied.apply("m1", 3, NOW, report(*outcomes, sessions=(FAST,)), NOW + 61)
+    applied.apply_many([("m1", 3, NOW, report(*outcomes, sessions=(FAST,)))], NOW + 61)
     applied.flush()
 
     assert read_metrics(redis_client).deliveries == {("expired", "x.test"): 2}
@@ -260,7 +254,7 @@ def test_a_throttled_delivery_counts_as_throttled_only(redis_client: redis.Redis
     gate = StepRecord("gate", GATE, 0.0)
     throttled = report(Deferred("a@x.test", GATE, 0.4), resolution=gate)
     applied = disposition(redis_client)
-    applied.apply("m1", 1, NOW, throttled, NOW)
+    applied.apply_many([("m1", 1, NOW, throttled)], NOW)
     applied.flush()
 
     snapshot = read_metrics(redis_client)
@@ -276,7 +270,7 @@ def test_a_throttled_delivery_past_max_age_counts_as_expired_too(
     outcomes = (Deferred("a@x.test", GATE, 5.0), Deferred("b@x.test", GATE, 5.0))
     throttled = report(*outcomes, resolution=gate)
     applied = disposition(redis_client, max_age=60)
-    applied.apply("m1", 1, NOW, throttled, NOW + 61)
+    applied.apply_many([("m1", 1, NOW, throttled)], NOW + 61)
     applied.flush()
 
     snapshot = read_metrics(redis_client)

@@ -9,9 +9,9 @@ from collections.abc import Callable
 import pytest
 
 from tests.support.dns_server import STANDARD_ZONE, DnsServer, Host, Mx, Query, Zone
-from workers.mx import MxResolver, Target, resolve_host
-from workers.outcome import Bounced, Deferred, classify
-from workers.reply import Reply, Step, no_address, no_such_domain, null_mx
+from workers.delivery.mx import MxResolver, Sources, Target, resolve_host
+from workers.model.outcome import Bounced, Deferred, classify
+from workers.model.reply import Reply, Step, no_address, no_such_domain, null_mx
 
 SMTP_PORT = 2525
 MX_ORDERS = {
@@ -43,8 +43,7 @@ def resolver_for(
         list(nameservers),
         port=SMTP_PORT,
         timeout=timeout,
-        clock=clock or FakeClock(),
-        rng=rng,
+        sources=Sources(clock or FakeClock(), rng if rng is not None else random.Random()),
     )
 
 

@@ -13,10 +13,11 @@ from tests.support.dns_server import DnsServer
 from tests.support.smtp_sink import MakeSink
 from tests.workers.test_delivery import FAST
 from tests.workers.test_smtp_session import message
-from workers.delivery import DeliveryAgent
-from workers.mx import MxResolver, Target
-from workers.outcome import Bounced, Delivered, classify
-from workers.reply import Reply, Step
+from workers.delivery.agent import DeliveryAgent
+from workers.delivery.config import AgentConfig
+from workers.delivery.mx import MxResolver, Target
+from workers.model.outcome import Bounced, Delivered, classify
+from workers.model.reply import Reply, Step
 
 
 def resolver(dns_server: DnsServer, port: int, *denied: str) -> MxResolver:
@@ -26,11 +27,13 @@ def resolver(dns_server: DnsServer, port: int, *denied: str) -> MxResolver:
 
 def agent(dns_server: DnsServer, port: int, *denied: str) -> DeliveryAgent:
     return DeliveryAgent(
-        resolver=resolver(dns_server, port, *denied),
-        mx_port=port,
-        relay=None,
-        helo="client.mailroom.test",
-        timeouts=FAST,
+        AgentConfig(
+            resolver=resolver(dns_server, port, *denied),
+            mx_port=port,
+            relay=None,
+            helo="client.mailroom.test",
+            timeouts=FAST,
+        )
     )
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from workers.outcome import Bounced, Deferred, Delivered, classify, try_next_host
-from workers.reply import Reply, Step
+from workers.model.outcome import Bounced, Deferred, Delivered, classify, try_next_host
+from workers.model.reply import Reply, Step
 
 
 def _reply(code: int, step: Step = Step.RCPT_TO) -> Reply:

@@ -16,12 +16,13 @@ from tests.support.raw_servers import ScriptedServer
 from tests.support.smtp_sink import MakeSink, Sink
 from tests.workers.test_connection_reuse import numbered
 from tests.workers.test_smtp_session import FAST, message
-from workers.connection_pool import ConnectionPool
-from workers.envelope import OutboundMessage
-from workers.reply import Code, Step
-from workers.smtp_record import Timeouts
-from workers.smtp_session import SessionResult, run_session
-from workers.smtp_wire import message_bytes
+from workers.model.envelope import OutboundMessage
+from workers.model.reply import Code, Step
+from workers.smtp.connection_pool import ConnectionPool
+from workers.smtp.framing import message_bytes
+from workers.smtp.peer import Errand, Peer
+from workers.smtp.record import Timeouts
+from workers.smtp.session import SessionResult, run_session
 
 
 async def send(
@@ -35,17 +36,8 @@ async def send(
 ) -> SessionResult:
     deadline = asyncio.get_running_loop().time() + timeouts.session
     return await run_session(
-        "mx.test",
-        address,
-        port,
-        msg or message(),
-        recipients,
-        tls=None,
-        helo="client.mailroom.test",
-        timeouts=timeouts,
-        credentials=None,
-        deadline=deadline,
-        pool=pool,
+        Peer("mx.test", address, port, None, "client.mailroom.test", timeouts),
+        Errand(msg or message(), recipients, deadline, pool=pool),
     )
 
 

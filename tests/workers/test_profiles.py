@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from settings import Rate, Settings
-from workers.profiles import traffic
+from workers.traffic.profiles import traffic
 
 
 def test_office365_profile_limits_the_relay() -> None:

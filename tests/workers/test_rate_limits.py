@@ -17,13 +17,8 @@ import pytest
 import redis
 
 from settings import Rate
-from workers.rate_limits import (
-    Granted,
-    Limiter,
-    Throttled,
-    ThrottleReason,
-    is_throttling,
-)
+from workers.model.throttling import Granted, Throttled, ThrottleReason, is_throttling
+from workers.traffic.rate_limits import DEFAULT_TUNING, Limiter, LimiterTuning
 
 DEST = "example.org"
 TAT_KEY = f"mailroom:rate:tat:{DEST}"
@@ -44,16 +39,14 @@ def _limiter(
     connections: Mapping[str, int] | None = None,
     *,
     lease_ttl: float = 30.0,
-    slowdown_ttl: float = 120.0,
-    max_reservation_ahead: float = 3600.0,
+    tuning: LimiterTuning = DEFAULT_TUNING,
 ) -> Limiter:
     return Limiter(
         client,
         rates=rates or {},
         connections=connections or {},
         lease_ttl=lease_ttl,
-        slowdown_ttl=slowdown_ttl,
-        max_reservation_ahead=max_reservation_ahead,
+        tuning=tuning,
     )
 
 
@@ -111,7 +104,9 @@ def test_a_reservation_is_kept_then_used_without_a_new_slot(redis_client: redis.
 
 
 def test_reservations_stop_at_the_horizon(redis_client: redis.Redis) -> None:
-    limiter = _limiter(redis_client, {DEST: FIVE_A_SECOND}, max_reservation_ahead=0.5)
+    limiter = _limiter(
+        redis_client, {DEST: FIVE_A_SECOND}, tuning=LimiterTuning(max_reservation_ahead=0.5)
+    )
     waits = [_wait(limiter.acquire(DEST, _key())) for _ in range(3)]
     tat = redis_client.get(TAT_KEY)
     beyond = [_wait(limiter.acquire(DEST, _key())) for _ in range(3)]
@@ -346,7 +341,7 @@ def test_penalty_never_speeds_a_destination_up(
 
 
 def test_penalty_lapses_on_its_own(redis_client: redis.Redis) -> None:
-    limiter = _limiter(redis_client, slowdown_ttl=0.5)
+    limiter = _limiter(redis_client, tuning=LimiterTuning(slowdown_ttl=0.5))
     limiter.penalize(DEST)
     holder = _key()
     assert _wait(limiter.acquire(DEST, holder)) == pytest.approx(1.0, abs=SLACK)

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from workers import reply as replies
-from workers.reply import Reply, Step, parse_reply
+from workers.model import reply as replies
+from workers.model.reply import Reply, Step, parse_reply
 
 
 @pytest.mark.parametrize(

@@ -13,11 +13,11 @@ from tests.support.raw_servers import Said, ScriptedServer
 from tests.workers.test_connection_reuse import numbered
 from tests.workers.test_pipelining import send
 from tests.workers.test_smtp_session import message
-from workers.connection_pool import ConnectionPool
-from workers.outcome import Deferred, classify
-from workers.reply import Reply, Step
-from workers.smtp_record import Timeouts
-from workers.smtp_session import SessionResult
+from workers.model.outcome import Deferred, classify
+from workers.model.reply import Reply, Step
+from workers.smtp.connection_pool import ConnectionPool
+from workers.smtp.record import Timeouts
+from workers.smtp.session import SessionResult
 
 NO_PIPELINING = "250 scripted.test"
 GARBAGE: dict[str, bytes] = {

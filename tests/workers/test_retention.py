@@ -10,14 +10,14 @@ import pytest
 import redis
 
 from settings import Settings, SettingsError, load_settings
-from workers.content import ContentStore, content_key
-from workers.dead_letters import DLQ_KEY, ENTRIES_KEY, DeadLetters, dead_recipient
-from workers.deferred import DeferredSet
-from workers.envelope import outbound
-from workers.reply import Code, Reply, Step
-from workers.retention import retention
-from workers.status import StatusStore
-from workers.sweeper import Sweeper
+from workers.model.envelope import outbound
+from workers.model.reply import Code, Reply, Step
+from workers.queue.content import ContentStore, content_key
+from workers.queue.dead_letters import DLQ_KEY, ENTRIES_KEY, DeadLetters, dead_recipient
+from workers.queue.deferred import DeferredSet
+from workers.queue.retention import retention
+from workers.queue.status import StatusStore
+from workers.queue.sweeper import Sweeper
 
 UNKNOWN = Reply(Code.MAILBOX_UNAVAILABLE, "5.1.1", "no such user", Step.RCPT_TO)
 DAY = 86400

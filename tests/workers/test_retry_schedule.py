@@ -6,11 +6,12 @@ import random
 
 import pytest
 
-from workers.retry_schedule import next_due
+from workers.queue.retry_schedule import RetryPolicy, next_due
 
 DELAYS = (60, 300, 1800)
 T0 = 1_700_000_000.0  # first queued
 DAY = 86_400.0
+_POLICY_FIELDS = ("delays", "max_age", "jitter", "rng")
 
 
 @pytest.mark.parametrize(
@@ -37,13 +38,11 @@ def test_next_due_without_jitter(
     attempt: int, now: float, retry_after: float | None, max_age: float, expected: float | None
 ) -> None:
     due = next_due(
+        RetryPolicy(DELAYS, max_age, jitter=0.0),
         attempt=attempt,
         first_queued=T0,
         now=now,
-        delays=DELAYS,
-        max_age=max_age,
         retry_after=retry_after,
-        jitter=0.0,
     )
     assert due == expected
 
@@ -56,13 +55,10 @@ def test_jitter_stays_within_bounds_and_spreads(attempt: int, base: int, jitter:
     rng = random.Random(1234)
     delays = [
         next_due(
+            RetryPolicy(DELAYS, DAY, jitter=jitter, rng=rng),
             attempt=attempt,
             first_queued=T0,
             now=T0,
-            delays=DELAYS,
-            max_age=DAY,
-            jitter=jitter,
-            rng=rng,
         )
         for _ in range(500)
     ]
@@ -78,7 +74,7 @@ def test_same_seed_same_schedule() -> None:
     def schedule(seed: int) -> list[float | None]:
         rng = random.Random(seed)
         return [
-            next_due(attempt=n, first_queued=T0, now=T0, delays=DELAYS, max_age=DAY, rng=rng)
+            next_due(RetryPolicy(DELAYS, DAY, rng=rng), attempt=n, first_queued=T0, now=T0)
             for n in range(1, 6)
         ]
 
@@ -90,14 +86,11 @@ def test_retry_after_is_never_jittered_below() -> None:
     rng = random.Random(99)
     dues = {
         next_due(
+            RetryPolicy(DELAYS, DAY, jitter=0.5, rng=rng),
             attempt=2,
             first_queued=T0,
             now=T0 + 5,
-            delays=DELAYS,
-            max_age=DAY,
             retry_after=12.0,
-            jitter=0.5,
-            rng=rng,
         )
         for _ in range(100)
     }
@@ -108,13 +101,10 @@ def test_jitter_never_passes_the_deadline() -> None:
     rng = random.Random(5)
     for _ in range(200):
         due = next_due(
+            RetryPolicy(DELAYS, 3000 + 1800, jitter=0.5, rng=rng),
             attempt=3,
             first_queued=T0,
             now=T0 + 3000,
-            delays=DELAYS,
-            max_age=3000 + 1800,
-            jitter=0.5,
-            rng=rng,
         )
         assert due is not None
         assert T0 + 3000 + 900 <= due <= T0 + 4800
@@ -141,5 +131,6 @@ def test_bad_arguments_are_refused(changes: dict[str, object], message: str) -> 
         "max_age": DAY,
     }
     arguments.update(changes)
+    policy = {name: arguments.pop(name) for name in _POLICY_FIELDS if name in arguments}
     with pytest.raises(ValueError, match=message):
-        next_due(**arguments)  # type: ignore[arg-type]
+        next_due(RetryPolicy(**policy), **arguments)  # type: ignore[arg-type]

@@ -13,11 +13,12 @@ import pytest
 
 from tests.support.raw_servers import MakeGreetingServer, MakeRefusedPort, MakeSilentServer
 from tests.support.smtp_sink import MakeSink
-from workers.envelope import OutboundMessage, outbound
-from workers.reply import Reply, Step
-from workers.smtp_record import Timeouts
-from workers.smtp_session import Credentials, SessionResult, run_session
-from workers.tls_policy import TlsPolicy
+from workers.model.envelope import OutboundMessage, outbound
+from workers.model.reply import Reply, Step
+from workers.smtp.peer import Credentials, Errand, Peer
+from workers.smtp.record import Timeouts
+from workers.smtp.session import SessionResult, run_session
+from workers.smtp.tls_policy import TlsPolicy
 
 FAST = Timeouts(connect=2, command=2, data=2, session=10)
 BODY = b"From: app@example.test\r\nSubject: hi\r\nMessage-ID: <m1@mailroom.test>\r\n\r\nhello\r\n"
@@ -44,16 +45,8 @@ async def session(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + (deadline_in if deadline_in is not None else timeouts.session)
     return await run_session(
-        host,
-        address,
-        port,
-        msg or message(),
-        recipients,
-        tls=tls,
-        helo="client.mailroom.test",
-        timeouts=timeouts,
-        credentials=credentials,
-        deadline=deadline,
+        Peer(host, address, port, tls, "client.mailroom.test", timeouts, credentials),
+        Errand(msg or message(), recipients, deadline),
     )
 
 
@@ -290,17 +283,8 @@ async def test_probe_stops_after_rcpt_without_sending(make_sink: MakeSink) -> No
     sink = make_sink("127.0.0.2")
     loop = asyncio.get_running_loop()
     result = await run_session(
-        "mx.test",
-        "127.0.0.2",
-        sink.port,
-        message(),
-        ["ok@x.test", "550-unknown@x.test"],
-        tls=None,
-        helo="client.mailroom.test",
-        timeouts=FAST,
-        credentials=None,
-        deadline=loop.time() + 10,
-        probe=True,
+        Peer("mx.test", "127.0.0.2", sink.port, None, "client.mailroom.test", FAST),
+        Errand(message(), ["ok@x.test", "550-unknown@x.test"], loop.time() + 10, probe=True),
     )
 
     assert short(result.replies["ok@x.test"]) == (250, "2.1.5", Step.RCPT_TO)

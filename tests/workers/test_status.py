@@ -9,12 +9,13 @@ from typing import Any
 import pytest
 import redis
 
-from workers.reply import Code, Reply, Step
-from workers.status import (
+from tests.support.status import record_one
+from workers.model.reply import Code, Reply, Step
+from workers.model.states import RecipientState
+from workers.queue.status import (
     ATTEMPTS_KEPT,
     DeliveryState,
     MessageState,
-    RecipientState,
     StatusStore,
     can_transition,
     iso_time,
@@ -71,6 +72,12 @@ def _states(store: StatusStore, message_id: str) -> dict[str, str]:
     return {r["address"]: r["state"] for r in view["recipients"]}
 
 
+def _pending(store: StatusStore, message_id: str, destination: str) -> list[str]:
+    """The addresses of `destination` still queued or deferred, as a claim reads them."""
+    [(_, pending)] = store.claims([(message_id, destination)])
+    return pending
+
+
 def test_new_message_view_has_the_status_json_shape(store: StatusStore, message_id: str) -> None:
     assert store.view(message_id) == {
         "id": message_id,
@@ -103,13 +110,15 @@ def test_new_message_view_has_the_status_json_shape(store: StatusStore, message_
         ],
         "attempts": [],
     }
-    assert store.exists(message_id)
+    assert store.progress([message_id]) != [None]
 
 
 def test_create_leaves_an_existing_record_as_it_is(store: StatusStore, message_id: str) -> None:
     # A producer racing another with the same idempotency key must not put recipients that
     # were delivered meanwhile back to queued (they would get the message twice).
-    store.record(message_id, {"a@example.org": (S.DELIVERED, OK)}, [_attempt("example.org", OK)], 2)
+    record_one(
+        store, message_id, {"a@example.org": (S.DELIVERED, OK)}, [_attempt("example.org", OK)], 2
+    )
 
     assert store.create(message_id, "other@example.com", {"z@example.com": "example.com"}, NOW) is (
         False
@@ -126,7 +135,8 @@ def test_create_leaves_an_existing_record_as_it_is(store: StatusStore, message_i
 
 def test_recorded_attempt_shows_in_the_view(store: StatusStore, message_id: str) -> None:
     attempt = _attempt("example.org", OK)
-    store.record(
+    record_one(
+        store,
         message_id,
         {"a@example.org": (S.DELIVERED, OK), "b@example.org": (S.DELIVERED, OK)},
         [attempt],
@@ -151,18 +161,21 @@ def test_recorded_attempt_shows_in_the_view(store: StatusStore, message_id: str)
 def test_unknown_message(store: StatusStore) -> None:
     unknown = uuid.uuid4().hex
     assert store.view(unknown) is None
-    assert not store.exists(unknown)
-    assert store.pending(unknown, "example.org") == []
+    assert store.progress([unknown]) == [None]
+    assert _pending(store, unknown, "example.org") == []
     assert store.delivery(unknown, "example.org") is None
-    store.record(unknown, {"a@example.org": (S.DELIVERED, OK)}, [_attempt("example.org", OK)], 2)
+    record_one(
+        store, unknown, {"a@example.org": (S.DELIVERED, OK)}, [_attempt("example.org", OK)], 2
+    )
     assert store.view(unknown) is None
-    assert not store.exists(unknown)
+    assert store.progress([unknown]) == [None]
 
 
 def test_every_key_has_the_ttl(
     store: StatusStore, message_id: str, redis_client: redis.Redis
 ) -> None:
-    store.record(
+    record_one(
+        store,
         message_id,
         {"a@example.org": (S.DEFERRED, GREYLISTED)},
         [_attempt("example.org", GREYLISTED)],
@@ -175,24 +188,24 @@ def test_every_key_has_the_ttl(
 def test_pending_is_queued_and_deferred_of_that_destination(
     store: StatusStore, message_id: str
 ) -> None:
-    assert store.pending(message_id, "example.org") == ["a@example.org", "b@example.org"]
-    assert store.pending(message_id, "example.net") == ["c@example.net"]
-    assert store.pending(message_id, "example.com") == []
-    store.record(message_id, {"a@example.org": (S.DEFERRED, GREYLISTED)}, [], None)
-    assert store.pending(message_id, "example.org") == ["a@example.org", "b@example.org"]
-    store.record(message_id, {"b@example.org": (S.DELIVERED, OK)}, [], None)
-    assert store.pending(message_id, "example.org") == ["a@example.org"]
-    store.record(message_id, {"a@example.org": (S.BOUNCED, UNKNOWN)}, [], None)
-    assert store.pending(message_id, "example.org") == []
-    store.record(message_id, {"c@example.net": (S.EXPIRED, GREYLISTED)}, [], None)
-    assert store.pending(message_id, "example.net") == []
+    assert _pending(store, message_id, "example.org") == ["a@example.org", "b@example.org"]
+    assert _pending(store, message_id, "example.net") == ["c@example.net"]
+    assert _pending(store, message_id, "example.com") == []
+    record_one(store, message_id, {"a@example.org": (S.DEFERRED, GREYLISTED)}, [], None)
+    assert _pending(store, message_id, "example.org") == ["a@example.org", "b@example.org"]
+    record_one(store, message_id, {"b@example.org": (S.DELIVERED, OK)}, [], None)
+    assert _pending(store, message_id, "example.org") == ["a@example.org"]
+    record_one(store, message_id, {"a@example.org": (S.BOUNCED, UNKNOWN)}, [], None)
+    assert _pending(store, message_id, "example.org") == []
+    record_one(store, message_id, {"c@example.net": (S.EXPIRED, GREYLISTED)}, [], None)
+    assert _pending(store, message_id, "example.net") == []
 
 
 def test_delivery_state_and_next_attempt(store: StatusStore, message_id: str) -> None:
     assert store.delivery(message_id, "example.org") == DeliveryState(1, NOW)
     assert store.delivery(message_id, "example.com") is None
-    store.record(message_id, {"a@example.org": (S.DEFERRED, GREYLISTED)}, [], 2)
-    store.record(message_id, {"a@example.org": (S.DEFERRED, GREYLISTED)}, [], 13)
+    record_one(store, message_id, {"a@example.org": (S.DEFERRED, GREYLISTED)}, [], 2)
+    record_one(store, message_id, {"a@example.org": (S.DEFERRED, GREYLISTED)}, [], 13)
     # first_queued keeps every digit: the attempt counter is rewritten without re-encoding it.
     assert store.delivery(message_id, "example.org") == DeliveryState(13, NOW)
     assert store.delivery(message_id, "example.net") == DeliveryState(1, NOW)
@@ -220,11 +233,12 @@ def test_illegal_transitions_are_skipped_and_logged(
 ) -> None:
     replies = {S.DELIVERED: OK, S.DEFERRED: GREYLISTED, S.BOUNCED: UNKNOWN, S.EXPIRED: GREYLISTED}
     for state in path:
-        store.record(message_id, {"a@example.org": (state, replies[state])}, [], None)
+        record_one(store, message_id, {"a@example.org": (state, replies[state])}, [], None)
     before = store.view(message_id)
     assert before is not None
-    with caplog.at_level(logging.WARNING, logger="workers.status"):
-        store.record(
+    with caplog.at_level(logging.WARNING, logger="workers.queue.status"):
+        record_one(
+            store,
             message_id,
             {"a@example.org": (refused, OK), "b@example.org": (S.DELIVERED, OK)},
             [],
@@ -241,9 +255,9 @@ def test_illegal_transitions_are_skipped_and_logged(
 
 
 def test_deferred_again_updates_the_last_reply(store: StatusStore, message_id: str) -> None:
-    store.record(message_id, {"a@example.org": (S.DEFERRED, GREYLISTED)}, [], None)
+    record_one(store, message_id, {"a@example.org": (S.DEFERRED, GREYLISTED)}, [], None)
     busy = Reply(Code.MAILBOX_BUSY, "4.2.0", "mailbox busy", Step.RCPT_TO)
-    store.record(message_id, {"a@example.org": (S.DEFERRED, busy)}, [], None)
+    record_one(store, message_id, {"a@example.org": (S.DEFERRED, busy)}, [], None)
     view = store.view(message_id)
     assert view is not None
     assert view["recipients"][0] | {} == {
@@ -259,8 +273,8 @@ def test_deferred_again_updates_the_last_reply(store: StatusStore, message_id: s
 def test_unknown_address_is_skipped(
     store: StatusStore, message_id: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="workers.status"):
-        store.record(message_id, {"z@example.org": (S.DELIVERED, OK)}, [], None)
+    with caplog.at_level(logging.WARNING, logger="workers.queue.status"):
+        record_one(store, message_id, {"z@example.org": (S.DELIVERED, OK)}, [], None)
     assert "z@example.org" not in _states(store, message_id)
     assert "unknown recipient" in caplog.text
 
@@ -268,7 +282,7 @@ def test_unknown_address_is_skipped(
 def test_reply_text_survives_lua_json(store: StatusStore, message_id: str) -> None:
     text = 'Postfach voll – bitte später "erneut" versuchen: https://example.org/a\\b\ttab'
     odd = Reply(Code.MAILBOX_BUSY, "", text, Step.RCPT_TO)
-    store.record(message_id, {"a@example.org": (S.DEFERRED, odd)}, [], None)
+    record_one(store, message_id, {"a@example.org": (S.DEFERRED, odd)}, [], None)
     view = store.view(message_id)
     assert view is not None
     assert (view["recipients"][0]["reply"], view["recipients"][0]["enhanced"]) == (text, "")
@@ -277,13 +291,14 @@ def test_reply_text_survives_lua_json(store: StatusStore, message_id: str) -> No
 def test_requeue_puts_dead_recipients_of_one_destination_back(
     store: StatusStore, message_id: str
 ) -> None:
-    store.record(
+    record_one(
+        store,
         message_id,
         {"a@example.org": (S.BOUNCED, UNKNOWN), "b@example.org": (S.DELIVERED, OK)},
         [],
         None,
     )
-    store.record(message_id, {"c@example.net": (S.EXPIRED, GREYLISTED)}, [], 4)
+    record_one(store, message_id, {"c@example.net": (S.EXPIRED, GREYLISTED)}, [], 4)
     later = NOW + 1000.5
     assert store.requeue(message_id, "example.org", later) == ["a@example.org"]
     assert _states(store, message_id) == {
@@ -294,14 +309,14 @@ def test_requeue_puts_dead_recipients_of_one_destination_back(
     assert store.delivery(message_id, "example.org") == DeliveryState(2, later)
     assert store.requeue(message_id, "example.net", later) == ["c@example.net"]
     assert store.delivery(message_id, "example.net") == DeliveryState(5, later)
-    assert store.pending(message_id, "example.org") == ["a@example.org"]
+    assert _pending(store, message_id, "example.org") == ["a@example.org"]
     # Queued again, it moves forward as any queued recipient does.
-    store.record(message_id, {"a@example.org": (S.DELIVERED, OK)}, [], None)
+    record_one(store, message_id, {"a@example.org": (S.DELIVERED, OK)}, [], None)
     assert _states(store, message_id)["a@example.org"] == "delivered"
 
 
 def test_requeue_with_nothing_dead_changes_nothing(store: StatusStore, message_id: str) -> None:
-    store.record(message_id, {"a@example.org": (S.DEFERRED, GREYLISTED)}, [], None)
+    record_one(store, message_id, {"a@example.org": (S.DEFERRED, GREYLISTED)}, [], None)
     assert store.requeue(message_id, "example.org", NOW + 5) == []
     assert store.delivery(message_id, "example.org") == DeliveryState(1, NOW)
     assert store.requeue(uuid.uuid4().hex, "example.org", NOW + 5) == []
@@ -341,7 +356,8 @@ def test_message_state_is_derived_from_recipients(
 ) -> None:
     addresses = {"a": "a@example.org", "b": "b@example.org", "c": "c@example.net"}
     replies = {S.DELIVERED: OK, S.DEFERRED: GREYLISTED, S.BOUNCED: UNKNOWN, S.EXPIRED: GREYLISTED}
-    store.record(
+    record_one(
+        store,
         message_id,
         {addresses[key]: (state, replies[state]) for key, state in outcomes.items()},
         [],
@@ -365,7 +381,7 @@ def test_transition_table() -> None:
 def test_attempts_are_capped_keeping_the_newest(store: StatusStore, message_id: str) -> None:
     attempts = [_attempt("example.org", GREYLISTED, at=NOW + n) for n in range(ATTEMPTS_KEPT + 30)]
     for start in range(0, len(attempts), 40):
-        store.record(message_id, {}, attempts[start : start + 40], None)
+        record_one(store, message_id, {}, attempts[start : start + 40], None)
     view = store.view(message_id)
     assert view is not None
     assert ATTEMPTS_KEPT == 100
@@ -378,17 +394,17 @@ def test_create_on_a_pipeline_waits_for_the_caller(
     message_id = uuid.uuid4().hex
     pipe = redis_client.pipeline(transaction=True)
     store.create(message_id, "app@example.com", {"x@example.org": "example.org"}, NOW, pipe=pipe)
-    assert not store.exists(message_id)
+    assert store.progress([message_id]) == [None]
     pipe.execute()
-    assert store.pending(message_id, "example.org") == ["x@example.org"]
+    assert _pending(store, message_id, "example.org") == ["x@example.org"]
 
 
 def test_mark_enqueued(store: StatusStore, message_id: str, redis_client: redis.Redis) -> None:
     assert not store.is_enqueued(message_id)
-    assert store.mark_enqueued(message_id)
+    assert store.mark_all_enqueued([message_id]) == 1
     assert store.is_enqueued(message_id)
     unknown = uuid.uuid4().hex
-    assert not store.mark_enqueued(unknown)
+    assert store.mark_all_enqueued([unknown]) == 0
     assert not store.is_enqueued(unknown)
     assert redis_client.exists(f"mailroom:msg:{unknown}") == 0
 
@@ -419,7 +435,7 @@ def test_held_back_then_tried_again_shows_why_and_when_only_while_it_applies(
     )
 
     # A real attempt: greylisted, due again in a minute; the gate's reason is gone.
-    store.record(message_id, {"a@example.org": (S.DEFERRED, GREYLISTED)}, [], 2, NOW + 60)
+    store.record_many([(message_id, {"a@example.org": (S.DEFERRED, GREYLISTED)}, [], 2, NOW + 60)])
     a = _recipient(store, message_id, "a@example.org")
     assert (a["code"], a["enhanced"], a["next_attempt"]) == (451, "4.7.1", iso_time(NOW + 60))
     assert "throttled" not in a
@@ -429,7 +445,7 @@ def test_held_back_then_tried_again_shows_why_and_when_only_while_it_applies(
     a = _recipient(store, message_id, "a@example.org")
     assert (a["reply"], a["throttled"]) == (GREYLISTED.text, gate.text)
 
-    store.record(message_id, {"a@example.org": (S.DELIVERED, OK)}, [], None)
+    record_one(store, message_id, {"a@example.org": (S.DELIVERED, OK)}, [], None)
     a = _recipient(store, message_id, "a@example.org")
     assert a["state"] == "delivered"
     assert "throttled" not in a

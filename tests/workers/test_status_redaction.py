@@ -6,8 +6,10 @@ import json
 
 import redis
 
-from workers.reply import Code, Reply, Step
-from workers.status import RecipientState, StatusStore, iso_time
+from tests.support.status import record_one
+from workers.model.reply import Code, Reply, Step
+from workers.model.states import RecipientState
+from workers.queue.status import StatusStore, iso_time
 
 NOW = 1_700_000_000.0
 REJECTED = Reply(
@@ -34,7 +36,9 @@ def test_reply_texts_in_the_view_keep_only_the_domain(redis_client: redis.Redis)
             },
         ],
     }
-    store.record("m1", {"bob@example.org": (RecipientState.BOUNCED, REJECTED)}, [attempt], None)
+    record_one(
+        store, "m1", {"bob@example.org": (RecipientState.BOUNCED, REJECTED)}, [attempt], None
+    )
 
     view = store.view("m1")
 

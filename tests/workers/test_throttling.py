@@ -16,19 +16,21 @@ import redis
 from tasks.cli.status import as_lines
 from tests.support.dns_server import DnsServer
 from tests.support.smtp_sink import MakeSink
-from workers.batch import BatchRunner, Item
-from workers.content import ContentStore
-from workers.dead_letters import DeadLetters
-from workers.deferred import DeferredSet
-from workers.delivery import DeliveryAgent
-from workers.disposition import Disposition
-from workers.envelope import outbound
-from workers.leases import Leases
-from workers.mx import MxResolver
-from workers.rate_limits import Limiter
+from workers.batch import BatchRunner, BatchStores, Item
+from workers.delivery.agent import DeliveryAgent
+from workers.delivery.config import AgentConfig
+from workers.delivery.mx import MxResolver
+from workers.model.envelope import outbound
+from workers.queue.content import ContentStore
+from workers.queue.dead_letters import DeadLetters
+from workers.queue.deferred import DeferredSet
+from workers.queue.disposition import Disposition
+from workers.queue.leases import Leases
+from workers.queue.retry_schedule import RetryPolicy
+from workers.queue.status import StatusStore
 from workers.runtime import runtime
-from workers.smtp_record import Timeouts
-from workers.status import StatusStore
+from workers.smtp.record import Timeouts
+from workers.traffic.rate_limits import Limiter
 
 DESTINATION = "implicit.test"
 SLOWDOWN_KEY = f"mailroom:rate:slow:{DESTINATION}"
@@ -38,24 +40,25 @@ def _runner(client: redis.Redis, dns_server: DnsServer, mx_port: int) -> BatchRu
     status = StatusStore(client, ttl=3600)
     deferred = DeferredSet(client)
     agent = DeliveryAgent(
-        resolver=MxResolver([dns_server.address], port=mx_port, timeout=2),
-        mx_port=mx_port,
-        relay=None,
-        helo="client.mailroom.test",
-        timeouts=Timeouts(connect=1, command=2, data=3, session=5),
+        AgentConfig(
+            resolver=MxResolver([dns_server.address], port=mx_port, timeout=2),
+            mx_port=mx_port,
+            relay=None,
+            helo="client.mailroom.test",
+            timeouts=Timeouts(connect=1, command=2, data=3, session=5),
+        )
     )
-    return BatchRunner(
-        agent=agent,
+    stores = BatchStores(
         content=ContentStore(client, ttl=3600),
         status=status,
         leases=Leases(client, ttl=30),
         deferred=deferred,
         disposition=Disposition(
-            status, deferred, DeadLetters(client, 3600), delays=(60,), max_age=3600
+            status, deferred, DeadLetters(client, 3600), retry=RetryPolicy((60,), 3600)
         ),
-        submit=runtime().submit,
         limiter=Limiter(client, rates={}, connections={}, lease_ttl=30),
     )
+    return BatchRunner(agent=agent, stores=stores, submit=runtime().submit)
 
 
 def _queue(client: redis.Redis, message_id: str, *recipients: str) -> Item:

@@ -11,10 +11,11 @@ import pytest
 from tests.support.smtp_sink import MakeSink, Sink
 from tests.support.tls_material import TlsMaterial
 from tests.workers.test_smtp_session import session
-from workers.outcome import Deferred, classify
-from workers.reply import Step
-from workers.smtp_session import Credentials, SessionResult
-from workers.tls_policy import opportunistic_policy, relay_policy
+from workers.model.outcome import Deferred, classify
+from workers.model.reply import Step
+from workers.smtp.peer import Credentials
+from workers.smtp.session import SessionResult
+from workers.smtp.tls_policy import opportunistic_policy, relay_policy
 
 ACCOUNT = Credentials("svc-mailroom", "s3cret-pw")
 

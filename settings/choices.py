@@ -1,0 +1,58 @@
+"""The settings that take one word from a fixed set (delivery mode, relay security and profile,
+log level, submission TLS), and how a word is read: trimmed, any case."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, TypeVar
+
+_Enum = TypeVar("_Enum", bound=StrEnum)
+
+
+class DeliveryMode(StrEnum):
+    MX = "mx"  # straight to the recipient domain's mail exchangers
+    RELAY = "relay"  # everything through MAILROOM_RELAY_HOST
+
+
+class RelaySecurity(StrEnum):
+    STARTTLS = "starttls"  # plain connect, then STARTTLS (port 587); required, never optional
+    TLS = "tls"  # implicit TLS from the first byte (port 465)
+
+
+class RelayProfile(StrEnum):
+    NONE = "none"  # no built-in limits
+    OFFICE365 = "office365"  # 3 connections, 30 messages a minute, 500 recipients a message
+
+
+class LogLevel(StrEnum):
+    DEBUG = "debug"  # every library's chatter, for chasing a problem
+    INFO = "info"  # one line per delivery attempt, plus start-up and shutdown
+    WARNING = "warning"  # only what needs an operator's attention
+    ERROR = "error"  # only failures
+
+
+class SubmissionTls(StrEnum):
+    STARTTLS = "starttls"  # clients upgrade with STARTTLS before AUTH
+    TLS = "tls"  # implicit TLS listener
+
+
+WORDS: dict[str, type[StrEnum]] = {
+    "delivery": DeliveryMode,
+    "relay_security": RelaySecurity,
+    "relay_profile": RelayProfile,
+    "submission_tls": SubmissionTls,
+    "log_level": LogLevel,
+}
+
+
+def one_of(enum: type[_Enum], value: Any) -> _Enum:
+    """`value` as a member of `enum`; ValueError listing the choices otherwise."""
+    if isinstance(value, enum):
+        return value
+    if isinstance(value, str):
+        try:
+            return enum(value.strip().lower())
+        except ValueError:
+            pass
+    choices = ", ".join(member.value for member in enum)
+    raise ValueError(f"must be one of {choices} (got {value!r})")

@@ -1,0 +1,165 @@
+"""The batch runner: claims a task's items, gates them, starts their sessions on the event loop
+and has each recorded as soon as it ends (see the package docstring for the guarantees)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass
+
+import redis
+
+from workers.batch.items import Handled, Item, Running, Submit, UnrecordedError
+from workers.batch.recording import Finished, Recorder
+from workers.batch.reports import cancelled, content_gone, log_all, report_of, throttled
+from workers.batch.stores import BatchStores
+from workers.delivery.agent import DeliveryAgent
+from workers.model.envelope import OutboundMessage
+from workers.model.report import DeliveryReport
+from workers.model.throttling import Granted, Throttled
+
+# The batch's one logger, whichever of its modules writes.
+log = logging.getLogger("workers.batch")
+
+_UNCAPPED = Granted(None)
+
+
+@dataclass(frozen=True)
+class BatchTiming:
+    """`record_window`: seconds after a batch's claim within which its results must be
+    recorded; below the delivery leases' TTL, so nobody else runs them meanwhile.
+    `session_limit`: seconds after the claim at which a session still running is cancelled
+    (sessions end at their own deadline, so only a bug gets there); below `record_window`.
+    `clock` gives the UNIX time the records and deferrals are stamped with."""
+
+    clock: Callable[[], float] = time.time
+    record_window: float = 30.0
+    session_limit: float = 20.0
+
+
+DEFAULT_TIMING = BatchTiming()
+
+
+class BatchRunner:
+    """Runs batches; one per worker process."""
+
+    def __init__(
+        self,
+        *,
+        agent: DeliveryAgent,
+        stores: BatchStores,
+        submit: Submit,
+        timing: BatchTiming = DEFAULT_TIMING,
+    ) -> None:
+        self._agent = agent
+        self._stores = stores
+        self._submit = submit
+        self._timing = timing
+        self._recorder = Recorder(stores, timing.clock)
+
+    def run(self, items: Sequence[Item]) -> list[Handled]:
+        """Deliver every item that is due; returns what each item handled came to.
+
+        The checks before the sessions cost one Redis round trip each for the whole batch
+        (status, leases, the gate, content), not one per item. A Redis error before any session
+        starts is raised as it is (nothing was sent).
+
+        :raises UnrecordedError: some results were still unrecorded when the window closed.
+        """
+        claimed_at = time.monotonic()
+        record_by = claimed_at + self._timing.record_window
+        claimed = self._claim(items)
+        gates = self._gate(claimed)
+        admitted: list[Running] = []
+        settled: list[Finished] = []
+        for running, gate in zip(claimed, gates, strict=True):
+            if isinstance(gate, Throttled):
+                settled.append((running, throttled(running, gate)))
+            else:
+                admitted.append(running)
+        messages = self._stores.content.get_many(list({r.item.message_id: r for r in admitted}))
+        futures: dict[Future[DeliveryReport], Running] = {}
+        for running in admitted:
+            message = messages.get(running.item.message_id)
+            if message is None:
+                settled.append((running, content_gone(running)))
+            else:
+                futures[self._start(running, message)] = running
+        # From here on sessions run: nothing may leave before every one of them has ended.
+        handled: list[Handled] = []
+        log_all(settled)
+        kept = self._recorder.record(settled, handled)
+        waiting = set(futures)
+        while waiting:
+            # Whatever has finished by now is disposed of together: its leases go back in one
+            # round trip, while the rest of the batch is still in its sessions.
+            left = claimed_at + self._timing.session_limit - time.monotonic()
+            done, waiting = wait(waiting, timeout=max(left, 0.0), return_when=FIRST_COMPLETED)
+            if done:
+                finished = [(futures[f], report_of(f, futures[f])) for f in done]
+            else:
+                finished, waiting = [cancelled(f, futures[f]) for f in waiting], set()
+            log_all(finished)
+            kept = self._recorder.record(kept + finished, handled)
+        kept = self._recorder.record_again(kept, handled, record_by)
+        try:
+            self._stores.disposition.flush()  # the batch's metrics, in one round trip
+        except redis.RedisError as exc:  # counts lost, never a delivery
+            log.warning("the batch's metrics were not written: %s", exc)
+        if kept:
+            log.error(
+                "%d finished deliveries could not be recorded within %.0f s; handing them back",
+                len(kept),
+                self._timing.record_window,
+            )
+            raise UnrecordedError(f"{len(kept)} delivery results unrecorded")
+        return handled
+
+    def _start(self, running: Running, message: OutboundMessage) -> Future[DeliveryReport]:
+        item = running.item
+        coroutine = self._agent.deliver(message, item.destination, running.recipients)
+        try:
+            return self._submit(coroutine)
+        except Exception as exc:  # the runtime is gone: the delivery did not start
+            coroutine.close()
+            failed: Future[DeliveryReport] = Future()
+            failed.set_exception(exc)
+            return failed
+
+    def _claim(self, items: Sequence[Item]) -> list[Running]:
+        """The items due now, each with its lease; stale and finished ones are skipped."""
+        states = self._stores.status.claims([(i.message_id, i.destination) for i in items])
+        due = [
+            (item, state, recipients)
+            for item, (state, recipients) in zip(items, states, strict=True)
+            if state is not None and state.attempt == item.attempt and recipients
+        ]
+        leases = self._stores.leases.take_many(
+            [(item.message_id, item.destination) for item, *_ in due]
+        )
+        claimed = []
+        for (item, state, recipients), lease in zip(due, leases, strict=True):
+            if lease is None:
+                self._park(item)
+                continue
+            claimed.append(Running(item, state.first_queued, tuple(recipients), lease))
+        return claimed
+
+    def _park(self, item: Item) -> None:
+        wait = self._stores.leases.remaining(item.message_id, item.destination)
+        self._stores.deferred.defer(
+            item.message_id, item.destination, item.attempt, self._timing.clock() + wait
+        )
+        log.info(
+            "delivery %s|%s is leased; parked for %.0f s", item.message_id, item.destination, wait
+        )
+
+    def _gate(self, claimed: Sequence[Running]) -> list[Granted | Throttled]:
+        """The destinations' rate limits, for the whole batch in one round trip; the connection
+        cap is the delivery agent's, when it opens a connection."""
+        if self._stores.limiter is None:
+            return [_UNCAPPED] * len(claimed)
+        keys = [(r.item.destination, f"{r.item.message_id}|{r.item.destination}") for r in claimed]
+        return self._stores.limiter.acquire_many(keys)

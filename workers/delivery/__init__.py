@@ -1,0 +1,1 @@
+"""Where a message goes and how: MX resolution and the delivery agent that walks the hosts."""

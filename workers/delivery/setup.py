@@ -1,0 +1,77 @@
+"""How a worker process's delivery agent is built from validated settings: its `AgentConfig`
+and, with connection reuse on, its `ConnectionPool`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from settings import DeliveryMode, Settings
+from workers.delivery.config import AgentConfig, Relay
+from workers.delivery.mx import MxResolver
+from workers.queue.leases import lease_ttl
+from workers.smtp.connection_pool import ConnectionPool
+from workers.smtp.peer import Credentials
+from workers.smtp.record import Timeouts
+from workers.smtp.tls_policy import relay_policy
+from workers.traffic.profiles import traffic
+
+_MAX_LIFETIME = 300.0  # seconds a connection is reused at most (Postfix's reuse time limit)
+
+
+def agent_config(settings: Settings) -> AgentConfig:
+    """The agent's fixed settings: the relay or the MX resolver, HELO name, timeouts, limits."""
+    return AgentConfig(
+        resolver=MxResolver(
+            [(server.ip, server.port) for server in settings.dns_nameservers],
+            port=settings.mx_port,
+            timeout=settings.dns_timeout,
+            deny_networks=settings.mx_deny_networks,
+        ),
+        mx_port=settings.mx_port,
+        relay=_relay(settings),
+        helo=settings.helo_name,
+        timeouts=Timeouts(
+            connect=settings.connect_timeout,
+            command=settings.command_timeout,
+            data=settings.data_timeout,
+            session=settings.session_timeout,
+        ),
+        max_recipients=traffic(settings).max_recipients,
+    )
+
+
+def connection_pool(settings: Settings) -> ConnectionPool | None:
+    """The pool of parked connections, or None when connection reuse is off."""
+    if not settings.connection_reuse:
+        return None
+    return ConnectionPool(
+        max_messages=settings.connection_max_messages,
+        idle_timeout=settings.connection_idle_timeout,
+        # A connection's cap lease must outlive it, through its last session too.
+        max_lifetime=min(
+            _MAX_LIFETIME,
+            lease_ttl(settings.session_timeout, settings.visibility_timeout)
+            - settings.session_timeout,
+        ),
+    )
+
+
+def _relay(settings: Settings) -> Relay | None:
+    if settings.delivery is not DeliveryMode.RELAY:
+        return None
+    assert settings.relay_host is not None  # settings validation guarantees it
+    credentials = None
+    if settings.relay_username and settings.relay_password is not None:
+        credentials = Credentials(
+            settings.relay_username, settings.relay_password.get_secret_value()
+        )
+    return Relay(
+        settings.relay_host,
+        settings.relay_port,
+        relay_policy(settings.relay_security.value, _path(settings.tls_ca_file)),
+        credentials,
+    )
+
+
+def _path(path: Path | None) -> str | None:
+    return None if path is None else str(path)

@@ -1,0 +1,42 @@
+"""What a delivery did, as values: each command's reply, each conversation, each outcome.
+
+Shared by the delivery agent that makes them and the queue manager that records them, so the
+queue never imports the SMTP client for its types.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from workers.model.outcome import Outcome
+from workers.model.reply import Reply
+
+
+@dataclass(frozen=True, slots=True)
+class StepRecord:
+    """One command and its reply, as the status record shows it."""
+
+    command: str  # "connect", "EHLO", "HELO", "STARTTLS", "AUTH PLAIN", "MAIL FROM", ...
+    reply: Reply
+    ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One conversation with one server address."""
+
+    at: datetime
+    host: str
+    address: str
+    steps: tuple[StepRecord, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryReport:
+    """Everything one delivery did: the look-up, each conversation, and each outcome."""
+
+    destination: str
+    outcomes: tuple[Outcome, ...]
+    resolution: StepRecord
+    attempts: tuple[Attempt, ...]

@@ -1,0 +1,16 @@
+"""Where one recipient of a message stands: the states status records, metrics and the
+dead-letter queue share."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class RecipientState(StrEnum):
+    """Where one recipient of a message stands."""
+
+    QUEUED = "queued"  # not tried yet (or replayed from the dead-letter queue)
+    DEFERRED = "deferred"  # tried, failed transiently, due again later
+    DELIVERED = "delivered"  # a server accepted it: final
+    BOUNCED = "bounced"  # permanent failure: final, dead-lettered
+    EXPIRED = "expired"  # still failing when MAX_AGE ran out: final, dead-lettered
