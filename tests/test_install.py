@@ -50,7 +50,7 @@ def test_the_lock_matches_pyproject_and_pins_every_package_with_hashes() -> None
         assert files, package["name"]
         assert all(f["hash"].startswith("sha256:") for f in files), package["name"]
     versions = {p["name"]: p["version"] for p in packages}
-    # workers/smtp/wire.py takes over aiosmtplib's transport: its next major must be a deliberate change.
+    # workers/smtp/wire.py takes over aiosmtplib's transport: its next major is a deliberate step.
     assert versions["aiosmtplib"].split(".")[0] == "5"
 
 
