@@ -232,4 +232,5 @@ def _step_json(step: StepRecord) -> dict[str, Any]:
         "enhanced": reply.enhanced,
         "text": reply.text,
         "ms": round(step.ms, 1),
+        **({"recipient": step.recipient} if step.recipient else {}),
     }
