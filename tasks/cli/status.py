@@ -72,8 +72,8 @@ def _last(recipient: dict[str, Any], now: float) -> str:
     parts = (recipient.get("code"), recipient.get("enhanced"), recipient.get("reply"))
     reply = " ".join(str(p) for p in parts if p) or "-"
     throttled = recipient.get("throttled")
-    if throttled:  # the gate held it back: say so, keeping a server's last reply if any
-        reply = throttled if throttled == recipient.get("reply") else f"{reply}; {throttled}"
+    if throttled and throttled != recipient.get("reply"):  # held back after a server's reply
+        reply += f"; {throttled}"
     if recipient.get("next_attempt"):
         due = _unix(recipient["next_attempt"])
         when = "now" if due <= now else f"in {age(due - now)}"

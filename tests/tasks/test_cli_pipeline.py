@@ -75,7 +75,10 @@ def test_send_reads_the_body_from_a_file(
             ("--from", "app@example.test", "--to", "bob@", "--subject", "Hi", "--text", "b"),
             ("send: --to: 'bob@'",),
         ),
-        (("--from", "nobody", "--to", "a@one.test", "--subject", "Hi", "--text", "b"), ("--from:",)),
+        (
+            ("--from", "nobody", "--to", "a@one.test", "--subject", "Hi", "--text", "b"),
+            ("--from:",),
+        ),
         ((*GOOD[:6], "--text", " \n\t"), ("send: --text: is empty or only whitespace",)),
         ((*GOOD, "--html", ""), ("send: --html: is empty",)),
         ((*GOOD[:6], "--subject", "a\nBcc: x@evil.test", "--text", "b"), ("subject",)),
