@@ -126,6 +126,11 @@ def test_queue_lists_flushes_and_deletes_real_deferred_deliveries(
         f"mailroom: queue delete: message '{two}' has nothing left to deliver",
         f"mailroom: queue delete: no message with id '{'e' * 32}'",
     ]
+    # A delete is undone by a replay of its dead letter.
+    replayed = mailroom_cli("dlq", "replay", two)
+    assert (replayed.status, replayed.stdout) == (0, "replayed 1 delivery\n")
+    back = view(redis_client, two)["recipients"]
+    assert [(r["state"], "deleted" in r) for r in back] == [("queued", False)] * 2
 
 
 def test_delete_races_running_workers_and_nothing_is_both_sent_and_deleted(
