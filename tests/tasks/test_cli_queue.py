@@ -32,10 +32,8 @@ def view(client: redis.Redis, message_id: str) -> dict[str, Any]:
 
 def deferred_due(client: redis.Redis) -> dict[str, float]:
     """Message id → due time, of every entry in the deferred set."""
-    return {
-        member.decode().split("|")[0]: score
-        for member, score in client.zrange(DEFERRED_KEY, 0, -1, withscores=True)
-    }
+    entries: list[tuple[bytes, float]] = client.zrange(DEFERRED_KEY, 0, -1, withscores=True)  # type: ignore[assignment]
+    return {member.decode().split("|")[0]: score for member, score in entries}
 
 
 def test_queue_lists_flushes_and_deletes_real_deferred_deliveries(
