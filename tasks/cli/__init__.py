@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, NoReturn, Protocol
 
+import kombu.exceptions
 import redis
 
 from settings import Settings, SettingsError, load_settings
@@ -153,7 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             say_which(settings)
         status: int = args.run(args, settings)
         return status
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
+    except (redis.ConnectionError, redis.TimeoutError, kombu.exceptions.OperationalError) as exc:
+        # kombu's: Redis went away while the tasks were being published.
         assert settings is not None  # only commands given settings talk to Redis
         where = redact_url(settings.redis_url)
         detail = scrub(one_line(str(exc) or type(exc).__name__), settings.redis_url)

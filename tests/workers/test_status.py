@@ -109,6 +109,8 @@ def test_new_message_view_has_the_status_json_shape(store: StatusStore, message_
             },
         ],
         "attempts": [],
+        "created": iso_time(NOW),
+        "subject": None,  # no content stored in this test
     }
     assert store.progress([message_id]) != [None]
 
