@@ -373,7 +373,7 @@ def test_message_state_is_derived_from_recipients(
 
 
 def test_transition_table() -> None:
-    onward = {S.DEFERRED, S.DELIVERED, S.BOUNCED, S.EXPIRED}
+    onward = {S.DEFERRED, S.DELIVERED, S.BOUNCED, S.EXPIRED, S.DELETED}  # deleted: an operator
     for current in RecipientState:
         allowed = {new for new in RecipientState if can_transition(current, new)}
         expected = onward if current in {S.QUEUED, S.DEFERRED} else set()
