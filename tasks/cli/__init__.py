@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for module in _COMMANDS:
         module.register(commands)
-    for command in _leaves(commands):
+    for command in _all_parsers(commands):
         # SUPPRESS: a command's own default must not undo `mailroom --verbose COMMAND`.
         command.add_argument(
             "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=_VERBOSE
@@ -118,13 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
 _VERBOSE = "also say which Redis is used (password redacted), on stderr"
 
 
-def _leaves(commands: argparse._SubParsersAction[Any]) -> Iterator[argparse.ArgumentParser]:
+def _all_parsers(commands: argparse._SubParsersAction[Any]) -> Iterator[argparse.ArgumentParser]:
     """Every command's parser, and those of the actions of command groups (`dlq list`)."""
     for parser in dict.fromkeys(commands.choices.values()):  # aliases map to the same parser
         yield parser
         for action in parser._actions:
             if isinstance(action, argparse._SubParsersAction):
-                yield from _leaves(action)
+                yield from _all_parsers(action)
 
 
 def _version() -> str:

@@ -17,9 +17,10 @@ import redis
 from settings import Settings
 from workers.queue.redis_client import redis_client
 
-# Every key Mailroom writes starts with this: its own `mailroom:…` keys and the Celery queues
-# `mailroom.shard.K` and `mailroom.intake` (kombu's bindings are `_kombu.binding.mailroom.…`).
-_OURS = "mailroom*"
+# Every key Mailroom writes holds this: its own `mailroom:…` keys, the Celery queues
+# `mailroom.shard.K` and `mailroom.intake`, and kombu's bindings `_kombu.binding.mailroom.…`
+# (there as soon as a worker has started, before anything was sent).
+_OURS = "*mailroom*"
 _SCAN_PAGES = 20  # SCAN pages of 1000 keys looked at, at most, before assuming there is data
 _SCAN_COUNT = 1000
 
