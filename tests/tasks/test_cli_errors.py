@@ -17,6 +17,7 @@ from tests.support.raw_servers import MakeRefusedPort
 from tests.support.redis_server import RedisServer
 from tests.tasks.test_cli import run_mailroom
 from tests.tasks.test_cli_pipeline import GOOD, env
+from workers.queue.deferred import DeferredSet
 
 ID = "0" * 32
 
@@ -134,3 +135,20 @@ def test_dlq_replay_and_purge_of_an_unknown_id_exit_1(
         assert run.status == 1, run
         assert run.stdout in ("replayed 0 deliveries\n", "purged 0 dead letters\n")
         assert run.stderr_lines == [f"mailroom: dlq {action}: no dead letter for message '{ID}'"]
+
+
+def test_a_long_flush_reports_progress_on_stderr(
+    redis_server: RedisServer, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    deferred = DeferredSet(redis_client)
+    for n in range(1200):
+        deferred.defer(f"{n:032x}", "x.test", 2, 4_000_000_000.0)
+
+    run = run_mailroom("queue", "flush", env=env(redis_server), cwd=tmp_path)
+
+    assert (run.status, run.stdout) == (0, "flushed 1200 deliveries: due now\n")
+    assert len(run.stderr_lines) >= 2  # a line per page of about 500
+    assert all(line.startswith("queue flush: ") for line in run.stderr_lines)
+    assert run.stderr_lines[-1] == "queue flush: 1200/1200"
+    latest = redis_client.zrange("mailroom:deferred", -1, -1, withscores=True)
+    assert float(latest[0][1]) < 4_000_000_000.0
