@@ -119,6 +119,8 @@ class Notification(BaseModel):
     def _check_body(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is None:
             return value
+        if not value or value.isspace():  # a notification nobody can read is a producer's bug
+            raise InvalidNotification(f"{info.field_name}: is empty or only whitespace")
         # RFC 5322 §2.3 text excludes NUL; checked with `in` first because bodies may be large.
         if "\x00" in value:
             raise InvalidNotification(f"{info.field_name}: contains U+0000")

@@ -19,6 +19,7 @@ from celery import Celery
 from settings import Settings
 from tasks.routing import DELIVER_TASK, shard_of, shard_queue
 from workers.model.envelope import OutboundMessage
+from workers.observe.metrics import count_enqueued
 from workers.queue.content import ContentStore
 from workers.queue.retention import retention
 from workers.queue.status import StatusStore
@@ -83,6 +84,7 @@ class QueueWriter:
             for destination in sorted(set(write.destinations.values()))
         )
         self._status.mark_all_enqueued([write.message_id for write in ours])
+        count_enqueued(self._redis, len({write.message_id for write in ours}))
 
     def _take_over(self, writes: Sequence[Write], claim: str) -> list[Write]:
         """Of messages another producer created, those it has not marked enqueued within

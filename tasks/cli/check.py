@@ -25,6 +25,7 @@ import redis
 from settings import DeliveryMode, Settings
 from tasks.cli.check_report import as_json, as_lines
 from tasks.cli.errors import FAILED, OK, UsageError
+from tasks.cli.redis_access import redact_url
 from tasks.message import build_message
 from tasks.notification import InvalidNotification, Notification, parse_mailbox
 from workers.model.envelope import OutboundMessage
@@ -38,7 +39,6 @@ _TEXT = (
     "This is a test message sent by `mailroom check --send-to`.\n"
     "It shows that Mailroom can deliver mail to this address; no reply is needed.\n"
 )
-_REDIS_TIMEOUT = 2.0
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -102,7 +102,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     :raises UsageError: bad --domain/--send-to/--from, or no destination in MX mode.
     """
     plan = make_plan(settings, domain=args.domain, send_to=args.send_to, sender=args.sender)
-    redis_check = check_redis(settings.redis_url)
+    redis_check = check_redis(settings.redis_url, settings.redis_timeout)
     report = asyncio.run(_deliver(settings, plan))
     [outcome] = report.outcomes
     passed = redis_check.error is None and isinstance(outcome, Delivered)
@@ -160,14 +160,13 @@ def make_plan(
     return Plan(destination, mailbox.address, message, probe=send_to is None)
 
 
-def check_redis(url: str) -> RedisCheck:
-    """PING Redis at `url` (2 s timeouts); the error, if any, is one line without the password."""
+def check_redis(url: str, timeout: float) -> RedisCheck:
+    """PING Redis at `url` (MAILROOM_REDIS_TIMEOUT); the error, if any, is one line without the
+    password."""
     shown = redact_url(url)
     password = urlsplit(url).password
     try:
-        client = redis.Redis.from_url(
-            url, socket_timeout=_REDIS_TIMEOUT, socket_connect_timeout=_REDIS_TIMEOUT
-        )
+        client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
         try:
             client.ping()
         finally:
@@ -176,16 +175,6 @@ def check_redis(url: str) -> RedisCheck:
         detail = " ".join(str(exc).split()) or type(exc).__name__
         return RedisCheck(shown, _scrub(detail, [password] if password else []))
     return RedisCheck(shown, None)
-
-
-def redact_url(url: str) -> str:
-    """`url` with its password, if any, replaced by `***`."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user, _, host = parts.netloc.rpartition("@")
-    name = user.partition(":")[0]
-    return parts._replace(netloc=f"{name}:***@{host}").geturl()
 
 
 def _secrets(settings: Settings) -> list[str]:

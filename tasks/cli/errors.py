@@ -2,7 +2,8 @@
 
 docs/contract.md: bad input to any command is exactly one non-empty line on stderr naming what is
 wrong, exit status 2, nothing done. Commands raise `UsageError` before they touch anything;
-`tasks.cli.main` prints it as `mailroom: <message>` and returns `USAGE`.
+`tasks.cli.main` prints it as `mailroom: <message>` and returns `USAGE`. The other expected
+failures are one line too, with their own status (below); a traceback means a bug.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import argparse
 OK = 0  # the command did what it was asked
 FAILED = 1  # it ran, and what it checked or looked up failed (an unknown id, a failing step)
 USAGE = 2  # bad input or a bad setting: nothing was done
+REDIS_UNAVAILABLE = 3  # Redis could not be reached (refused, timed out, wrong password)
+INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
 
 
 class UsageError(ValueError):

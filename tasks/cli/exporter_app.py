@@ -12,6 +12,7 @@ from __future__ import annotations
 import socket
 import sys
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING, Any
@@ -32,6 +33,7 @@ from tasks.cli.queues import queue_depths
 from tasks.cli.signals import stop_on_signals
 from tasks.routing import INTAKE_QUEUE
 from workers.observe.metrics import read_metrics
+from workers.observe.queue_gauges import MOST_DEFERRED, held_destinations, oldest_deferred
 from workers.queue.redis_client import redis_client
 
 if TYPE_CHECKING:
@@ -114,6 +116,27 @@ class MailroomCollector:
         )
         yield GaugeMetricFamily(
             "mailroom_dead_letters", "Messages in the dead-letter queue.", value=depths["dead"]
+        )
+        oldest = oldest_deferred(self._client, time.time())
+        yield GaugeMetricFamily(
+            "mailroom_oldest_deferred_seconds",
+            "Seconds since the oldest deferred delivery was first queued (0: none)."
+            + ("" if oldest.complete else f" Only the first {MOST_DEFERRED} entries were read."),
+            value=round(oldest.seconds, 1),
+        )
+        held = GaugeMetricFamily(
+            "mailroom_destination_held",
+            "1 for each destination the cluster holds back now: its rate limit's next slot is "
+            "still to come (rate), or a receiver's throttling reply slowed it down (slowdown).",
+            labels=["destination", "reason"],
+        )
+        for destination, reason in sorted(held_destinations(self._client).items()):
+            held.add_metric([destination, reason], 1)
+        yield held
+        yield CounterMetricFamily(
+            "mailroom_messages_enqueued_total",
+            "Messages producers put on the queues (notify, send, submission).",
+            value=snapshot.enqueued,
         )
 
         deliveries = CounterMetricFamily(

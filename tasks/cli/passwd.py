@@ -30,7 +30,7 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
         metavar="ADDRESS",
         help="a sender the account may use: addr@domain, @domain or * (repeatable; default: any)",
     )
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=run, uses_redis=False)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
-import redis
-
 from settings import Settings
 from tasks.api import Mailroom
-from tasks.cli.errors import FAILED, OK, UsageError, one_line
+from tasks.cli.errors import OK, UsageError
 from tasks.notification import InvalidNotification
 
 
@@ -22,7 +19,7 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     parser.add_argument("--to", action="append", default=[], help="recipient (repeatable)")
     parser.add_argument("--cc", action="append", default=[], help="copy (repeatable)")
     parser.add_argument("--bcc", action="append", default=[], help="blind copy (repeatable)")
-    parser.add_argument("--subject", required=True)
+    parser.add_argument("--subject", required=True, help="the subject line")
     body = parser.add_mutually_exclusive_group(required=True)
     body.add_argument("--text", help="plain-text body")
     body.add_argument("--text-file", type=Path, help="file holding the plain-text body (UTF-8)")
@@ -50,12 +47,35 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     try:
         message_id = Mailroom(settings).notify(**fields)
     except InvalidNotification as exc:
-        raise UsageError(str(exc)) from exc
-    except redis.RedisError as exc:
-        print(f"mailroom: send: Redis is unavailable: {one_line(str(exc))}", file=sys.stderr)
-        return FAILED
+        raise UsageError(f"send: {as_flags(str(exc), args)}") from exc
     print(json.dumps({"id": message_id}) if args.json else message_id)
     return OK
+
+
+# The notification's fields as the options that set them, so an error names what was typed.
+_FLAGS = {
+    "sender": "--from",
+    "to": "--to",
+    "cc": "--cc",
+    "bcc": "--bcc",
+    "subject": "--subject",
+    "html": "--html",
+    "headers": "--header",
+    "idempotency_key": "--idempotency-key",
+}
+
+
+def as_flags(message: str, args: argparse.Namespace) -> str:
+    """An `InvalidNotification` message with its leading field (`to[1]: …`) as the option
+    (`--to: …`)."""
+    location, colon, problem = message.partition(": ")
+    field = location.partition("[")[0]
+    flag = _FLAGS.get(field)
+    if field == "text":
+        flag = "--text" if args.text_file is None else "--text-file"
+    if flag is None or not colon:
+        return message
+    return f"{flag}: {problem}"
 
 
 def _text(args: argparse.Namespace) -> str:

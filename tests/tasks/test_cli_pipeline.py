@@ -46,7 +46,8 @@ def test_send_prints_the_id_and_status_shows_it_queued(
         ("b@two.test", "two.test", "queued"),
     ]
     human = run_mailroom("status", message_id, env=env(redis_server), cwd=tmp_path)
-    assert human.stdout.splitlines()[0] == f"{message_id}  queued"
+    assert human.stdout.splitlines()[0].startswith(f"{message_id}  queued  queued ")
+    assert human.stdout.splitlines()[1] == "subject: 'Hi'"
 
     queues = run_mailroom("queues", "--json", env=env(redis_server), cwd=tmp_path)
     depths = json.loads(queues.stdout)
@@ -72,9 +73,14 @@ def test_send_reads_the_body_from_a_file(
         (("--from", "app@example.test", "--subject", "Hi", "--text", "b"), ("recipient",)),
         (
             ("--from", "app@example.test", "--to", "bob@", "--subject", "Hi", "--text", "b"),
-            ("to[0]",),
+            ("send: --to: 'bob@'",),
         ),
-        (("--from", "nobody", "--to", "a@one.test", "--subject", "Hi", "--text", "b"), ("sender",)),
+        (
+            ("--from", "nobody", "--to", "a@one.test", "--subject", "Hi", "--text", "b"),
+            ("--from:",),
+        ),
+        ((*GOOD[:6], "--text", " \n\t"), ("send: --text: is empty or only whitespace",)),
+        ((*GOOD, "--html", ""), ("send: --html: is empty",)),
         ((*GOOD[:6], "--subject", "a\nBcc: x@evil.test", "--text", "b"), ("subject",)),
         ((*GOOD, "--header", "no colon here"), ("--header",)),
         ((*GOOD, "--text-file", "/nonexistent"), ("not allowed with",)),
@@ -104,10 +110,27 @@ def test_bad_send_input_is_one_line_exit_2_and_nothing_enqueued(
 def test_status_of_an_unknown_id_is_one_line_exit_1(
     redis_server: RedisServer, redis_client: redis.Redis, tmp_path: Path
 ) -> None:
+    assert send(redis_server, tmp_path, *GOOD).status == 0  # this Redis holds Mailroom data
+
     run = run_mailroom("status", "0" * 32, env=env(redis_server), cwd=tmp_path)
+
     assert run.status == 1
     [line] = run.stderr_lines
-    assert "no message" in line
+    assert line == f"mailroom: status: no message with id '{'0' * 32}'"
+
+
+def test_a_redis_without_mailroom_data_is_named_rather_than_the_id(
+    redis_server: RedisServer, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    redis_client.set("someone-else", "x")
+
+    run = run_mailroom("status", "0" * 32, env=env(redis_server), cwd=tmp_path)
+
+    assert run.status == 1
+    [line] = run.stderr_lines
+    assert line == (
+        f"mailroom: no Mailroom data in {redis_server.url}: is MAILROOM_REDIS_URL right?"
+    )
 
 
 def test_dlq_list_show_and_purge(
@@ -127,8 +150,21 @@ def test_dlq_list_show_and_purge(
     )
     assert entry["recipients"][0]["address"] == "x@one.test"
     assert entry["at"].startswith("1970-01-12T13:46:40")
-    shown = run_mailroom("dlq", "show", "a" * 32, env=env(redis_server), cwd=tmp_path)
+    shown = run_mailroom("dlq", "show", "a" * 32, "--json", env=env(redis_server), cwd=tmp_path)
     assert json.loads(shown.stdout)[0]["reason"] == "bounced"
+    human = run_mailroom("dlq", "show", "a" * 32, env=env(redis_server), cwd=tmp_path)
+    assert human.stdout.split() == [
+        "1970-01-12T13:46:40.000+00:00",
+        "a" * 32,
+        "one.test",
+        "bounced",
+        "1",
+        "recipient",
+        "550",
+        "5.1.1",
+        "unknown",
+        "user",
+    ]
     missing = run_mailroom("dlq", "show", "b" * 32, env=env(redis_server), cwd=tmp_path)
     assert missing.status == 1
     assert len(missing.stderr_lines) == 1
@@ -136,7 +172,7 @@ def test_dlq_list_show_and_purge(
     assert neither.status == 2
     assert len(neither.stderr_lines) == 1
     purged = run_mailroom("dlq", "purge", "--all", env=env(redis_server), cwd=tmp_path)
-    assert purged.stdout.strip() == "purged 1 dead letters"
+    assert purged.stdout.strip() == "purged 1 dead letter"
     assert dead.count() == 0
 
 

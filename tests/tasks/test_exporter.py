@@ -26,6 +26,7 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from settings import Settings
+from settings.parsing import Rate
 from tasks.api import Mailroom
 from tasks.routing import INTAKE_QUEUE, all_shard_queues, shard_of
 from tests.support.redis_server import RedisServer, RedisServerFactory
@@ -33,9 +34,12 @@ from tests.tasks.test_cli import REPO, run_mailroom
 from workers.model.reply import Reply, Step
 from workers.model.report import Attempt, DeliveryReport, StepRecord
 from workers.model.states import RecipientState
-from workers.observe.metrics import MetricsRecorder
+from workers.model.throttling import Granted
+from workers.observe.metrics import DESTINATIONS_KEY, MetricsRecorder
 from workers.queue.dead_letters import DeadLetters
 from workers.queue.deferred import DeferredSet
+from workers.queue.status import StatusStore
+from workers.traffic.rate_limits import Limiter
 
 SHARDS = 3
 _START_TIMEOUT = 15.0
@@ -138,6 +142,9 @@ def test_metrics_reflect_redis_at_each_scrape(
 ) -> None:
     before = exporter.scrape()
     assert before[("mailroom_deferred", _labels())] == 0
+    assert before[("mailroom_messages_enqueued_total", _labels())] == 0
+    assert before[("mailroom_oldest_deferred_seconds", _labels())] == 0
+    assert not [name for name, _ in before if name == "mailroom_destination_held"]
     assert before[("mailroom_session_seconds_count", _labels())] == 0
     for queue in [*all_shard_queues(SHARDS), INTAKE_QUEUE]:
         assert before[("mailroom_queue_depth", _labels(queue=queue))] == 0
@@ -148,6 +155,15 @@ def test_metrics_reflect_redis_at_each_scrape(
     )
     DeferredSet(redis_client).defer("m1", "x.test", 2, time.time() + 60)
     DeferredSet(redis_client).defer("m2", "x.test", 2, time.time() + 60)
+    # A deferred delivery first queued an hour ago (m1 and m2 have no status record: stale).
+    StatusStore(redis_client, 7200).create(
+        "m4", "a@s.test", {"c@y.test": "y.test"}, time.time() - 3600
+    )
+    DeferredSet(redis_client).defer("m4", "y.test", 1, time.time() + 60)
+    limiter = Limiter(redis_client, rates={"z.test": Rate(1, 3600)}, connections={}, lease_ttl=60)
+    assert isinstance(limiter.acquire("z.test", "m5|z.test"), Granted)
+    limiter.penalize("x.test", "421 4.7.0")
+    redis_client.sadd(DESTINATIONS_KEY, "z.test")  # admitted as a label, as a delivery would
     dead = [{"address": "b@x.test", "code": 550, "enhanced": "5.1.1", "reply": "unknown"}]
     DeadLetters(redis_client, 3600).add("m3", "x.test", "bounced", dead, time.time())
     recorder = MetricsRecorder(redis_client)
@@ -166,7 +182,14 @@ def test_metrics_reflect_redis_at_each_scrape(
     busy = f"mailroom.shard.{shard_of('example.org', SHARDS)}"
     assert after[("mailroom_queue_depth", _labels(queue=busy))] == 1
     assert after[("mailroom_queue_depth", _labels(queue=INTAKE_QUEUE))] == 0
-    assert after[("mailroom_deferred", _labels())] == 2
+    assert after[("mailroom_deferred", _labels())] == 3
+    assert after[("mailroom_messages_enqueued_total", _labels())] == 1
+    assert 3600 <= after[("mailroom_oldest_deferred_seconds", _labels())] < 3600 + 60
+    held = "mailroom_destination_held"
+    assert {labels for name, labels in after if name == held} == {
+        _labels(destination="x.test", reason="slowdown"),
+        _labels(destination="z.test", reason="rate"),
+    }
     assert after[("mailroom_dead_letters", _labels())] == 1
     deliveries = "mailroom_deliveries_total"
     assert after[(deliveries, _labels(outcome="deferred", destination="x.test"))] == 2

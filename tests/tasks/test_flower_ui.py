@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 
 from tasks.api import Mailroom
+from tasks.flower_broker import DEAD_ROW, DEFERRED_ROW
 from tasks.routing import INTAKE_QUEUE, all_shard_queues, shard_of
 from tasks.worker_app import delivery_result
 from tests.support.browser import Table, render, tables
@@ -154,6 +155,7 @@ def test_flower_shows_delivery_outcomes_args_and_shard_queues(
         waiting = dict.fromkeys([INTAKE_QUEUE, *all_shard_queues(SHARDS)], 0)
         for to in SCENARIOS:
             waiting[f"mailroom.shard.{shard_of(to.partition('@')[2], SHARDS)}"] += 1
+        waiting |= {DEFERRED_ROW: 0, DEAD_ROW: 0}  # Mailroom's own queues, outside Celery
         queues = {row[0]: row[1] for row in broker["queue-table"].rows}
         assert queues == {name: str(depth) for name, depth in waiting.items()}
 
@@ -179,6 +181,10 @@ def test_flower_shows_delivery_outcomes_args_and_shard_queues(
 
         rows = _page(f"{flower.base}/tasks", "flower-tasks.png", tmp_path)["tasks-table"]
         _assert_tasks_page(rows, ids)
+        after = _page(f"{flower.base}/broker", "flower-broker-after.png", tmp_path)
+        counts = {row[0]: row[1] for row in after["queue-table"].rows}
+        assert counts[DEAD_ROW] == "2"  # the two bounces
+        assert counts[DEFERRED_ROW] in ("0", "1")  # the greylisted one, unless being retried
     finally:
         client.close()
         for process in reversed(processes):

@@ -106,6 +106,10 @@ INVALID: list[tuple[dict[str, Any], str]] = [
     # bodies
     ({"text": "a\x00b"}, "text: contains U+0000"),
     ({"html": "é\ud800"}, "html: contains U+D800"),
+    ({"text": ""}, "text: is empty or only whitespace"),
+    ({"text": " \r\n\t"}, "text: is empty or only whitespace"),
+    ({"html": ""}, "html: is empty or only whitespace"),
+    ({"text": None, "html": "\n"}, "html: is empty or only whitespace"),
     # whole-notification rules and pydantic's own checks
     ({"to": [], "cc": [], "bcc": []}, "to: no recipient"),
     ({"text": None, "html": None}, "text: neither text nor html"),

@@ -3,6 +3,7 @@ DLQ, and throttled (no attempt, same attempt number, last server reply kept)."""
 
 from __future__ import annotations
 
+import json
 import random
 from datetime import UTC, datetime
 
@@ -123,3 +124,29 @@ def test_expiring_while_throttled_keeps_the_last_server_reply(redis_client: redi
     assert {(r["state"], r["code"], r["enhanced"]) for r in view["recipients"]} == {
         ("expired", 451, "4.7.1")
     }
+
+
+def test_dead_letters_written_by_the_worker_keep_only_the_domain_of_quoted_addresses(
+    redis_client: redis.Redis,
+) -> None:
+    """The worker's disposition path writes dead letters redacted, as `status` shows replies:
+    the recipient's own address only in its "address" field."""
+    disposition, _ = setup(redis_client, max_age=60)
+    rejected = Reply(550, "5.1.1", "<a@x.test>: Recipient address rejected", Step.RCPT_TO)
+    busy = Reply(451, "4.2.1", "mailbox of b@x.test busy, try later", Step.RCPT_TO)
+    disposition.apply_many(
+        [("m1", 3, NOW, report(Bounced("a@x.test", rejected), Deferred("b@x.test", busy)))],
+        NOW + 61,
+    )
+
+    stored = redis_client.hgetall("mailroom:dlq:entries")
+    [raw] = stored.values()
+    entry = json.loads(raw)
+    replies = {r["address"]: (r["reason"], r["reply"]) for r in entry["recipients"]}
+    assert replies == {
+        "a@x.test": ("bounced", "<*@x.test>: Recipient address rejected"),
+        "b@x.test": ("expired", "mailbox of *@x.test busy, try later"),
+    }
+    without_own_fields = [{**r, "address": ""} for r in entry["recipients"]]
+    assert "a@x.test" not in json.dumps(without_own_fields)
+    assert "b@x.test" not in json.dumps(without_own_fields)

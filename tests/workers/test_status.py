@@ -109,6 +109,8 @@ def test_new_message_view_has_the_status_json_shape(store: StatusStore, message_
             },
         ],
         "attempts": [],
+        "created": iso_time(NOW),
+        "subject": None,  # no content stored in this test
     }
     assert store.progress([message_id]) != [None]
 
@@ -371,7 +373,7 @@ def test_message_state_is_derived_from_recipients(
 
 
 def test_transition_table() -> None:
-    onward = {S.DEFERRED, S.DELIVERED, S.BOUNCED, S.EXPIRED}
+    onward = {S.DEFERRED, S.DELIVERED, S.BOUNCED, S.EXPIRED, S.DELETED}  # deleted: an operator
     for current in RecipientState:
         allowed = {new for new in RecipientState if can_transition(current, new)}
         expected = onward if current in {S.QUEUED, S.DEFERRED} else set()

@@ -125,7 +125,7 @@ def test_a_421_slows_the_destination_and_the_held_delivery_says_why_and_until_wh
     assert view is not None
     assert view["state"] == "in_progress"
     assert view["attempts"] == []  # held back before any connection: not an attempt
-    [line] = [line for line in as_lines(view) if f"b@{DESTINATION}" in line]
+    [line] = [line for line in as_lines(view, time.time()) if f"b@{DESTINATION}" in line]
     assert "deferred" in line
     assert f"slowed down after 421 4.7.0 from {DESTINATION}" in line
     assert f"next attempt {held['next_attempt']}" in line

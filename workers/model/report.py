@@ -20,6 +20,7 @@ class StepRecord:
     command: str  # "connect", "EHLO", "HELO", "STARTTLS", "AUTH PLAIN", "MAIL FROM", ...
     reply: Reply
     ms: float
+    recipient: str = ""  # the address a RCPT TO was for (status records only; never logged)
 
 
 @dataclass(frozen=True, slots=True)

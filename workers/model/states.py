@@ -14,3 +14,4 @@ class RecipientState(StrEnum):
     DELIVERED = "delivered"  # a server accepted it: final
     BOUNCED = "bounced"  # permanent failure: final, dead-lettered
     EXPIRED = "expired"  # still failing when MAX_AGE ran out: final, dead-lettered
+    DELETED = "deleted"  # taken out of the queue by an operator (`mailroom queue delete`): final

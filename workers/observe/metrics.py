@@ -19,6 +19,8 @@ Keys (hashes whose values are counts; counters only grow):
   mailroom:metrics:throttled     field destination: deliveries the cluster's gate throttled
                                  -> mailroom_throttled_total
   mailroom:metrics:destinations  set of the destinations admitted as label values
+  mailroom:metrics:enqueued      string: messages producers put on the queues (`count_enqueued`)
+                                 -> mailroom_messages_enqueued_total
 
 Destinations are label values, and each one is a time series in Prometheus; the first
 `max_destinations` (1000) distinct destinations keep their own name, and every later one is
@@ -53,6 +55,7 @@ REPLIES_KEY = PREFIX + "replies"
 SESSION_KEY = PREFIX + "session"
 THROTTLED_KEY = PREFIX + "throttled"
 DESTINATIONS_KEY = PREFIX + "destinations"
+ENQUEUED_KEY = PREFIX + "enqueued"
 
 OTHER = "other"  # the destination label of every destination past the cap
 MAX_DESTINATIONS = 1000
@@ -111,6 +114,7 @@ class MetricsSnapshot:
     replies: dict[tuple[str, str], int]  # (class, step) -> replies
     session: SessionHistogram
     throttled: dict[str, int]  # destination -> throttled deliveries
+    enqueued: int = 0  # messages producers enqueued
 
 
 class MetricsRecorder:
@@ -200,7 +204,9 @@ def read_metrics(client: redis.Redis) -> MetricsSnapshot:
     pipe = client.pipeline(transaction=True)
     for key in (DELIVERIES_KEY, REPLIES_KEY, SESSION_KEY, THROTTLED_KEY):
         pipe.hgetall(key)
-    deliveries, replies, session, throttled = (_decoded(h) for h in pipe.execute())
+    pipe.get(ENQUEUED_KEY)
+    *hashes, enqueued = pipe.execute()
+    deliveries, replies, session, throttled = (_decoded(h) for h in hashes)
     names = [*(bucket_name(b) for b in SESSION_BUCKETS), INF]
     return MetricsSnapshot(
         deliveries=_pairs(deliveries),
@@ -211,7 +217,19 @@ def read_metrics(client: redis.Redis) -> MetricsSnapshot:
             count=int(session.get("count", 0)),
         ),
         throttled={name: int(n) for name, n in throttled.items()},
+        enqueued=int(enqueued or 0),
     )
+
+
+def count_enqueued(client: redis.Redis, messages: int) -> None:
+    """Add `messages` that a producer has just put on the queues (best effort: a Redis error is
+    logged, never raised, as the messages are safely queued already)."""
+    if messages <= 0:
+        return
+    try:
+        client.incrby(ENQUEUED_KEY, messages)
+    except redis.RedisError as exc:
+        log.warning("counting %d enqueued messages failed: %s", messages, exc)
 
 
 def _reply_counts(report: DeliveryReport) -> Counter[str]:

@@ -91,6 +91,7 @@ class DeadReason(StrEnum):
 
     BOUNCED = "bounced"  # a permanent failure (5xx, NXDOMAIN, null MX)
     EXPIRED = "expired"  # still deferred when MAX_AGE ran out
+    DELETED = "deleted"  # taken out of the queue by an operator (`mailroom queue delete`)
 
 
 def dead_recipient(address: str, reply: Reply) -> dict[str, Any]:

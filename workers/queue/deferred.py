@@ -54,13 +54,15 @@ class DeferredEntry(NamedTuple):
     attempt: int
 
 
-def _member(message_id: str, destination: str, attempt: int) -> str:
+def deferred_member(message_id: str, destination: str, attempt: int) -> str:
+    """The deferred set's member for one delivery task item."""
     if _SEPARATOR in message_id or _SEPARATOR in destination:
         raise ValueError(f"message id and destination must not contain {_SEPARATOR!r}")
     return f"{message_id}{_SEPARATOR}{destination}{_SEPARATOR}{int(attempt)}"
 
 
-def _entry(member: bytes | str) -> DeferredEntry:
+def deferred_entry(member: bytes | str) -> DeferredEntry:
+    """The delivery task item a deferred set's member stands for."""
     text = member.decode() if isinstance(member, bytes) else member
     message_id, destination, attempt = text.split(_SEPARATOR)
     return DeferredEntry(message_id, destination, int(attempt))
@@ -82,7 +84,9 @@ class DeferredSet:
 
     def defer(self, message_id: str, destination: str, attempt: int, due: float) -> None:
         """Add (or reschedule) a delivery to be tried again at `due` (UNIX time)."""
-        self._redis.zadd(DEFERRED_KEY, {_member(message_id, destination, attempt): _finite(due)})
+        self._redis.zadd(
+            DEFERRED_KEY, {deferred_member(message_id, destination, attempt): _finite(due)}
+        )
 
     def claim_due(self, now: float, limit: int = 500) -> list[DeferredEntry]:
         """Atomically move up to `limit` deliveries due by `now` to the claimed set.
@@ -92,11 +96,11 @@ class DeferredSet:
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
         members = self._claim_due(keys=[DEFERRED_KEY, CLAIMED_KEY], args=[_finite(now), limit])
-        return [_entry(member) for member in members]
+        return [deferred_entry(member) for member in members]
 
     def release(self, items: Iterable[tuple[str, str, int]]) -> None:
         """Forget claimed deliveries once they have been enqueued."""
-        members = [_member(*item) for item in items]
+        members = [deferred_member(*item) for item in items]
         if members:
             self._redis.zrem(CLAIMED_KEY, *members)
 
@@ -125,7 +129,7 @@ class DeferredSet:
         Scans the sets (ZSCAN), as the member holds the attempt too: meant for operator
         actions (dead-letter replay and purge), not for the delivery path.
         """
-        pattern = _GLOB_SPECIAL.sub(r"\\\1", _member(message_id, destination, 0)[:-1]) + "*"
+        pattern = _GLOB_SPECIAL.sub(r"\\\1", deferred_member(message_id, destination, 0)[:-1]) + "*"
         removed = 0
         for key in (DEFERRED_KEY, CLAIMED_KEY):
             members = [member for member, _ in self._redis.zscan_iter(key, match=pattern)]

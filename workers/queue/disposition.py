@@ -31,7 +31,7 @@ from workers.model.reply import Reply, Step
 from workers.model.report import Attempt, DeliveryReport, StepRecord
 from workers.model.states import RecipientState
 from workers.observe.metrics import MetricsRecorder
-from workers.queue.dead_letters import DeadLetters
+from workers.queue.dead_letters import DeadLetters, dead_recipient
 from workers.queue.deferred import DeferredSet
 from workers.queue.retry_schedule import RetryPolicy, next_due
 from workers.queue.status import Record, StatusStore
@@ -119,7 +119,7 @@ class Disposition:
                 # Expired while throttled: keep the last reply a server gave, if one ever did.
                 states = self._last_server_replies(message_id, states)
             for reason in (RecipientState.BOUNCED, RecipientState.EXPIRED):
-                dead = [_dead_recipient(a, r) for a, (s, r) in states.items() if s is reason]
+                dead = [dead_recipient(a, r) for a, (s, r) in states.items() if s is reason]
                 if dead:
                     self._dead.add(message_id, report.destination, reason.value, dead, now)
             records.append(
@@ -185,10 +185,6 @@ def _state(outcome: Outcome, *, expired: bool) -> RecipientState:
             return RecipientState.EXPIRED if expired else RecipientState.DEFERRED
 
 
-def _dead_recipient(address: str, reply: Reply) -> dict[str, Any]:
-    return {"address": address, "code": reply.code, "enhanced": reply.enhanced, "reply": reply.text}
-
-
 def _summary(states: dict[str, tuple[RecipientState, Reply]]) -> Summary:
     count = dict.fromkeys(RecipientState, 0)
     last = code = ""
@@ -236,4 +232,5 @@ def _step_json(step: StepRecord) -> dict[str, Any]:
         "enhanced": reply.enhanced,
         "text": reply.text,
         "ms": round(step.ms, 1),
+        **({"recipient": step.recipient} if step.recipient else {}),
     }

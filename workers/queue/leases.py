@@ -47,7 +47,7 @@ class Leases:
     def take(self, message_id: str, destination: str) -> str | None:
         """Return a token when the lease was free, or None when another holder has it."""
         token = uuid.uuid4().hex
-        taken = self._redis.set(_key(message_id, destination), token, nx=True, px=self._ttl_ms)
+        taken = self._redis.set(lease_key(message_id, destination), token, nx=True, px=self._ttl_ms)
         return token if taken else None
 
     def take_many(self, deliveries: Sequence[tuple[str, str]]) -> list[str | None]:
@@ -55,14 +55,14 @@ class Leases:
         pipe = self._redis.pipeline(transaction=False)
         tokens = [uuid.uuid4().hex for _ in deliveries]
         for (message_id, destination), token in zip(deliveries, tokens, strict=True):
-            pipe.set(_key(message_id, destination), token, nx=True, px=self._ttl_ms)
+            pipe.set(lease_key(message_id, destination), token, nx=True, px=self._ttl_ms)
         return [
             token if taken else None for token, taken in zip(tokens, pipe.execute(), strict=True)
         ]
 
     def remaining(self, message_id: str, destination: str) -> float:
         """Seconds until the current lease expires (0 when there is none)."""
-        milliseconds = int(self._redis.pttl(_key(message_id, destination)))
+        milliseconds = int(self._redis.pttl(lease_key(message_id, destination)))
         return max(milliseconds, 0) / 1000
 
     def release(self, message_id: str, destination: str, token: str) -> None:
@@ -75,9 +75,10 @@ class Leases:
             return
         pipe = self._redis.pipeline(transaction=False)
         for message_id, destination, token in leases:
-            self._release(keys=[_key(message_id, destination)], args=[token], client=pipe)
+            self._release(keys=[lease_key(message_id, destination)], args=[token], client=pipe)
         pipe.execute()
 
 
-def _key(message_id: str, destination: str) -> str:
+def lease_key(message_id: str, destination: str) -> str:
+    """The key of one delivery's lease."""
     return f"mailroom:lease:{message_id}|{destination}"

@@ -157,7 +157,7 @@ class StatusStore(StatusCreation):
         pipe.execute()
 
     def requeue(self, message_id: str, destination: str, now: float) -> list[str]:
-        """Put the bounced and expired recipients of one delivery back to queued.
+        """Put the bounced, expired and deleted recipients of one delivery back to queued.
 
         The delivery gets a fresh `first_queued` (= `now`) and its attempt counter goes up by
         one. Returns the addresses requeued, sorted ([] when there were none).

@@ -96,15 +96,16 @@ return held
 """
 
 # KEYS: msg, rcpt, dlv, attempts. ARGV: destination, now (JSON number), ttl.
-# Returns the addresses put back to queued.
+# Returns the addresses put back to queued (bounced, expired, or deleted by an operator).
 REQUEUE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
 local entries = redis.call('HGETALL', KEYS[2])
 local requeued = {}
 for i = 1, #entries, 2 do
   local rec = cjson.decode(entries[i + 1])
-  if rec.destination == ARGV[1] and (rec.state == 'bounced' or rec.state == 'expired') then
-    rec.state = 'queued'
+  local dead = rec.state == 'bounced' or rec.state == 'expired' or rec.state == 'deleted'
+  if rec.destination == ARGV[1] and dead then
+    rec.state, rec.deleted = 'queued', nil
     redis.call('HSET', KEYS[2], entries[i], cjson.encode(rec))
     table.insert(requeued, entries[i])
   end

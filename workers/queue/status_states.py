@@ -24,7 +24,14 @@ class MessageState(StrEnum):
     FAILED = "failed"  # all final, none delivered
 
 
-FINAL_STATES = frozenset({RecipientState.DELIVERED, RecipientState.BOUNCED, RecipientState.EXPIRED})
+FINAL_STATES = frozenset(
+    {
+        RecipientState.DELIVERED,
+        RecipientState.BOUNCED,
+        RecipientState.EXPIRED,
+        RecipientState.DELETED,
+    }
+)
 _ONWARD = frozenset({RecipientState.DEFERRED, *FINAL_STATES})
 TRANSITIONS: Mapping[RecipientState, frozenset[RecipientState]] = {
     RecipientState.QUEUED: _ONWARD,
@@ -32,6 +39,7 @@ TRANSITIONS: Mapping[RecipientState, frozenset[RecipientState]] = {
     RecipientState.DELIVERED: frozenset(),
     RecipientState.BOUNCED: frozenset(),
     RecipientState.EXPIRED: frozenset(),
+    RecipientState.DELETED: frozenset(),
 }
 
 

@@ -4,18 +4,25 @@ oldest first, addresses quoted in reply texts cut down to their domain."""
 from __future__ import annotations
 
 import json
+from email import policy
+from email.parser import BytesHeaderParser
 from typing import Any
 
 import redis
 
 from workers.model.redaction import redact_addresses
 from workers.model.states import RecipientState
+from workers.queue.content import content_key
 from workers.queue.redis_text import redis_text
-from workers.queue.status_states import message_state, record_keys
+from workers.queue.status_states import iso_time, message_state, record_keys
 
-# Recipient fields only a deferred recipient has: why the gate held it back (only when it did)
-# and when it is due again.
-_WHEN_DEFERRED = ("throttled", "next_attempt")
+# KEYS: a content key. Returns the start of the message (its header, as a rule), so showing a
+# subject never moves a 25 MiB body over the wire.
+_HEAD = "return string.sub(redis.call('HGET', KEYS[1], 'data') or '', 1, 16384)"
+
+# Recipient fields only some recipients have: a deferred one, why the gate held it back (only
+# when it did) and when it is due again; a deleted one, who deleted it when.
+_WHEN_DEFERRED = ("throttled", "next_attempt", "deleted")
 
 
 def read_view(client: redis.Redis, message_id: str) -> dict[str, Any] | None:
@@ -23,11 +30,12 @@ def read_view(client: redis.Redis, message_id: str) -> dict[str, Any] | None:
     is none. A recipient's address is in its own "address" field only."""
     msg, rcpt, _, attempts = record_keys(message_id)
     pipe = client.pipeline(transaction=True)
-    pipe.exists(msg)
+    pipe.hget(msg, "created")
     pipe.hgetall(rcpt)
     pipe.lrange(attempts, 0, -1)
-    found, entries, attempt_values = pipe.execute()
-    if not found:
+    pipe.eval(_HEAD, 1, content_key(message_id))
+    created, entries, attempt_values, head = pipe.execute()
+    if created is None:
         return None
     recipients = sorted(
         (
@@ -53,7 +61,20 @@ def read_view(client: redis.Redis, message_id: str) -> dict[str, Any] | None:
             for record in recipients
         ],
         "attempts": [_redacted_attempt(json.loads(value)) for value in attempt_values],
+        "created": iso_time(float(created)),
+        "subject": _subject(head),
     }
+
+
+def _subject(head: bytes | str) -> str | None:
+    """The Subject of a message from its first bytes; None once the content is gone."""
+    data = head.encode() if isinstance(head, str) else head
+    if not data:
+        return None
+    header = data.split(b"\r\n\r\n", 1)[0]
+    parsed = BytesHeaderParser(policy=policy.default).parsebytes(header + b"\r\n\r\n")
+    subject = parsed.get("subject")
+    return None if subject is None else str(subject)
 
 
 def _redacted_attempt(attempt: dict[str, Any]) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from workers.model.reply import Reply, Step
 from workers.model.report import StepRecord
@@ -47,6 +47,11 @@ class Ledger:
         both `time.perf_counter()`."""
         ended = time.perf_counter() if at is None else at
         self.steps.append(StepRecord(command, reply, (ended - started) * 1000))
+
+    def name_recipient(self, recipient: str) -> None:
+        """Note whose RCPT TO the last step answered (`mailroom status` names it on its row)."""
+        if self.steps and self.steps[-1].command == "RCPT TO":
+            self.steps[-1] = replace(self.steps[-1], recipient=recipient)
 
     def fail(self, reply: Reply, command: str | None = None) -> bool:
         """Apply a session-wide failure to everyone still waiting; always False.

@@ -164,6 +164,8 @@ class _Transaction:
             timeout = self.timeouts.rset if verb == "RSET" else self.timeouts.command
             expect = START if verb == "DATA" else FINAL
             answer = await read_reply(ledger, wire, Awaited(verb, started, timeout, expect))
+            if recipient is not None:
+                ledger.name_recipient(recipient)
             if verb == "RSET":
                 if answer.reply_class != 2:
                     return False
