@@ -310,8 +310,7 @@ class Settings(BaseSettings):
     def oauth_google(self) -> bool:
         """Whether XOAUTH2 tokens come from a Google service account (else from Microsoft)."""
         return (
-            self.oauth_service_account_file is not None
-            or self.relay_profile is RelayProfile.GOOGLE
+            self.oauth_service_account_file is not None or self.relay_profile is RelayProfile.GOOGLE
         )
 
     @property

@@ -32,6 +32,7 @@ from tasks.notification import InvalidNotification
 from tasks.routing import DELIVER_TASK, NOTIFY_TASK
 from workers.batch import BatchRunner, BatchStores, BatchTiming, Handled, Item
 from workers.delivery.agent import DeliveryAgent
+from workers.delivery.relay_setup import relay_access
 from workers.model.redaction import redact_addresses
 from workers.observe.metrics import MetricsRecorder
 from workers.queue.content import ContentStore
@@ -117,7 +118,9 @@ class WorkerContext:
                 connections=limits.connections,
                 lease_ttl=ttl_of_leases,
             )
-            self._agent = DeliveryAgent.from_settings(settings, cap=limiter, rates=limiter)
+            self._agent = DeliveryAgent.from_settings(
+                settings, cap=limiter, rates=limiter, access=relay_access(settings, client)
+            )
             stores = BatchStores(
                 content=ContentStore(client, kept.content),
                 status=status,
