@@ -18,6 +18,7 @@ from google.auth import exceptions
 from google.auth.transport.requests import Request
 from google.oauth2 import service_account
 
+from workers.oauth.http import BoundedSession
 from workers.oauth.tokens import (
     OAuthClient,
     Token,
@@ -40,18 +41,6 @@ _FIXES = (
     ("access_denied", "the mailbox RELAY_USERNAME may not be used by this service account"),
     ("invalid_scope", "OAUTH_SCOPE must be https://mail.google.com/"),
 )
-
-
-class _BoundedRequest(Request):
-    """google-auth's requests transport with our timeout on every call (its default is 120 s)."""
-
-    def __init__(self, session: requests.Session, timeout: float) -> None:
-        super().__init__(session)
-        self._timeout = timeout
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        kwargs["timeout"] = self._timeout
-        return super().__call__(*args, **kwargs)  # type: ignore[no-untyped-call]
 
 
 def key_info(client: OAuthClient) -> dict[str, Any] | TokenRefused:
@@ -91,10 +80,9 @@ def fetch(client: OAuthClient) -> TokenOutcome:
             f"the key file's private key is unusable: {shown(exc)}",
             "download a new JSON key for the service account",
         )
-    session = requests.Session()
-    session.verify = client.ca_file or True
+    session = BoundedSession(client.ca_file, client.timeout)
     try:
-        credentials.refresh(_BoundedRequest(session, client.timeout))
+        credentials.refresh(Request(session))
     except exceptions.RefreshError as exc:
         return _refused(exc)
     except (exceptions.TransportError, requests.RequestException, OSError) as exc:

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import msal
 import requests
 
+from workers.oauth.http import BoundedSession
 from workers.oauth.tokens import (
     OAuthClient,
     Token,
@@ -50,6 +51,7 @@ def fetch(client: OAuthClient) -> TokenOutcome:
     """Ask Entra ID for an application token; blocking, bounded by `client.timeout` per
     HTTP request."""
     custom = urlsplit(client.authority).hostname != MICROSOFT_HOST
+    session = BoundedSession(client.ca_file, client.timeout)
     try:
         app = msal.ConfidentialClientApplication(
             client.client_id,
@@ -57,8 +59,7 @@ def fetch(client: OAuthClient) -> TokenOutcome:
             authority=client.authority,
             validate_authority=not custom,
             instance_discovery=None if not custom else False,
-            verify=client.ca_file or True,
-            timeout=client.timeout,
+            http_client=session,
             token_cache=msal.TokenCache(),
         )
         answer: dict[str, Any] = app.acquire_token_for_client(scopes=[client.scope])
@@ -70,6 +71,8 @@ def fetch(client: OAuthClient) -> TokenOutcome:
         )
     except (requests.RequestException, OSError) as exc:
         return TokenUnavailable(f"{urlsplit(client.authority).netloc}: {shown(exc)}")
+    finally:
+        session.close()
     return outcome(answer, client.scope)
 
 
