@@ -26,12 +26,13 @@ import redis
 
 from workers.oauth.sealing import seal, sealing_key, unseal
 from workers.oauth.tokens import Fetcher, OAuthClient, Token, TokenOutcome, TokenUnavailable
+from workers.observe.metrics import OAUTH_TOKENS_KEY
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 KEY_PREFIX = "mailroom:oauth:token:"
-METRICS_KEY = "mailroom:metrics:oauth_tokens"
+METRICS_KEY = OAUTH_TOKENS_KEY
 REFRESH_MARGIN = 300.0  # seconds before expiry a token is replaced (Microsoft's own margin)
 _POLL = 0.1  # seconds between two looks at the key while another worker refreshes
 _RECENT_FAILURE = 1.0  # seconds a failed request's answer serves coroutines that waited for it

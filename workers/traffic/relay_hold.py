@@ -15,9 +15,10 @@ from dataclasses import dataclass
 
 import redis
 
+from workers.observe.metrics import RELAY_HOLD_KEY
 from workers.queue.redis_text import redis_text
 
-HOLD_KEY = "mailroom:relay:hold"
+HOLD_KEY = RELAY_HOLD_KEY
 PROBE_KEY = HOLD_KEY + ":probe"
 DEFAULT_PROBE_INTERVAL = 60.0  # seconds between two tries of a held relay (RELAY_PROBE_INTERVAL)
 
