@@ -79,6 +79,7 @@ class _State:
     revoked: set[str] = field(default_factory=set)
     requests: list[TokenRequest] = field(default_factory=list)
     lifetime: int = 3600
+    relay_refuses: bool = False  # the relay refuses every token (no mailbox permission, ...)
 
 
 class TokenEndpoint(StartStop):
@@ -166,9 +167,16 @@ class TokenEndpoint(StartStop):
         with self._lock:
             self._state.issued.clear()
 
+    def refuse_at_relay(self, refuse: bool = True) -> None:
+        """Make the relay refuse every token, issued or not (a permission missing there)."""
+        with self._lock:
+            self._state.relay_refuses = refuse
+
     def check(self, user: str, token: str) -> str | None:
         """The relay's verdict on AUTH XOAUTH2: None to accept, else its 535."""
         with self._lock:
+            if self._state.relay_refuses:
+                return REFUSED
             issued = self._state.issued.get(token)
         if issued is None or issued.expires_at <= time.time():
             return REFUSED

@@ -41,6 +41,11 @@ _MICROSOFT_FIX = (
     "grant admin consent for SMTP.SendAsApp, register the application in Exchange Online"
     " (New-ServicePrincipal) and give it the mailbox (Add-MailboxPermission); see README"
 )
+_BASIC_FIX = "check MAILROOM_RELAY_USERNAME and MAILROOM_RELAY_PASSWORD"
+_BASIC_OFF_FIX = (
+    "Basic AUTH is turned off for this mailbox or tenant (Microsoft ends it in December 2026):"
+    " set MAILROOM_RELAY_AUTH=xoauth2 with the OAUTH_* settings; see README"
+)
 _GOOGLE_FIX = (
     "authorize the service account for https://mail.google.com/ under domain-wide delegation"
     " and check that RELAY_USERNAME is a user of the domain; see README"
@@ -135,8 +140,9 @@ class RelayAccess:
                 await self._lift()
             return report
         if refused.enhanced == _BASIC_OFF:
-            fix = "Basic AUTH is turned off for this tenant: set MAILROOM_RELAY_AUTH=xoauth2"
-            return await self._hold_report(report, f"AUTH refused: {refused}", fix, probe)
+            return await self._hold_report(
+                report, f"AUTH refused: {refused}", _BASIC_OFF_FIX, probe
+            )
         if refused.reply_class != 5:
             return report  # a temporary refusal (454): an ordinary deferral
         token = admitted.token
@@ -147,10 +153,7 @@ class RelayAccess:
             if isinstance(renewed, Admitted):
                 return renewed
             return _waiting_report(report, renewed)
-        if token is None:
-            fix = "check MAILROOM_RELAY_USERNAME and MAILROOM_RELAY_PASSWORD"
-        else:
-            fix = _GOOGLE_FIX if self._provider is Provider.GOOGLE else _MICROSOFT_FIX
+        fix = fix_for(refused, None if token is None else self._provider) or _BASIC_FIX
         return await self._hold_report(report, f"AUTH refused: {refused}", fix, probe)
 
     async def _with_token(
@@ -226,6 +229,18 @@ class RelayAccess:
         except RedisError as exc:
             log.warning("the relay's hold record did not answer: %s", exc)
             return otherwise
+
+
+def fix_for(refused: Reply, provider: Provider | None) -> str | None:
+    """What fixes a relay's refusal of AUTH (`provider` None: Basic AUTH); None for a reply that
+    is no refusal of the login."""
+    if refused.enhanced == _BASIC_OFF:
+        return _BASIC_OFF_FIX
+    if refused.reply_class != 5:
+        return None
+    if provider is None:
+        return _BASIC_FIX
+    return _GOOGLE_FIX if provider is Provider.GOOGLE else _MICROSOFT_FIX
 
 
 def auth_refusal(report: DeliveryReport) -> Reply | None:
