@@ -167,12 +167,12 @@ class RelayAccess:
                 await self._hold_relay(reason, got.hint)
             return self._held(Hold(reason, got.hint, time.time()))
         wait = self._interval()
-        text = f"no access token for the relay ({got.reason}); next try in {wait:.0f} s"
+        text = f"no access token for the relay ({got.reason}); next try in {wait:g} s"
         return Waiting(Reply(Code.LOCAL_ERROR, "4.4.1", text, Step.GATE), wait)
 
     def _held(self, hold: Hold) -> Waiting:
         wait = self._interval()
-        text = f"relay held: {hold.reason}; to fix: {hold.hint}; next try in {wait:.0f} s"
+        text = f"relay held: {hold.reason}; to fix: {hold.hint}; next try in {wait:g} s"
         return Waiting(Reply(Code.LOCAL_ERROR, "4.7.0", text, Step.GATE), wait)
 
     async def _hold_report(
@@ -192,7 +192,7 @@ class RelayAccess:
         if new:
             log.error(
                 "relay held: %s; to fix: %s; relay deliveries wait (nothing is bounced) and"
-                " resume by themselves once a try every %.0f s authenticates",
+                " resume by themselves once a try (one every %g s) authenticates",
                 reason,
                 hint,
                 holds.probe_interval,
