@@ -17,7 +17,8 @@ Replies are scripted by the recipient's local part (KumoMTA's sink convention):
 Sink-wide options (`SinkOptions`, defaults in `SinkConfig`) cover SIZE, SMTPUTF8, 8BITMIME, a
 refused EHLO, STARTTLS (working, required, or broken), implicit TLS, AUTH PLAIN/LOGIN (or a
 scripted refusal of them, as Exchange Online's 550 5.7.30), AUTH XOAUTH2 checked by a callable
-(with Google's 334 error challenge when asked) and a scripted reply to MAIL FROM (in every session, or only the first N).
+(with Google's 334 error challenge when asked) and a scripted reply to MAIL FROM (in every
+session, or only the first N).
 
 Everything is recorded, per connection, in `SessionRecord`s: commands, EHLO/HELO name, TLS, AUTH
 attempts with the credentials received (even those refused for want of TLS), MAIL FROM and
