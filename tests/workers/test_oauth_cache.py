@@ -43,6 +43,7 @@ async def test_the_lock_of_a_dead_holder_expires(
     cache = _cache(oauth, redis_client)
     await cache.token()
     [key] = redis_client.keys(KEY_PREFIX + "*")
+    assert isinstance(key, bytes)
     redis_client.delete(key)
     redis_client.set(key + b":lock", "a worker that died", px=300)
     cache.forget()
