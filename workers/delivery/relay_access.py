@@ -27,7 +27,7 @@ from workers.model.reply import Code, Reply, Step
 from workers.model.report import DeliveryReport, StepRecord
 from workers.oauth.tokens import Provider, Token, TokenOutcome, TokenRefused
 from workers.smtp.peer import BearerCredentials, Login
-from workers.traffic.relay_hold import Hold
+from workers.traffic.relay_hold import Hold, held_reply
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -172,8 +172,7 @@ class RelayAccess:
 
     def _held(self, hold: Hold) -> Waiting:
         wait = self._interval()
-        text = f"relay held: {hold.reason}; to fix: {hold.hint}; next try in {wait:g} s"
-        return Waiting(Reply(Code.LOCAL_ERROR, "4.7.0", text, Step.GATE), wait)
+        return Waiting(held_reply(hold, wait), wait)
 
     async def _hold_report(
         self, report: DeliveryReport, reason: str, hint: str, probe: bool

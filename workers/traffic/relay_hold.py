@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import redis
 
+from workers.model.reply import Code, Reply, Step
 from workers.observe.metrics import RELAY_HOLD_KEY
 from workers.queue.redis_text import redis_text
 
@@ -64,6 +65,19 @@ class RelayHolds:
         """This worker's turn to try the held relay, at most once per probe interval."""
         return bool(self._client.set(PROBE_KEY, "1", nx=True, px=self._interval_ms()))
 
+    def waiting(self) -> tuple[Hold, float] | None:
+        """The hold in force and the seconds until its next probe, in one round trip; None when
+        there is no hold, or when its probe is due (a delivery may try)."""
+        pipe = self._client.pipeline(transaction=False)
+        pipe.hgetall(HOLD_KEY)
+        pipe.pttl(PROBE_KEY)
+        raw, left = pipe.execute()
+        if not raw or not isinstance(left, int) or left <= 0:
+            return None
+        fields = {redis_text(k): redis_text(v) for k, v in raw.items()}
+        hold = Hold(fields.get("reason", ""), fields.get("hint", ""), 0.0)
+        return hold, left / 1000
+
     def probe_in(self) -> float:
         """Seconds until the next probe may be taken."""
         left = self._client.pttl(PROBE_KEY)
@@ -71,3 +85,9 @@ class RelayHolds:
 
     def _interval_ms(self) -> int:
         return max(int(self.probe_interval * 1000), 1)
+
+
+def held_reply(hold: Hold, wait: float) -> Reply:
+    """What a relay delivery held back gets: the gate's 451 4.7.0 with the reason and the fix."""
+    text = f"relay held: {hold.reason}; to fix: {hold.hint}; next try in {wait:g} s"
+    return Reply(Code.LOCAL_ERROR, "4.7.0", text, Step.GATE)
