@@ -118,7 +118,7 @@ class TokenCache:
             return TokenUnavailable(f"the token cache in Redis did not answer: {exc}")
 
     async def _refresh(self, refused: Token | None) -> TokenOutcome:
-        secret = self._secret()
+        secret = await _off_loop(self._secret)  # Google's: the key file, read from disk
         if secret is None:
             return await self._fetch_only()
         material, issuer = secret
