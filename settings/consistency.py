@@ -65,9 +65,21 @@ def _check_oauth(settings: Settings) -> None:
                 f"{why} with MAILROOM_RELAY_PROFILE=google (the service account's JSON key file)",
             )
         return
-    for name in ("oauth_client_id", "oauth_client_secret"):
-        if getattr(settings, name) is None:
-            raise SettingsError(env_name(name), f"{why} (the Entra application's credentials)")
+    if settings.oauth_client_id is None:
+        raise SettingsError(
+            env_name("oauth_client_id"), f"{why} (the Entra application's client ID)"
+        )
+    secret, certificate = settings.oauth_client_secret, settings.oauth_client_certificate_file
+    if secret is None and certificate is None:
+        raise SettingsError(
+            env_name("oauth_client_secret"),
+            f"{why} (or MAILROOM_OAUTH_CLIENT_CERTIFICATE_FILE): the application's credential",
+        )
+    if secret is not None and certificate is not None:
+        raise SettingsError(
+            env_name("oauth_client_certificate_file"),
+            "set either it or MAILROOM_OAUTH_CLIENT_SECRET, not both",
+        )
     if "{tenant}" in settings.oauth_authority and not settings.oauth_tenant:
         raise SettingsError(
             env_name("oauth_tenant"),

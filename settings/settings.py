@@ -107,6 +107,8 @@ class Settings(BaseSettings):
     oauth_tenant: str | None = None
     oauth_client_id: str | None = None
     oauth_client_secret: SecretStr | None = None
+    # Microsoft: a certificate credential instead of the secret (PEM: private key and cert).
+    oauth_client_certificate_file: Path | None = None
     oauth_scope: str | None = None  # None: the provider's (`oauth_scope_in_force`)
     oauth_authority: str = DEFAULT_AUTHORITY
     oauth_service_account_file: Path | None = None
@@ -216,7 +218,7 @@ class Settings(BaseSettings):
             raise ValueError(f"must be an https:// URL (got {value!r})")
         return value.rstrip("/")
 
-    @field_validator("tls_ca_file", "oauth_service_account_file")
+    @field_validator("tls_ca_file", "oauth_service_account_file", "oauth_client_certificate_file")
     @classmethod
     def _existing_file(cls, value: Path | None) -> Path | None:
         if value is not None and not value.is_file():

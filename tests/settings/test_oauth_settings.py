@@ -152,3 +152,20 @@ def test_a_worker_with_incomplete_oauth_settings_exits_2_with_one_line(tmp_path:
 
     assert_usage_error(run, "MAILROOM_OAUTH_CLIENT_ID", "xoauth2")
     assert SECRET not in run.stderr
+
+
+def test_a_certificate_credential_replaces_the_secret_but_not_both(tmp_path: Path) -> None:
+    pem = tmp_path / "app.pem"
+    pem.write_text("-----BEGIN PRIVATE KEY-----\n")
+    without_secret = {k: v for k, v in MICROSOFT.items() if k != "oauth_client_secret"}
+
+    settings = load_settings(**without_secret, oauth_client_certificate_file=str(pem))
+    assert settings.relay_auth_mode is RelayAuth.XOAUTH2
+
+    with pytest.raises(SettingsError) as raised:
+        load_settings(**MICROSOFT, oauth_client_certificate_file=str(pem))
+    assert raised.value.variable == "MAILROOM_OAUTH_CLIENT_CERTIFICATE_FILE"
+    assert "not both" in raised.value.problem
+    with pytest.raises(SettingsError) as missing:
+        load_settings(**without_secret, oauth_client_certificate_file=str(tmp_path / "none.pem"))
+    assert missing.value.variable == "MAILROOM_OAUTH_CLIENT_CERTIFICATE_FILE"

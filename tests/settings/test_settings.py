@@ -79,6 +79,7 @@ DEFAULTS: dict[str, object] = {
     "oauth_tenant": None,
     "oauth_client_id": None,
     "oauth_client_secret": None,
+    "oauth_client_certificate_file": None,
     "oauth_scope": None,
     "oauth_authority": "https://login.microsoftonline.com/{tenant}",
     "oauth_service_account_file": None,

@@ -6,7 +6,9 @@ check, `TokenEndpoint.check`) accepts or refuses.
 Microsoft (client credentials): `GET /{tenant}/v2.0/.well-known/openid-configuration` (msal's
 tenant discovery when instance discovery is off), then `POST /{tenant}/oauth2/v2.0/token` with
 grant_type=client_credentials, client_id, client_secret and scope; a wrong secret gets 401
-`invalid_client` with an AADSTS7000215 description, as Entra ID answers. The token is JWT-shaped
+`invalid_client` with an AADSTS7000215 description, as Entra ID answers. A certificate
+credential (`certificate_file`) sends a signed client assertion instead, checked against the
+registered certificate. The token is JWT-shaped
 (its payload names `roles: ["SMTP.SendAsApp"]`), its signature is no real one.
 
 Google (a service account, RFC 7523): `POST /google/token` with grant_type
@@ -22,6 +24,8 @@ request is recorded (`requests`), its secrets included: tests search logs for th
 from __future__ import annotations
 
 import base64
+import datetime
+import hashlib
 import json
 import secrets
 import threading
@@ -34,9 +38,11 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import pytest
+from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.x509.oid import NameOID
 
 from tests.support.lifecycle import StartStop
 from tests.support.smtp_sink import MakeSink, Sink
@@ -48,6 +54,13 @@ GOOGLE_SCOPE = "https://mail.google.com/"
 GOOGLE_AUDIENCE = "https://oauth2.googleapis.com/token"
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 REFUSED = "535 5.7.3 Authentication unsuccessful"
+CLIENT_ASSERTION = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+_INVALID_SECRET = {
+    "error": "invalid_client",
+    "error_description": "AADSTS7000215: Invalid client secret provided. Ensure the secret"
+    " being sent in the request is the client secret value.",
+    "error_codes": [7000215],
+}
 _MAX_BODY = 65536
 
 
@@ -74,6 +87,7 @@ class TokenRequest:
 @dataclass
 class _State:
     clients: dict[str, str] = field(default_factory=dict)  # Microsoft: client id -> secret
+    certificates: dict[str, x509.Certificate] = field(default_factory=dict)  # client id -> cert
     accounts: dict[str, rsa.RSAPublicKey] = field(default_factory=dict)  # Google: email -> key
     issued: dict[str, Issued] = field(default_factory=dict)
     revoked: set[str] = field(default_factory=set)
@@ -127,6 +141,35 @@ class TokenEndpoint(StartStop):
     def add_client(self, client_id: str, secret: str) -> None:
         with self._lock:
             self._state.clients[client_id] = secret
+
+    def certificate_file(self, directory: Path, client_id: str) -> Path:
+        """A certificate credential for `client_id` (a fresh RSA key and a self-signed
+        certificate, as one PEM file), registered as the application's."""
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mailroom-test")])
+        now = datetime.datetime.now(datetime.UTC)
+        certificate = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .sign(key, hashes.SHA256())
+        )
+        with self._lock:
+            self._state.certificates[client_id] = certificate
+        path = directory / f"{client_id}.pem"
+        path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+            + certificate.public_bytes(serialization.Encoding.PEM)
+        )
+        return path
 
     def service_account_file(self, directory: Path, email: str) -> Path:
         """A service account's JSON key file (a fresh RSA key), its token_uri this endpoint."""
@@ -232,13 +275,18 @@ class TokenEndpoint(StartStop):
         client = form.get("client_id", "")
         if form.get("grant_type") != "client_credentials":
             return 400, {"error": "unsupported_grant_type"}
-        if state.clients.get(client) != form.get("client_secret") or client in state.revoked:
-            return 401, {
-                "error": "invalid_client",
-                "error_description": "AADSTS7000215: Invalid client secret provided. Ensure"
-                " the secret being sent in the request is the client secret value.",
-                "error_codes": [7000215],
-            }
+        if "client_assertion" in form:
+            endpoint = f"{self.base}/{TENANT}/oauth2/v2.0/token"
+            if not _assertion_ok(form, client, state.certificates.get(client), endpoint):
+                return 401, {
+                    "error": "invalid_client",
+                    "error_description": "AADSTS700027: Client assertion failed signature"
+                    " validation.",
+                }
+        elif state.clients.get(client) != form.get("client_secret"):
+            return 401, _INVALID_SECRET
+        if client in state.revoked:
+            return 401, _INVALID_SECRET
         if form.get("scope") != MICROSOFT_SCOPE:
             return 400, {"error": "invalid_scope", "error_description": "AADSTS70011: scope"}
         claims = {"aud": "https://outlook.office365.com", "tid": TENANT, "appid": client}
@@ -313,6 +361,47 @@ def _b64(data: bytes) -> str:
 
 def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _thumbprints(digest: bytes) -> tuple[str, str]:
+    """A thumbprint as RFC 7515 writes it (base64url, unpadded) and as msal does (base64)."""
+    return _b64(digest), base64.b64encode(digest).decode()
+
+
+def _assertion_ok(
+    form: dict[str, str], client: str, certificate: x509.Certificate | None, audience: str
+) -> bool:
+    """A client assertion (RFC 7523) signed by `client`'s certificate, PS256 with its SHA-256
+    thumbprint (what msal sends given the certificate) or RS256 with its SHA-1 one."""
+    if certificate is None or form.get("client_assertion_type") != CLIENT_ASSERTION:
+        return False
+    try:
+        header_b64, payload_b64, signature_b64 = form["client_assertion"].split(".")
+        header = json.loads(_unb64(header_b64))
+        claims = json.loads(_unb64(payload_b64))
+        der = certificate.public_bytes(serialization.Encoding.DER)
+        signed = f"{header_b64}.{payload_b64}".encode()
+        key = certificate.public_key()
+        assert isinstance(key, rsa.RSAPublicKey)
+        if header.get("alg") == "PS256":
+            if header.get("x5t#S256") not in _thumbprints(hashlib.sha256(der).digest()):
+                return False
+            pss = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)
+            key.verify(_unb64(signature_b64), signed, pss, hashes.SHA256())
+        elif header.get("alg") == "RS256":
+            if header.get("x5t") not in _thumbprints(hashlib.sha1(der).digest()):
+                return False
+            key.verify(_unb64(signature_b64), signed, padding.PKCS1v15(), hashes.SHA256())
+        else:
+            return False
+    except (ValueError, KeyError, AssertionError, InvalidSignature):
+        return False
+    return (
+        claims.get("iss") == client
+        and claims.get("sub") == client
+        and claims.get("aud") == audience
+        and float(claims.get("exp", 0)) > time.time()
+    )
 
 
 def _verified_claims(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import logging
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -38,7 +39,8 @@ async def agents(redis_server: RedisServer, redis_client: redis.Redis) -> AsyncI
     made: list[DeliveryAgent] = []
 
     def make(values: dict[str, Any]) -> DeliveryAgent:
-        settings = Settings(helo_name="client.mailroom.test", **_TIMEOUTS, **values)
+        given = {k: v for k, v in values.items() if v is not None}
+        settings = Settings(helo_name="client.mailroom.test", **_TIMEOUTS, **given)
         client = redis_server.client()
         agent = DeliveryAgent.from_settings(settings, access=relay_access(settings, client))
         made.append(agent)
@@ -222,3 +224,36 @@ async def _settle_hold_view() -> None:
 
 def _sasl(user: str, token: str) -> str:
     return base64.b64encode(f"user={user}\x01auth=Bearer {token}\x01\x01".encode()).decode()
+
+
+async def test_a_certificate_credential_instead_of_the_secret(
+    oauth: OAuthSetup, agents: Agents, tmp_path: Path
+) -> None:
+    certificate = oauth.endpoint.certificate_file(tmp_path, CLIENT_ID)
+    values = oauth.microsoft_settings(oauth_client_secret=None)
+    agent = agents({**values, "oauth_client_certificate_file": str(certificate)})
+
+    report = await agent.deliver(message(), "relay", ["a@one.example"])
+
+    assert isinstance(report.outcomes[0], Delivered)
+    [post] = [r for r in oauth.endpoint.requests if r.method == "POST"]
+    assert "client_secret" not in post.form
+    assert post.form["client_assertion_type"].endswith("client-assertion-type:jwt-bearer")
+    assert oauth.relay.auth_attempts[0].username == MAILBOX
+
+
+async def test_a_certificate_the_application_does_not_know_holds_with_the_fix(
+    oauth: OAuthSetup, agents: Agents, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    # Registered for another application: the assertion's signature is not CLIENT_ID's.
+    certificate = oauth.endpoint.certificate_file(tmp_path, "some-other-app")
+    values = oauth.microsoft_settings(oauth_client_secret=None)
+    agent = agents({**values, "oauth_client_certificate_file": str(certificate)})
+
+    report = await agent.deliver(message(), "relay", ["a@one.example"])
+
+    assert isinstance(report.outcomes[0], Deferred)
+    hold = RelayHolds(redis_client).current()
+    assert hold is not None
+    assert "AADSTS700027" in hold.reason
+    assert "upload it" in hold.hint

@@ -10,6 +10,7 @@ of another host (a sovereign cloud, the tests' local server).
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,11 +30,19 @@ from workers.oauth.tokens import (
 )
 
 MICROSOFT_HOST = "login.microsoftonline.com"
+_MAX_PEM_FILE = 65536
+_PRIVATE_KEY = re.compile(
+    r"-----BEGIN (?:RSA |EC |ENCRYPTED )?PRIVATE KEY-----.+?-----END (?:RSA |EC |ENCRYPTED )?"
+    r"PRIVATE KEY-----",
+    re.DOTALL,
+)
+_CERTIFICATE = re.compile(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
 
 # Entra (AADSTS) codes and OAuth errors that are configuration, each with the fix it asks for.
 _FIXES = (
     ("AADSTS7000215", "OAUTH_CLIENT_SECRET is wrong: copy the secret's Value (not its ID)"),
     ("AADSTS7000222", "the client secret expired: add a new one under Certificates & secrets"),
+    ("AADSTS700027", "the certificate is not one of the application's: upload it (Certificates)"),
     ("AADSTS700016", "OAUTH_CLIENT_ID is not an application of tenant OAUTH_TENANT"),
     ("AADSTS90002", "OAUTH_TENANT is no known tenant (use its directory ID or domain)"),
     ("AADSTS65001", "grant admin consent for the application's SMTP.SendAsApp permission"),
@@ -47,15 +56,38 @@ _FIXES = (
 )
 
 
+def credential(client: OAuthClient) -> str | dict[str, str] | TokenRefused:
+    """msal's client credential: the secret, or the certificate file's private key and
+    certificate (msal signs its assertion with the key, naming the certificate's SHA-256
+    thumbprint); what is wrong with the file otherwise."""
+    path = client.certificate_file
+    if path is None:
+        return client.secret
+    fix = "OAUTH_CLIENT_CERTIFICATE_FILE must hold the private key and the certificate (PEM)"
+    try:
+        with path.open("rb") as file:
+            text = file.read(_MAX_PEM_FILE).decode("ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        return TokenRefused(f"cannot read '{path}': {shown(exc)}", fix)
+    key = _PRIVATE_KEY.search(text)
+    certificate = _CERTIFICATE.search(text)
+    if key is None or certificate is None:
+        return TokenRefused(f"'{path}' lacks a private key or a certificate", fix)
+    return {"private_key": key.group(0), "public_certificate": certificate.group(0)}
+
+
 def fetch(client: OAuthClient) -> TokenOutcome:
     """Ask Entra ID for an application token; blocking, bounded by `client.timeout` per
     HTTP request."""
     custom = urlsplit(client.authority).hostname != MICROSOFT_HOST
+    client_credential = credential(client)
+    if isinstance(client_credential, TokenRefused):
+        return client_credential
     session = BoundedSession(client.ca_file, client.timeout)
     try:
         app = msal.ConfidentialClientApplication(
             client.client_id,
-            client_credential=client.secret,
+            client_credential=client_credential,
             authority=client.authority,
             validate_authority=not custom,
             instance_discovery=None if not custom else False,

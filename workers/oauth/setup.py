@@ -7,7 +7,7 @@ import redis
 from settings import RelayAuth, Settings
 from workers.oauth import google, microsoft
 from workers.oauth.cache import TokenCache
-from workers.oauth.tokens import Fetcher, OAuthClient, Provider
+from workers.oauth.tokens import Fetcher, OAuthClient, Provider, TokenRefused
 
 # Seconds one HTTP request to a token endpoint may take: the session's command timeout at most.
 _HTTP_TIMEOUT = 30.0
@@ -37,6 +37,7 @@ def oauth_client(settings: Settings) -> OAuthClient | None:
         authority=settings.oauth_authority.replace("{tenant}", settings.oauth_tenant or ""),
         client_id=settings.oauth_client_id or "",
         secret=secret.get_secret_value() if secret is not None else "",
+        certificate_file=settings.oauth_client_certificate_file,
         ca_file=ca_file,
         timeout=timeout,
     )
@@ -55,7 +56,11 @@ def token_cache(settings: Settings, client: redis.Redis) -> TokenCache | None:
 
     def secret() -> tuple[bytes, str] | None:
         if oauth.provider is Provider.MICROSOFT:
-            return oauth.secret.encode(), oauth.authority
+            used = microsoft.credential(oauth)
+            if isinstance(used, TokenRefused):
+                return None
+            material = used if isinstance(used, str) else used["private_key"]
+            return material.encode(), f"{oauth.authority}|{oauth.client_id}"
         info = google.key_info(oauth)
         if not isinstance(info, dict):
             return None

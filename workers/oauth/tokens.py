@@ -56,8 +56,9 @@ class OAuthClient:
     """Who asks for tokens, for whom and where.
 
     Microsoft: `authority` (the tenant's, formatted), `client_id` and `secret` (the client
-    secret). Google: `key_file` (the service account's JSON key; its email and token URI are
-    read from it). `subject` is the mailbox (RELAY_USERNAME), `ca_file` an extra CA bundle to
+    secret) or `certificate_file` (a certificate credential: its private key and certificate).
+    Google: `key_file` (the service account's JSON key; its email and token URI are read from
+    it). `subject` is the mailbox (RELAY_USERNAME), `ca_file` an extra CA bundle to
     trust, `timeout` the seconds one token request may take in all.
     """
 
@@ -67,6 +68,7 @@ class OAuthClient:
     authority: str = ""
     client_id: str = ""
     secret: str = field(default="", repr=False)
+    certificate_file: Path | None = None  # Microsoft: PEM private key and certificate
     key_file: Path | None = None
     ca_file: str | None = None
     timeout: float = 30.0
