@@ -22,7 +22,8 @@ from pathlib import Path
 
 from settings import Settings
 from tasks.api import Mailroom
-from tests.support.oauth_server import CLIENT_ID, CLIENT_SECRET, MAILBOX, TENANT, TokenEndpoint
+from tests.support.oauth_relay import CLIENT_ID, CLIENT_SECRET, MAILBOX
+from tests.support.oauth_server import TENANT, TokenEndpoint
 from tests.support.redis_server import RedisServer
 from tests.support.smtp_sink import Sink
 from tests.support.tls_material import TlsMaterial

@@ -23,29 +23,29 @@ request is recorded (`requests`), its secrets included: tests search logs for th
 
 from __future__ import annotations
 
-import base64
-import datetime
-import hashlib
 import json
 import secrets
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-import pytest
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.support.lifecycle import StartStop
-from tests.support.smtp_sink import MakeSink, Sink
+from tests.support.oauth_jwt import (
+    assertion_ok,
+    b64,
+    key_pem,
+    new_key,
+    self_signed,
+    verified_claims,
+)
 from tests.support.tls_material import TlsMaterial
 
 TENANT = "contoso.test"
@@ -54,7 +54,6 @@ GOOGLE_SCOPE = "https://mail.google.com/"
 GOOGLE_AUDIENCE = "https://oauth2.googleapis.com/token"
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 REFUSED = "535 5.7.3 Authentication unsuccessful"
-CLIENT_ASSERTION = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 _INVALID_SECRET = {
     "error": "invalid_client",
     "error_description": "AADSTS7000215: Invalid client secret provided. Ensure the secret"
@@ -145,42 +144,20 @@ class TokenEndpoint(StartStop):
     def certificate_file(self, directory: Path, client_id: str) -> Path:
         """A certificate credential for `client_id` (a fresh RSA key and a self-signed
         certificate, as one PEM file), registered as the application's."""
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mailroom-test")])
-        now = datetime.datetime.now(datetime.UTC)
-        certificate = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=30))
-            .sign(key, hashes.SHA256())
-        )
+        key = new_key()
+        certificate = self_signed(key)
         with self._lock:
             self._state.certificates[client_id] = certificate
         path = directory / f"{client_id}.pem"
-        path.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-            + certificate.public_bytes(serialization.Encoding.PEM)
-        )
+        path.write_bytes(key_pem(key) + certificate.public_bytes(serialization.Encoding.PEM))
         return path
 
     def service_account_file(self, directory: Path, email: str) -> Path:
         """A service account's JSON key file (a fresh RSA key), its token_uri this endpoint."""
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        key = new_key()
         with self._lock:
             self._state.accounts[email] = key.public_key()
-        pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ).decode()
+        pem = key_pem(key).decode()
         info = {
             "type": "service_account",
             "project_id": "mailroom-test",
@@ -277,7 +254,7 @@ class TokenEndpoint(StartStop):
             return 400, {"error": "unsupported_grant_type"}
         if "client_assertion" in form:
             endpoint = f"{self.base}/{TENANT}/oauth2/v2.0/token"
-            if not _assertion_ok(form, client, state.certificates.get(client), endpoint):
+            if not assertion_ok(form, client, state.certificates.get(client), endpoint):
                 return 401, {
                     "error": "invalid_client",
                     "error_description": "AADSTS700027: Client assertion failed signature"
@@ -295,7 +272,7 @@ class TokenEndpoint(StartStop):
     def _google(self, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
         if form.get("grant_type") != JWT_BEARER:
             return 400, {"error": "unsupported_grant_type"}
-        claims = _verified_claims(form.get("assertion", ""), self._state.accounts)
+        claims = verified_claims(form.get("assertion", ""), self._state.accounts)
         if claims is None or claims.get("iss") in self._state.revoked:
             return 400, {"error": "invalid_grant", "error_description": "Invalid JWT Signature."}
         # google-auth names Google's token endpoint as the audience wherever it posts.
@@ -321,7 +298,7 @@ class TokenEndpoint(StartStop):
         else:
             payload = {**claims, "jti": secrets.token_hex(8), "exp": int(time.time()) + lifetime}
             token = ".".join(
-                (_b64(b'{"alg":"none","typ":"JWT"}'), _b64(json.dumps(payload).encode()),
+                (b64(b'{"alg":"none","typ":"JWT"}'), b64(json.dumps(payload).encode()),
                  secrets.token_urlsafe(16))
             )  # fmt: skip
         self._state.issued[token] = Issued(token, client, subject, time.time() + lifetime)
@@ -353,138 +330,3 @@ def _handler(endpoint: TokenEndpoint) -> type[BaseHTTPRequestHandler]:
             pass  # requests are recorded, not printed
 
     return Handler
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-def _thumbprints(digest: bytes) -> tuple[str, str]:
-    """A thumbprint as RFC 7515 writes it (base64url, unpadded) and as msal does (base64)."""
-    return _b64(digest), base64.b64encode(digest).decode()
-
-
-def _assertion_ok(
-    form: dict[str, str], client: str, certificate: x509.Certificate | None, audience: str
-) -> bool:
-    """A client assertion (RFC 7523) signed by `client`'s certificate, PS256 with its SHA-256
-    thumbprint (what msal sends given the certificate) or RS256 with its SHA-1 one."""
-    if certificate is None or form.get("client_assertion_type") != CLIENT_ASSERTION:
-        return False
-    try:
-        header_b64, payload_b64, signature_b64 = form["client_assertion"].split(".")
-        header = json.loads(_unb64(header_b64))
-        claims = json.loads(_unb64(payload_b64))
-        der = certificate.public_bytes(serialization.Encoding.DER)
-        signed = f"{header_b64}.{payload_b64}".encode()
-        key = certificate.public_key()
-        assert isinstance(key, rsa.RSAPublicKey)
-        if header.get("alg") == "PS256":
-            if header.get("x5t#S256") not in _thumbprints(hashlib.sha256(der).digest()):
-                return False
-            pss = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)
-            key.verify(_unb64(signature_b64), signed, pss, hashes.SHA256())
-        elif header.get("alg") == "RS256":
-            if header.get("x5t") not in _thumbprints(hashlib.sha1(der).digest()):
-                return False
-            key.verify(_unb64(signature_b64), signed, padding.PKCS1v15(), hashes.SHA256())
-        else:
-            return False
-    except (ValueError, KeyError, AssertionError, InvalidSignature):
-        return False
-    return (
-        claims.get("iss") == client
-        and claims.get("sub") == client
-        and claims.get("aud") == audience
-        and float(claims.get("exp", 0)) > time.time()
-    )
-
-
-def _verified_claims(
-    assertion: str, accounts: dict[str, rsa.RSAPublicKey]
-) -> dict[str, Any] | None:
-    """The assertion's claims when its RS256 signature is its issuer's; None otherwise."""
-    try:
-        header_b64, payload_b64, signature_b64 = assertion.split(".")
-        header = json.loads(_unb64(header_b64))
-        claims = json.loads(_unb64(payload_b64))
-        key = accounts[claims["iss"]]
-        if header.get("alg") != "RS256":
-            return None
-        key.verify(
-            _unb64(signature_b64),
-            f"{header_b64}.{payload_b64}".encode(),
-            padding.PKCS1v15(),
-            hashes.SHA256(),
-        )
-    except (ValueError, KeyError, InvalidSignature):
-        return None
-    return claims if isinstance(claims, dict) else None
-
-
-@dataclass(frozen=True)
-class OAuthSetup:
-    """A running token endpoint with one Microsoft application and one Google service account,
-    and a relay (`localhost` on 127.0.0.1, STARTTLS) that accepts only the tokens it issued."""
-
-    endpoint: TokenEndpoint
-    relay: Sink
-    ca_file: Path
-    key_file: Path
-
-    def microsoft_settings(self, **overrides: Any) -> dict[str, Any]:
-        """Settings values of a Microsoft 365 XOAUTH2 relay deployment on these servers."""
-        return {
-            "delivery": "relay",
-            "relay_host": "localhost",
-            "relay_port": self.relay.port,
-            "relay_profile": "office365",
-            "relay_username": MAILBOX,
-            "oauth_tenant": TENANT,
-            "oauth_client_id": CLIENT_ID,
-            "oauth_client_secret": CLIENT_SECRET,
-            "oauth_authority": self.endpoint.authority,
-            "tls_ca_file": str(self.ca_file),
-            **overrides,
-        }
-
-    def google_settings(self, **overrides: Any) -> dict[str, Any]:
-        """Settings values of a Google Workspace XOAUTH2 relay deployment on these servers."""
-        return {
-            "delivery": "relay",
-            "relay_host": "localhost",
-            "relay_port": self.relay.port,
-            "relay_profile": "google",
-            "relay_username": MAILBOX,
-            "oauth_service_account_file": str(self.key_file),
-            "tls_ca_file": str(self.ca_file),
-            # The profile's pace (2,000 a day) would make a test wait; the operator's wins.
-            "rate_limits": '{"relay": "100/s"}',
-            **overrides,
-        }
-
-
-MAILBOX = "notifications@contoso.test"
-CLIENT_ID = "6f1c0b2e-app"
-CLIENT_SECRET = "client-s3cret-Qx7~vV9"
-SERVICE_ACCOUNT = "mailroom@contoso-mail.iam.test"
-
-
-@pytest.fixture
-def oauth(tls: TlsMaterial, make_sink: MakeSink, tmp_path: Path) -> Iterator[OAuthSetup]:
-    """The token endpoint and its relay, for one test."""
-    with TokenEndpoint(tls) as endpoint:
-        endpoint.add_client(CLIENT_ID, CLIENT_SECRET)
-        key_file = endpoint.service_account_file(tmp_path, SERVICE_ACCOUNT)
-        relay = make_sink(
-            "127.0.0.1",
-            starttls_context=tls.server_context("localhost"),
-            require_starttls=True,
-            xoauth2=endpoint.check,
-            basic_reply="550 5.7.30 Basic authentication is not supported for Client Submission",
-        )
-        yield OAuthSetup(endpoint, relay, tls.ca_file, key_file)

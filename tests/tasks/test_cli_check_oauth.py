@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tests.support.oauth_server import CLIENT_ID, CLIENT_SECRET, MAILBOX, OAuthSetup
+from tests.support.oauth_relay import CLIENT_ID, CLIENT_SECRET, MAILBOX, OAuthSetup
 from tests.tasks.test_cli import run_mailroom
 from tests.tasks.test_cli_check import _env, redis_url  # noqa: F401 (the module's Redis)
 

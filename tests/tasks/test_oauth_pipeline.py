@@ -19,7 +19,7 @@ import redis
 
 from tasks.api import Mailroom
 from tests.support.dns_server import DnsServer
-from tests.support.oauth_server import CLIENT_ID, CLIENT_SECRET, OAuthSetup
+from tests.support.oauth_relay import CLIENT_ID, CLIENT_SECRET, OAuthSetup
 from tests.support.redis_server import RedisServerFactory
 from tests.tasks.conftest import Deploy
 from tests.tasks.pipeline_support import (

@@ -9,7 +9,7 @@ import asyncio
 import redis
 
 from settings import Settings
-from tests.support.oauth_server import CLIENT_ID, OAuthSetup
+from tests.support.oauth_relay import CLIENT_ID, OAuthSetup
 from tests.support.redis_server import RedisServer
 from workers.oauth.cache import KEY_PREFIX, TokenCache
 from workers.oauth.setup import token_cache

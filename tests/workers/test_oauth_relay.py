@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from settings import Settings
-from tests.support.oauth_server import (
+from tests.support.oauth_relay import (
     CLIENT_ID,
     CLIENT_SECRET,
     MAILBOX,

@@ -128,9 +128,9 @@ class TokenCache:
         bound = self._fetch_bound()
         waited_until = time.monotonic() + bound
         while True:
-            cached = await _off_loop(self._cached, key, cipher)
+            cached = await _off_loop(_cached, self._redis, key, cipher)
             if cached is not None and refused is not None and cached.value == refused.value:
-                await _off_loop(self._drop_if_same, key, cipher, refused)
+                await _off_loop(_drop_if_same, self._redis, key, cipher, refused)
                 cached = None
             now = time.time()
             if cached is not None and cached.expires_at - now > self._margin:
@@ -180,32 +180,36 @@ class TokenCache:
         # msal makes two requests (discovery, token); google-auth retries a failed one.
         return self._oauth.timeout * 3 + 1
 
-    def _cached(self, key: str, cipher: Any) -> Token | None:
-        sealed = self._redis.get(key)
-        if not isinstance(sealed, bytes):
-            return None
-        return unseal(cipher, sealed, key.encode())
-
-    def _drop_if_same(self, key: str, cipher: Any, refused: Token) -> None:
-        with self._redis.pipeline(transaction=True) as pipe:
-            try:
-                pipe.watch(key)  # type: ignore[no-untyped-call]
-                sealed = pipe.get(key)
-                if isinstance(sealed, bytes):
-                    cached = unseal(cipher, sealed, key.encode())
-                    if cached is not None and cached.value == refused.value:
-                        pipe.multi()
-                        pipe.delete(key)
-                        pipe.execute()
-            except redis.WatchError:
-                pass  # replaced meanwhile: the new one is not the refused one
-
     def _lock(self) -> asyncio.Lock:
         loop = asyncio.get_running_loop()  # a lock belongs to one loop (the runtime may restart)
         lock = self._locks.get(id(loop))
         if lock is None:
             self._locks = {id(loop): (lock := asyncio.Lock())}
         return lock
+
+
+def _cached(client: redis.Redis, key: str, cipher: Any) -> Token | None:
+    """The token Redis holds under `key`, if `cipher` opens it."""
+    sealed = client.get(key)
+    if not isinstance(sealed, bytes):
+        return None
+    return unseal(cipher, sealed, key.encode())
+
+
+def _drop_if_same(client: redis.Redis, key: str, cipher: Any, refused: Token) -> None:
+    """Delete the cached token only while it is the `refused` one (WATCH/MULTI)."""
+    with client.pipeline(transaction=True) as pipe:
+        try:
+            pipe.watch(key)  # type: ignore[no-untyped-call]
+            sealed = pipe.get(key)
+            if isinstance(sealed, bytes):
+                cached = unseal(cipher, sealed, key.encode())
+                if cached is not None and cached.value == refused.value:
+                    pipe.multi()
+                    pipe.delete(key)
+                    pipe.execute()
+        except redis.WatchError:
+            pass  # replaced meanwhile: the new one is not the refused one
 
 
 async def _off_loop(call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
