@@ -82,3 +82,20 @@ async def test_a_refused_token_is_dropped_only_while_it_is_the_cached_one(
     assert isinstance(again, Token)
     assert again.value == renewed.value  # taken from Redis, not asked for a third time
     assert oauth.endpoint.token_requests() == 2
+
+
+async def test_no_repr_shows_the_secret_or_the_token(
+    oauth: OAuthSetup, redis_client: redis.Redis
+) -> None:
+    from tests.support.oauth_relay import CLIENT_SECRET, MAILBOX
+    from workers.smtp.peer import BearerCredentials
+
+    cache = _cache(oauth, redis_client)
+    token = await cache.token()
+    assert isinstance(token, Token)
+
+    shown = repr(cache.oauth) + repr(token) + repr(BearerCredentials(MAILBOX, token.value))
+
+    assert CLIENT_SECRET not in shown
+    assert token.value not in shown
+    assert MAILBOX in shown
