@@ -1,5 +1,5 @@
-"""The settings that take one word from a fixed set (delivery mode, relay security and profile,
-log level, submission TLS), and how a word is read: trimmed, any case."""
+"""The settings that take one word from a fixed set (delivery mode, relay security, profile and
+authentication, log level, submission TLS), and how a word is read: trimmed, any case."""
 
 from __future__ import annotations
 
@@ -22,6 +22,12 @@ class RelaySecurity(StrEnum):
 class RelayProfile(StrEnum):
     NONE = "none"  # no built-in limits
     OFFICE365 = "office365"  # 3 connections, 30 messages a minute, 500 recipients a message
+    GOOGLE = "google"  # smtp.gmail.com:587; 2,000 messages a day, 100 recipients a message
+
+
+class RelayAuth(StrEnum):
+    BASIC = "basic"  # AUTH PLAIN/LOGIN with RELAY_USERNAME and RELAY_PASSWORD
+    XOAUTH2 = "xoauth2"  # AUTH XOAUTH2 with an OAuth 2.0 access token (Microsoft 365, Google)
 
 
 class LogLevel(StrEnum):
@@ -40,6 +46,7 @@ WORDS: dict[str, type[StrEnum]] = {
     "delivery": DeliveryMode,
     "relay_security": RelaySecurity,
     "relay_profile": RelayProfile,
+    "relay_auth": RelayAuth,
     "submission_tls": SubmissionTls,
     "log_level": LogLevel,
 }

@@ -34,6 +34,7 @@ from settings.choices import (
     WORDS,
     DeliveryMode,
     LogLevel,
+    RelayAuth,
     RelayProfile,
     RelaySecurity,
     SubmissionTls,
@@ -54,6 +55,7 @@ __all__ = [
     "SECRETS_DIR_VARIABLE",
     "DeliveryMode",
     "LogLevel",
+    "RelayAuth",
     "RelayProfile",
     "RelaySecurity",
     "Settings",
@@ -61,6 +63,11 @@ __all__ = [
     "load_settings",
 ]
 
+# Microsoft's authority; {tenant} is OAUTH_TENANT. Tests point it at a local HTTPS server.
+DEFAULT_AUTHORITY = "https://login.microsoftonline.com/{tenant}"
+MICROSOFT_SCOPE = "https://outlook.office365.com/.default"
+GOOGLE_SCOPE = "https://mail.google.com/"
+GOOGLE_HOST = "smtp.gmail.com"
 _DEFAULT_RETRY_DELAYS = (60, 300, 900, 1800, 3600, 7200, 14400, 28800)
 _Port = Annotated[int, Field(ge=1, le=65535)]
 _Positive = Annotated[int, Field(gt=0)]
@@ -94,6 +101,19 @@ class Settings(BaseSettings):
     relay_username: str | None = None
     relay_password: SecretStr | None = None
     relay_profile: RelayProfile = RelayProfile.NONE
+    # None: xoauth2 when the profile's OAuth credentials are set, else basic (`relay_auth_mode`).
+    relay_auth: RelayAuth | None = None
+    # OAuth 2.0 for AUTH XOAUTH2: Microsoft 365 client credentials, or a Google service account.
+    oauth_tenant: str | None = None
+    oauth_client_id: str | None = None
+    oauth_client_secret: SecretStr | None = None
+    # Microsoft: a certificate credential instead of the secret (PEM: private key and cert).
+    oauth_client_certificate_file: Path | None = None
+    oauth_scope: str | None = None  # None: the provider's (`oauth_scope_in_force`)
+    oauth_authority: str = DEFAULT_AUTHORITY
+    oauth_service_account_file: Path | None = None
+    # Seconds between two tries of a relay held for its authentication (one worker tries).
+    relay_probe_interval: _Timeout = 60
     mx_port: _Port = 25
     dns_nameservers: Annotated[tuple[Nameserver, ...], NoDecode] = ()
     # MX hosts whose addresses fall in these networks are never dialled (mx mode only).
@@ -159,6 +179,8 @@ class Settings(BaseSettings):
     @field_validator(*WORDS, mode="before")
     @classmethod
     def _known_word(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None and info.field_name == "relay_auth":
+            return None  # unset: `relay_auth_mode` decides
         return one_of(WORDS[str(info.field_name)], value)
 
     @field_validator("redis_url")
@@ -188,7 +210,15 @@ class Settings(BaseSettings):
             )
         return name
 
-    @field_validator("tls_ca_file")
+    @field_validator("oauth_authority")
+    @classmethod
+    def _authority(cls, value: str) -> str:
+        parts = urlsplit(value.replace("{tenant}", "tenant"))
+        if parts.scheme != "https" or not parts.hostname:
+            raise ValueError(f"must be an https:// URL (got {value!r})")
+        return value.rstrip("/")
+
+    @field_validator("tls_ca_file", "oauth_service_account_file", "oauth_client_certificate_file")
     @classmethod
     def _existing_file(cls, value: Path | None) -> Path | None:
         if value is not None and not value.is_file():
@@ -250,10 +280,47 @@ class Settings(BaseSettings):
                 raise ValueError("must be user:password (value not shown)")
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _profile_host(cls, data: Any) -> Any:
+        """RELAY_PROFILE=google names its relay: smtp.gmail.com (port and STARTTLS are the
+        defaults already) unless RELAY_HOST says otherwise."""
+        if isinstance(data, dict) and not data.get("relay_host"):
+            profile = data.get("relay_profile")
+            if isinstance(profile, str) and profile.strip().lower() == RelayProfile.GOOGLE:
+                return {**data, "relay_host": GOOGLE_HOST}
+        return data
+
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
         check_consistent(self)
         return self
+
+    @property
+    def relay_auth_mode(self) -> RelayAuth:
+        """RELAY_AUTH, else xoauth2 when the relay profile's OAuth credentials are set."""
+        if self.relay_auth is not None:
+            return self.relay_auth
+        profile = self.relay_profile
+        if (profile is RelayProfile.OFFICE365 and self.oauth_client_id) or (
+            profile is RelayProfile.GOOGLE and self.oauth_service_account_file is not None
+        ):
+            return RelayAuth.XOAUTH2
+        return RelayAuth.BASIC
+
+    @property
+    def oauth_google(self) -> bool:
+        """Whether XOAUTH2 tokens come from a Google service account (else from Microsoft)."""
+        return (
+            self.oauth_service_account_file is not None or self.relay_profile is RelayProfile.GOOGLE
+        )
+
+    @property
+    def oauth_scope_in_force(self) -> str:
+        """OAUTH_SCOPE, else the provider's: Exchange Online's or Gmail's."""
+        if self.oauth_scope:
+            return self.oauth_scope
+        return GOOGLE_SCOPE if self.oauth_google else MICROSOFT_SCOPE
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         for name, value in super().__repr_args__():

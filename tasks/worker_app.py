@@ -32,6 +32,7 @@ from tasks.notification import InvalidNotification
 from tasks.routing import DELIVER_TASK, NOTIFY_TASK
 from workers.batch import BatchRunner, BatchStores, BatchTiming, Handled, Item
 from workers.delivery.agent import DeliveryAgent
+from workers.delivery.relay_setup import relay_access
 from workers.model.redaction import redact_addresses
 from workers.observe.metrics import MetricsRecorder
 from workers.queue.content import ContentStore
@@ -47,6 +48,7 @@ from workers.queue.sweeper import Sweeper, SweepPacing
 from workers.runtime import runtime
 from workers.traffic.profiles import traffic
 from workers.traffic.rate_limits import Limiter
+from workers.traffic.relay_hold import RelayHolds
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +119,10 @@ class WorkerContext:
                 connections=limits.connections,
                 lease_ttl=ttl_of_leases,
             )
-            self._agent = DeliveryAgent.from_settings(settings, cap=limiter, rates=limiter)
+            access = relay_access(settings, client)
+            self._agent = DeliveryAgent.from_settings(
+                settings, cap=limiter, rates=limiter, access=access
+            )
             stores = BatchStores(
                 content=ContentStore(client, kept.content),
                 status=status,
@@ -125,6 +130,8 @@ class WorkerContext:
                 deferred=deferred,
                 disposition=disposition,
                 limiter=limiter,
+                # The same record the agent's RelayAccess keeps, read before the rate gate.
+                holds=None if access is None else RelayHolds(client, settings.relay_probe_interval),
             )
             # Between a session's deadline and its lease's expiry: first the cut-off for a
             # session that overran (a bug), then the last try to record a kept result.

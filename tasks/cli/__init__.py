@@ -6,8 +6,8 @@ sub-parser(s) and sets `run=<function(args, settings) -> int>` as the parser's d
 the command line parsed, so `--help` works with a broken environment. Bad input and bad
 settings follow docs/contract.md: one line on stderr, exit status 2, nothing done. Every other
 expected failure is one line too: Redis unreachable exits 3, an error Redis answered with exits 1,
-Ctrl-C exits 130. A traceback is left only for bugs. `--verbose` (on `mailroom` and on every command)
-names the Redis used, its password redacted.
+Ctrl-C exits 130. A traceback is left only for bugs. `--verbose` (on `mailroom` and on every
+command) names the Redis used, its password redacted.
 """
 
 from __future__ import annotations
@@ -76,6 +76,10 @@ _EXTRA_OF = {
     "dns": "worker",
     "certifi": "worker",
     "prometheus_client": "worker",
+    "msal": "worker",
+    "google": "worker",
+    "requests": "worker",
+    "cryptography": "worker",
     "flower": "flower",
     "tornado": "flower",
     "aiosmtpd": "submission",

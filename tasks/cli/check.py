@@ -1,13 +1,15 @@
 """`mailroom check [--domain D] [--send-to ADDR] [--from ADDR] [--json]`: is this deployment able
 to deliver?
 
-Checks, in order: settings (already loaded by `tasks.cli.main`), Redis (PING), then one real
-delivery through the production engine (`workers.delivery.agent`) to the relay, or to domain D's MX
-hosts: DNS, connect, TLS certificate, AUTH, MAIL FROM, RCPT. Without `--send-to` the session is a
-probe that stops after RCPT TO and sends no message, addressed to `postmaster` (RFC 5321
-§4.5.1 requires every domain to accept it). Every step is printed with its reply; the last line
-names the step that failed and why. Exit 0 when everything passed, 1 when a check failed, 2 for
-bad input. Secrets (the relay password, a Redis password) are never printed.
+Checks, in order: settings (already loaded by `tasks.cli.main`), Redis (PING), for an XOAUTH2
+relay the token (`tasks.cli.check_token`: endpoint reached, token acquired, its expiry and scopes,
+or the fix), then one real delivery through the production engine (`workers.delivery.agent`) to
+the relay, or to domain D's MX hosts: DNS, connect, TLS certificate, AUTH, MAIL FROM, RCPT.
+Without `--send-to` the session is a probe that stops after RCPT TO and sends no message,
+addressed to `postmaster` (RFC 5321 §4.5.1 requires every domain to accept it). Every step is
+printed with its reply; the last line names the step that failed and why. Exit 0 when everything
+passed, 1 when a check failed, 2 for bad input. Secrets (the relay password, the OAuth client
+secret and token, a Redis password) are never printed.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import argparse
 import asyncio
 import json
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -30,8 +32,10 @@ from tasks.message import build_message
 from tasks.notification import InvalidNotification, Notification, parse_mailbox
 from workers.model.envelope import OutboundMessage
 from workers.model.outcome import Delivered
+from workers.oauth.tokens import Token
 
 if TYPE_CHECKING:
+    from tasks.cli.check_token import TokenCheck
     from workers.model.report import DeliveryReport
 
 SUBJECT = "Mailroom check"
@@ -82,12 +86,37 @@ class RedisCheck:
     error: str | None
 
 
-async def _deliver(settings: Settings, plan: Plan) -> DeliveryReport:
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """Everything the check found: Redis, the token (XOAUTH2 relays), and the delivery (none
+    when no token could be had)."""
+
+    plan: Plan
+    redis: RedisCheck
+    token: TokenCheck | None
+    report: DeliveryReport | None
+
+    @property
+    def passed(self) -> bool:
+        if self.redis.error is not None or self.report is None:
+            return False
+        [outcome] = self.report.outcomes
+        return isinstance(outcome, Delivered)
+
+
+async def _deliver(settings: Settings, plan: Plan, token: Token | None) -> DeliveryReport:
     from workers.delivery.agent import (
         DeliveryAgent,  # aiosmtplib and dnspython: the `worker` extra
     )
+    from workers.delivery.setup import agent_config
+    from workers.smtp.peer import BearerCredentials
 
-    agent = DeliveryAgent.from_settings(settings)
+    config = agent_config(settings)
+    if token is not None and config.relay is not None and settings.relay_username:
+        # The token the check just got is the AUTH step's login, not the cluster's cached one.
+        login = BearerCredentials(settings.relay_username, token.value)
+        config = replace(config, relay=replace(config.relay, credentials=login))
+    agent = DeliveryAgent(config)
     try:
         return await agent.deliver(
             plan.message, plan.destination, [plan.recipient], probe=plan.probe
@@ -103,16 +132,23 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     """
     plan = make_plan(settings, domain=args.domain, send_to=args.send_to, sender=args.sender)
     redis_check = check_redis(settings.redis_url, settings.redis_timeout)
-    report = asyncio.run(_deliver(settings, plan))
-    [outcome] = report.outcomes
-    passed = redis_check.error is None and isinstance(outcome, Delivered)
+    from tasks.cli.check_token import token_check  # msal and google-auth: the `worker` extra
+
+    token = token_check(settings) if settings.delivery is DeliveryMode.RELAY else None
     secrets = _secrets(settings)
+    if token is not None and isinstance(token.outcome, Token):
+        secrets.append(token.outcome.value)
+    report = None
+    if token is None or isinstance(token.outcome, Token):
+        login = None if token is None or not isinstance(token.outcome, Token) else token.outcome
+        report = asyncio.run(_deliver(settings, plan, login))
+    checked = Checked(plan, redis_check, token, report)
     if args.json:
-        print(_scrub(json.dumps(as_json(settings, plan, redis_check, report, passed)), secrets))
+        print(_scrub(json.dumps(as_json(settings, checked)), secrets))
     else:
-        for line in as_lines(settings, plan, redis_check, report):
+        for line in as_lines(settings, checked):
             print(_scrub(line, secrets))
-    return OK if passed else FAILED
+    return OK if checked.passed else FAILED
 
 
 def make_plan(
@@ -179,6 +215,8 @@ def check_redis(url: str, timeout: float) -> RedisCheck:
 
 def _secrets(settings: Settings) -> list[str]:
     found = [settings.relay_password.get_secret_value()] if settings.relay_password else []
+    if settings.oauth_client_secret is not None:
+        found.append(settings.oauth_client_secret.get_secret_value())
     if password := urlsplit(settings.redis_url).password:
         found.append(password)
     return [secret for secret in found if secret]

@@ -10,14 +10,15 @@ from workers.model.outcome import Bounced, Deferred, Delivered, Outcome
 from workers.model.report import StepRecord
 
 if TYPE_CHECKING:
-    from tasks.cli.check import Plan, RedisCheck
-    from workers.model.report import DeliveryReport
+    from tasks.cli.check import Checked
 
 
-def as_lines(
-    settings: Settings, plan: Plan, redis_check: RedisCheck, report: DeliveryReport
-) -> list[str]:
+def as_lines(settings: Settings, checked: Checked) -> list[str]:
     """The human-readable report: one line per check and per SMTP step, then the verdict."""
+    from tasks.cli.check_token import auth_fix, token_line
+    from workers.delivery.relay_access import auth_refusal
+
+    plan, redis_check, report, token = checked.plan, checked.redis, checked.report, checked.token
     mode = settings.delivery.value
     if settings.delivery is DeliveryMode.RELAY:
         mode += f" {settings.relay_host}:{settings.relay_port} ({settings.relay_security.value})"
@@ -27,10 +28,16 @@ def as_lines(
     else:
         lines.append(f"{'redis':<12} FAIL  {redis_check.url}: {redis_check.error}")
     what = "probe, stops after RCPT TO" if plan.probe else "sends a test message"
+    if token is not None:
+        lines.extend(token_line(token))
     lines.append(
         f"{'delivery':<12} to    {plan.destination}: {plan.message.sender} -> "
         f"{plan.recipient} ({what})"
     )
+    if report is None:
+        failures = [] if redis_check.error is None else [f"FAILED at redis: {redis_check.error}"]
+        problem = token.problem() if token is not None else None
+        return [*lines, *failures, f"FAILED at token: {problem}"]
     lines.append(_step_line(report.resolution, plan.destination))
     for attempt in report.attempts:
         lines.extend(
@@ -43,25 +50,42 @@ def as_lines(
     if redis_check.error is not None:
         failures.append(f"FAILED at redis: {redis_check.error}")
     if not isinstance(outcome, Delivered):
-        failures.append(f"FAILED at {reply.step}: {reply}")
+        failed = f"FAILED at {reply.step}: {reply}"
+        refused = auth_refusal(report)
+        fix = None if refused is None else auth_fix(refused, token)
+        failures.append(failed if fix is None else f"{failed}; to fix: {fix}")
     return lines + (failures or ["OK"])
 
 
-def as_json(
-    settings: Settings,
-    plan: Plan,
-    redis_check: RedisCheck,
-    report: DeliveryReport,
-    passed: bool,
-) -> dict[str, Any]:
-    """The report as `--json` prints it: ok, settings, redis, steps, outcome."""
+def as_json(settings: Settings, checked: Checked) -> dict[str, Any]:
+    """The report as `--json` prints it: ok, settings, redis, token, steps, outcome."""
+    from tasks.cli.check_token import token_json
+
+    plan, redis_check, report, token = checked.plan, checked.redis, checked.report, checked.token
+    shown: dict[str, Any] = {
+        "ok": checked.passed,
+        "settings": {"ok": True, "delivery": settings.delivery.value, "helo": settings.helo_name},
+        "redis": {
+            "ok": redis_check.error is None,
+            "url": redis_check.url,
+            "error": redis_check.error,
+        },
+        "destination": plan.destination,
+        "sender": plan.message.sender,
+        "recipient": plan.recipient,
+        "probe": plan.probe,
+    }
+    if token is not None:
+        shown["token"] = token_json(token)
+    if report is None:
+        return {**shown, "steps": [], "outcome": None}
     steps = [_step_json(report.resolution, plan.destination, "")]
     for attempt in report.attempts:
         steps.extend(_step_json(r, attempt.host, attempt.address) for r in attempt.steps)
     [outcome] = report.outcomes
     reply = outcome.reply
     return {
-        "ok": passed,
+        **shown,
         "settings": {"ok": True, "delivery": settings.delivery.value, "helo": settings.helo_name},
         "redis": {
             "ok": redis_check.error is None,

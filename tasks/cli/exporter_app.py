@@ -173,3 +173,17 @@ class MailroomCollector:
         for destination, n in sorted(snapshot.throttled.items()):
             throttled.add_metric([destination], n)
         yield throttled
+
+        tokens = CounterMetricFamily(
+            "mailroom_oauth_token_requests_total",
+            "Requests to the relay's OAuth 2.0 token endpoint, by provider and outcome.",
+            labels=["provider", "outcome"],
+        )
+        for (provider, outcome), n in sorted(snapshot.oauth_tokens.items()):
+            tokens.add_metric([provider, outcome], n)
+        yield tokens
+        yield GaugeMetricFamily(
+            "mailroom_relay_held",
+            "1 while relay deliveries are held for an authentication failure to fix, else 0.",
+            value=int(snapshot.relay_held),
+        )

@@ -15,8 +15,10 @@ Replies are scripted by the recipient's local part (KumoMTA's sink convention):
   `NNN-data@` (`452-data@`, `552-data@`)  RCPT accepted, the final dot gets `DATA_REPLIES[NNN]`
   `disconnect-data@`                  the data is received, then the connection is dropped
 Sink-wide options (`SinkOptions`, defaults in `SinkConfig`) cover SIZE, SMTPUTF8, 8BITMIME, a
-refused EHLO, STARTTLS (working, required, or broken), implicit TLS, AUTH PLAIN/LOGIN and a
-scripted reply to MAIL FROM (in every session, or only the first N).
+refused EHLO, STARTTLS (working, required, or broken), implicit TLS, AUTH PLAIN/LOGIN (or a
+scripted refusal of them, as Exchange Online's 550 5.7.30), AUTH XOAUTH2 checked by a callable
+(with Google's 334 error challenge when asked) and a scripted reply to MAIL FROM (in every
+session, or only the first N).
 
 Everything is recorded, per connection, in `SessionRecord`s: commands, EHLO/HELO name, TLS, AUTH
 attempts with the credentials received (even those refused for want of TLS), MAIL FROM and
@@ -86,6 +88,9 @@ _MAIL_ARG = re.compile(r"^\s*FROM:\s*<([^>]*)>\s*(.*)$", re.IGNORECASE)
 _RCPT_ARG = re.compile(r"^\s*TO:\s*<([^>]*)>\s*(.*)$", re.IGNORECASE)
 
 
+XOAuth2Check = Callable[[str, str], str | None]
+
+
 class SinkOptions(TypedDict, total=False):
     """Keyword options of `Sink` and `make_sink`; see `SinkConfig` for meanings and defaults."""
 
@@ -100,6 +105,9 @@ class SinkOptions(TypedDict, total=False):
     broken_starttls: bool
     implicit_tls_context: ssl.SSLContext | None
     auth: tuple[str, str] | None
+    xoauth2: XOAuth2Check | None
+    xoauth2_challenge: bool
+    basic_reply: str | None
     auth_require_tls: bool
     auth_required: bool
     mail_from_reply: str | None
@@ -126,6 +134,11 @@ class SinkConfig:
     broken_starttls: bool = False  # offer STARTTLS, answer 220, then send NOT_TLS
     implicit_tls_context: ssl.SSLContext | None = None  # the whole connection is TLS (port 465)
     auth: tuple[str, str] | None = None  # (username, password) for AUTH PLAIN/LOGIN; None: no AUTH
+    # AUTH XOAUTH2: (user, token) -> None to accept, else the refusal ("535 5.7.3 ..."). Set
+    # alone (no `auth`), PLAIN and LOGIN are offered too and refused with `basic_reply`.
+    xoauth2: XOAuth2Check | None = None
+    xoauth2_challenge: bool = False  # Google's way: a 334 with a base64 JSON error first
+    basic_reply: str | None = None  # e.g. "550 5.7.30 Basic authentication is not supported"
     auth_require_tls: bool = True  # AUTH only announced and allowed once TLS is active
     auth_required: bool = False  # refuse MAIL FROM (530) until AUTH succeeded
     mail_from_reply: str | None = None  # e.g. "451 4.3.0 try later": reply to every MAIL FROM
@@ -390,7 +403,8 @@ class _Controller(Controller):
             timeout=config.idle_timeout,
             # Implicit TLS: aiosmtpd only knows STARTTLS, yet the whole connection is TLS.
             auth_require_tls=config.auth_require_tls and config.implicit_tls_context is None,
-            authenticator=connection.authenticate if config.auth is not None else None,
+            authenticator=connection.authenticate if _auth_offered(config) else None,
+            auth_exclude_mechanism=[] if config.xoauth2 is not None else ["XOAUTH2"],
         )
 
     def _create_server(self) -> Awaitable[asyncio.AbstractServer]:
@@ -441,7 +455,7 @@ class _Connection:
             return [EHLO_REFUSED]
         session.host_name = hostname
         lines = list(responses)
-        if self.config.auth is None:
+        if self.config.auth is None and self.config.xoauth2 is None:
             lines = [line for line in lines if not line[4:].upper().startswith("AUTH")]
         tls = _tls_active(server)
         if self.config.broken_starttls and not tls:
@@ -519,13 +533,35 @@ class _Connection:
         self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
     ) -> AuthResult:
         assert isinstance(data, LoginPassword)
-        assert self.config.auth is not None
+        if self.config.basic_reply is not None:
+            return AuthResult(success=False, handled=False, message=self.config.basic_reply)
+        if self.config.auth is None:
+            return AuthResult(success=False, handled=False)
         username = data.login.decode("utf-8", "replace")
         password = data.password.decode("utf-8", "replace")
         with self.change() as record:
             record.auth[-1].username = username
             record.auth[-1].password = password
         return AuthResult(success=(username, password) == self.config.auth, handled=False)
+
+    async def auth_XOAUTH2(self, server: SMTP, args: list[str]) -> AuthResult:
+        """RFC-less but widespread: base64("user=" U "\x01auth=Bearer " T "\x01\x01")."""
+        check = self.config.xoauth2
+        try:
+            decoded = base64.b64decode(args[1], validate=True).decode()
+            fields = dict(part.split("=", 1) for part in decoded.split("\x01") if part)
+            user, token = fields["user"], fields["auth"].removeprefix("Bearer ")
+        except (IndexError, ValueError, KeyError, binascii.Error):
+            return AuthResult(success=False, handled=False, message="501 5.5.2 bad XOAUTH2")
+        with self.change() as record:
+            record.auth[-1].username, record.auth[-1].password = user, token
+        refusal = "535 5.7.3 no XOAUTH2 here" if check is None else check(user, token)
+        if refusal is None:
+            return AuthResult(success=True, handled=False)
+        if self.config.xoauth2_challenge:
+            error = b'{"status":"401","schemes":"Bearer","scope":"https://mail.google.com/"}'
+            await server.challenge_auth(error)  # the client answers with an empty line
+        return AuthResult(success=False, handled=False, message=refusal)
 
     async def drop(self, server: SMTP) -> NoReturn:
         """Close the connection without a reply and wait for aiosmtpd to cancel this handler.
@@ -622,7 +658,7 @@ class _SinkSMTP(SMTP):
         attempt = _auth_attempt(arg or "", tls=_tls_active(self))
         with self.connection.change() as record:
             record.auth.append(attempt)
-        if self.connection.config.auth is None:
+        if not _auth_offered(self.connection.config):
             command = self.push(AUTH_NOT_OFFERED)
         else:
             command = super().smtp_AUTH(arg)
@@ -662,6 +698,10 @@ class _SinkSMTP(SMTP):
                 self.connection.record.ehlo = ehlo
 
         return on_reply
+
+
+def _auth_offered(config: SinkConfig) -> bool:
+    return config.auth is not None or config.xoauth2 is not None
 
 
 def _tls_active(server: SMTP) -> bool:

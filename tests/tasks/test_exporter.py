@@ -261,3 +261,23 @@ def test_help_lists_the_exporter(tmp_path: Path) -> None:
 
     assert run.status == 0
     assert "exporter" in run.stdout
+
+
+def test_token_requests_and_the_relay_hold_are_exported(
+    exporter: Exporter, redis_client: redis.Redis
+) -> None:
+    from workers.observe.metrics import OAUTH_TOKENS_KEY
+    from workers.traffic.relay_hold import RelayHolds
+
+    assert exporter.scrape()[("mailroom_relay_held", _labels())] == 0
+    # What the token cache counts as it asks (workers.oauth.cache), and a hold.
+    redis_client.hincrby(OAUTH_TOKENS_KEY, "microsoft|issued", 3)
+    redis_client.hincrby(OAUTH_TOKENS_KEY, "microsoft|refused", 1)
+    RelayHolds(redis_client).hold("AUTH refused: 535 5.7.3", "grant admin consent")
+
+    after = exporter.scrape()
+
+    tokens = "mailroom_oauth_token_requests_total"
+    assert after[(tokens, _labels(provider="microsoft", outcome="issued"))] == 3
+    assert after[(tokens, _labels(provider="microsoft", outcome="refused"))] == 1
+    assert after[("mailroom_relay_held", _labels())] == 1

@@ -295,3 +295,48 @@ def test_a_session_running_past_the_batch_limit_is_cancelled_and_deferred(
     entries: list[bytes] = redis_client.zrange("mailroom:deferred", 0, -1)  # type: ignore[assignment]
     assert [entry.decode() for entry in entries] == ["stuck|implicit.test|2"]
     assert redis_client.keys("mailroom:lease:*") == []
+
+
+def test_held_relay_deliveries_wait_for_the_probe_without_taking_a_rate_slot(
+    redis_client: redis.Redis,
+) -> None:
+    from dataclasses import replace
+
+    from settings import Rate
+    from workers.model.throttling import Granted
+    from workers.traffic.rate_limits import Limiter
+    from workers.traffic.relay_hold import RelayHolds
+
+    holds = RelayHolds(redis_client, probe_interval=45)
+    holds.hold("the token endpoint refused the credentials", "check OAUTH_CLIENT_SECRET")
+    limiter = Limiter(redis_client, rates={"relay": Rate(1, 60)}, connections={}, lease_ttl=30)
+    base = runner(redis_client)
+    held_runner = BatchRunner(
+        agent=base._agent,
+        stores=replace(base._stores, limiter=limiter, holds=holds),
+        submit=runtime().submit,
+        timing=BatchTiming(clock=lambda: NOW),
+    )
+    items = []
+    for n in range(3):  # queued for the relay, as relay mode routes them
+        StatusStore(redis_client, ttl=3600).create(
+            f"m{n}", "app@x.test", {f"r{n}@one.test": "relay"}, NOW
+        )
+        data = f"Message-ID: <m{n}@x.test>\r\n\r\nhi\r\n".encode()
+        ContentStore(redis_client, ttl=3600).put(
+            outbound(f"m{n}", "app@x.test", data, smtputf8=False)
+        )
+        items.append(Item(f"m{n}", "relay", 1))
+
+    handled = held_runner.run(items)
+
+    assert [h.summary.deferred for h in handled] == [1, 1, 1]
+    assert all("relay held" in h.summary.last for h in handled)
+    entries: list[tuple[bytes, float]] = redis_client.zrange(  # type: ignore[assignment]
+        "mailroom:deferred", 0, -1, withscores=True
+    )
+    # Each waits for the probe at its same attempt (no attempt spent), 45 s from now at most.
+    assert sorted(member for member, _ in entries) == [f"m{n}|relay|1".encode() for n in range(3)]
+    assert all(NOW < due <= NOW + 45 for _, due in entries)
+    # The rate gate was not asked: its one slot a minute is still free.
+    assert limiter.acquire("relay", "another") == Granted(None)

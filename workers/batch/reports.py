@@ -1,6 +1,6 @@
 """The reports a batch writes itself, for deliveries no session reported on: throttled by the
-gate, content gone, a session that failed (a bug) or overran its deadline; and the attempt log
-line of each finished delivery."""
+gate, held (the relay's login fails), content gone, a session that failed (a bug) or overran its
+deadline; and the attempt log line of each finished delivery."""
 
 from __future__ import annotations
 
@@ -61,6 +61,12 @@ def throttled(running: Running, gate: Throttled) -> DeliveryReport:
     reply = Reply(Code.LOCAL_ERROR, "4.4.5", text, Step.GATE)
     outcomes = tuple(Deferred(r, reply, gate.retry_after) for r in running.recipients)
     return DeliveryReport(destination, outcomes, StepRecord("gate", reply, 0.0), ())
+
+
+def held(running: Running, reply: Reply, wait: float) -> DeliveryReport:
+    """The relay is held (`workers.traffic.relay_hold`): no attempt, due again at the probe."""
+    outcomes = tuple(Deferred(r, reply, wait) for r in running.recipients)
+    return DeliveryReport(running.item.destination, outcomes, StepRecord("gate", reply, 0.0), ())
 
 
 def internal_error(running: Running) -> DeliveryReport:

@@ -13,12 +13,21 @@ import redis
 
 from workers.batch.items import Handled, Item, Running, Submit, UnrecordedError
 from workers.batch.recording import Finished, Recorder
-from workers.batch.reports import cancelled, content_gone, log_all, report_of, throttled
+from workers.batch.reports import (
+    cancelled,
+    content_gone,
+    held,
+    log_all,
+    report_of,
+    throttled,
+)
 from workers.batch.stores import BatchStores
 from workers.delivery.agent import DeliveryAgent
 from workers.model.envelope import OutboundMessage
 from workers.model.report import DeliveryReport
 from workers.model.throttling import Granted, Throttled
+from workers.traffic.profiles import RELAY
+from workers.traffic.relay_hold import held_reply
 
 # The batch's one logger, whichever of its modules writes.
 log = logging.getLogger("workers.batch")
@@ -71,9 +80,10 @@ class BatchRunner:
         claimed_at = time.monotonic()
         record_by = claimed_at + self._timing.record_window
         claimed = self._claim(items)
+        settled: list[Finished] = []
+        claimed = self._unless_held(claimed, settled)
         gates = self._gate(claimed)
         admitted: list[Running] = []
-        settled: list[Finished] = []
         for running, gate in zip(claimed, gates, strict=True):
             if isinstance(gate, Throttled):
                 settled.append((running, throttled(running, gate)))
@@ -160,6 +170,24 @@ class BatchRunner:
         log.info(
             "delivery %s|%s is leased; parked for %.0f s", item.message_id, item.destination, wait
         )
+
+    def _unless_held(self, claimed: list[Running], settled: list[Finished]) -> list[Running]:
+        """The relay's deliveries wait while the relay is held and its next probe is not due
+        (one round trip for the batch): before the rate gate, so they take no rate slot."""
+        holds = self._stores.holds
+        if holds is None or not any(r.item.destination == RELAY for r in claimed):
+            return claimed
+        waiting = holds.waiting()
+        if waiting is None:
+            return claimed  # not held, or a probe may go: the delivery agent decides
+        hold, wait = waiting
+        kept = []
+        for running in claimed:
+            if running.item.destination == RELAY:
+                settled.append((running, held(running, held_reply(hold, wait), wait)))
+            else:
+                kept.append(running)
+        return kept
 
     def _gate(self, claimed: Sequence[Running]) -> list[Granted | Throttled]:
         """The destinations' rate limits, for the whole batch in one round trip; the connection

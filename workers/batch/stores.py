@@ -10,12 +10,13 @@ from workers.queue.disposition import Disposition
 from workers.queue.leases import Leases
 from workers.queue.status import StatusStore
 from workers.traffic.rate_limits import Limiter
+from workers.traffic.relay_hold import RelayHolds
 
 
 @dataclass(frozen=True)
 class BatchStores:
     """Where a batch claims, gates, reads and records its deliveries; no `limiter`, no rate gate
-    and no throttling penalties."""
+    and no throttling penalties; `holds`: the relay's hold record (relay mode with AUTH)."""
 
     content: ContentStore
     status: StatusStore
@@ -23,3 +24,4 @@ class BatchStores:
     deferred: DeferredSet
     disposition: Disposition
     limiter: Limiter | None = None
+    holds: RelayHolds | None = None

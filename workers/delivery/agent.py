@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import replace
 
 from settings import Settings
 from workers.delivery.config import AgentConfig
@@ -27,6 +28,7 @@ from workers.delivery.gate import (
     gate_deferred,
     rate_slot,
 )
+from workers.delivery.relay_access import Admitted, RelayAccess, waiting_report
 from workers.delivery.setup import agent_config, connection_pool
 from workers.delivery.walk import Delivery, Walk
 from workers.model.envelope import OutboundMessage
@@ -48,8 +50,10 @@ class DeliveryAgent:
         pool: ConnectionPool | None = None,
         cap: ConnectionCap | None = None,
         rates: RateGate | None = None,
+        access: RelayAccess | None = None,
     ) -> None:
         self._config = config
+        self._access = access
         self._pool = pool
         self._cap = None if cap is None else Unfailing(cap)
         self._rates = rates
@@ -64,9 +68,17 @@ class DeliveryAgent:
         settings: Settings,
         cap: ConnectionCap | None = None,
         rates: RateGate | None = None,
+        access: RelayAccess | None = None,
     ) -> DeliveryAgent:
-        """Build the agent a worker process uses, from validated settings."""
-        return cls(agent_config(settings), pool=connection_pool(settings), cap=cap, rates=rates)
+        """Build the agent a worker process uses, from validated settings; `access` gives relay
+        deliveries their login (an access token) and holds the relay when it fails."""
+        return cls(
+            agent_config(settings),
+            pool=connection_pool(settings),
+            cap=cap,
+            rates=rates,
+            access=access,
+        )
 
     @property
     def pool(self) -> ConnectionPool | None:
@@ -130,6 +142,24 @@ class DeliveryAgent:
         return await rate_slot(self._rates, delivery.destination, key, delivery.deadline)
 
     async def _deliver(self, delivery: Delivery, recipients: list[str]) -> DeliveryReport:
+        """One part: through `RelayAccess` to the relay (admitted, then tried once more with a
+        fresh token when the relay refused the one it had), straight on otherwise."""
+        access = self._access
+        if access is None or self._config.relay is None:
+            return await self._connect(delivery, recipients)
+        admitted = await access.admit(probe=delivery.probe)
+        for _ in range(2):  # the first try, and one with a renewed token
+            if not isinstance(admitted, Admitted):
+                return waiting_report(delivery.destination, recipients, admitted)
+            tried = replace(delivery, login=admitted.login)
+            report = await self._connect(tried, recipients)
+            settled = await access.settle(admitted, report, probe=delivery.probe)
+            if not isinstance(settled, Admitted):
+                return settled
+            admitted = settled
+        raise AssertionError("settle renews a token only once")
+
+    async def _connect(self, delivery: Delivery, recipients: list[str]) -> DeliveryReport:
         """A connection to use first: one parked for the destination, else a new one under the
         cap's lease, else (cap full) the first of this worker's to come free."""
         destination, probe, deadline = delivery.destination, delivery.probe, delivery.deadline

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from workers.delivery.mx import MxResolver
-from workers.smtp.peer import Credentials, Peer
+from workers.smtp.peer import Login, Peer
 from workers.smtp.record import Timeouts
 from workers.smtp.tls_policy import TlsPolicy, opportunistic_policy
 
@@ -18,7 +18,7 @@ class Relay:
     host: str
     port: int
     tls: TlsPolicy
-    credentials: Credentials | None
+    credentials: Login | None  # Basic AUTH's; a token is the delivery's (`RelayAccess`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,9 +37,12 @@ class AgentConfig:
     max_sessions: int = 2
     max_recipients: int | None = None
 
-    def peer(self, destination: str, host: str, address: str, port: int) -> Peer:
-        """How to talk to `host` at `address` for `destination`: the relay's TLS and account,
-        or opportunistic TLS to an MX host."""
+    def peer(
+        self, destination: str, host: str, address: str, port: int, login: Login | None = None
+    ) -> Peer:
+        """How to talk to `host` at `address` for `destination`: the relay's TLS and account
+        (`login` when the delivery brings its own, an access token), or opportunistic TLS to
+        an MX host."""
         relay = self.relay
         return Peer(
             host,
@@ -48,6 +51,6 @@ class AgentConfig:
             relay.tls if relay is not None else self.mx_tls,
             self.helo,
             self.timeouts,
-            relay.credentials if relay is not None else None,
+            (login or relay.credentials) if relay is not None else None,
             destination,
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from settings import DeliveryMode, Settings
+from settings import DeliveryMode, RelayAuth, Settings
 from workers.delivery.config import AgentConfig, Relay
 from workers.delivery.mx import MxResolver
 from workers.queue.leases import lease_ttl
@@ -61,7 +61,8 @@ def _relay(settings: Settings) -> Relay | None:
         return None
     assert settings.relay_host is not None  # settings validation guarantees it
     credentials = None
-    if settings.relay_username and settings.relay_password is not None:
+    basic = settings.relay_auth_mode is RelayAuth.BASIC
+    if basic and settings.relay_username and settings.relay_password is not None:
         credentials = Credentials(
             settings.relay_username, settings.relay_password.get_secret_value()
         )

@@ -26,7 +26,7 @@ from workers.model.reply import Code, Reply, Step, not_attempted
 from workers.model.report import Attempt, DeliveryReport, StepRecord
 from workers.smtp.connection import Connection
 from workers.smtp.connection_pool import ConnectionPool
-from workers.smtp.peer import Errand, Peer
+from workers.smtp.peer import Errand, Login, Peer
 from workers.smtp.session import SessionResult, run_session
 from workers.smtp.slot import Handover, Slot
 
@@ -34,12 +34,14 @@ from workers.smtp.slot import Handover, Slot
 @dataclass(frozen=True, slots=True)
 class Delivery:
     """One message to one destination, and when the whole delivery must be over (an event-loop
-    time). A `probe` stops each session after RCPT TO, so nothing is sent."""
+    time). A `probe` stops each session after RCPT TO, so nothing is sent. `login`: the relay
+    account to use instead of the configured one (an access token the agent fetched)."""
 
     message: OutboundMessage
     destination: str
     deadline: float
     probe: bool = False
+    login: Login | None = None
 
 
 class Walk:
@@ -74,7 +76,7 @@ class Walk:
                 break
             if asyncio.get_running_loop().time() >= deadline:
                 break
-            peer = config.peer(destination, host, address, port)
+            peer = config.peer(destination, host, address, port, delivery.login)
             result = await self._converse(peer, pending)
             if result is None:
                 break  # the cap is full: the recipients keep their last replies
@@ -90,7 +92,7 @@ class Walk:
         key = handover.key
         assert key is not None  # a handed-over connection always has its key
         destination = self._delivery.destination
-        peer = self._config.peer(destination, key.host, key.address, key.port)
+        peer = self._config.peer(destination, key.host, key.address, key.port, self._delivery.login)
         result = await self._converse(peer, recipients, handover.connection)
         replies = {} if result is None else result.replies
         outcomes = tuple(classify(r, replies.get(r) or _untried()) for r in recipients)

@@ -234,12 +234,12 @@ def bad_address(step: Step) -> Reply:
     )
 
 
-def auth_unavailable(host: str) -> Reply:
-    """The relay offers no AUTH mechanism Mailroom speaks (PLAIN, LOGIN) after TLS: X.7.10."""
+def auth_unavailable(host: str, mechanisms: str = "PLAIN, LOGIN") -> Reply:
+    """The relay offers none of the AUTH `mechanisms` Mailroom would use after TLS: X.7.10."""
     return Reply(
         Code.LOCAL_ERROR,
         "4.7.10",
-        f"{host} offers no AUTH mechanism Mailroom supports (PLAIN, LOGIN); nothing was sent",
+        f"{host} offers no AUTH mechanism Mailroom supports ({mechanisms}); nothing was sent",
         Step.OPEN_SESSION,
     )
 

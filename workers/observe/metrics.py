@@ -21,6 +21,11 @@ Keys (hashes whose values are counts; counters only grow):
   mailroom:metrics:destinations  set of the destinations admitted as label values
   mailroom:metrics:enqueued      string: messages producers put on the queues (`count_enqueued`)
                                  -> mailroom_messages_enqueued_total
+  mailroom:metrics:oauth_tokens  field "provider|outcome": requests to an OAuth token endpoint
+                                 (outcome: issued, refused, unavailable), counted by the token
+                                 cache as they are made -> mailroom_oauth_token_requests_total
+The relay's hold record (`workers.traffic.relay_hold.HOLD_KEY`) is read with them ->
+mailroom_relay_held (1 while relay deliveries wait for an operator's fix, else 0).
 
 Destinations are label values, and each one is a time series in Prometheus; the first
 `max_destinations` (1000) distinct destinations keep their own name, and every later one is
@@ -31,6 +36,7 @@ counted under the destination "other". A throttled delivery counts in the thrott
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import logging
 import threading
 from collections import Counter
@@ -56,6 +62,8 @@ SESSION_KEY = PREFIX + "session"
 THROTTLED_KEY = PREFIX + "throttled"
 DESTINATIONS_KEY = PREFIX + "destinations"
 ENQUEUED_KEY = PREFIX + "enqueued"
+OAUTH_TOKENS_KEY = PREFIX + "oauth_tokens"
+RELAY_HOLD_KEY = "mailroom:relay:hold"  # workers.traffic.relay_hold's record
 
 OTHER = "other"  # the destination label of every destination past the cap
 MAX_DESTINATIONS = 1000
@@ -115,6 +123,9 @@ class MetricsSnapshot:
     session: SessionHistogram
     throttled: dict[str, int]  # destination -> throttled deliveries
     enqueued: int = 0  # messages producers enqueued
+    # (provider, outcome) -> requests to the relay's token endpoint
+    oauth_tokens: dict[tuple[str, str], int] = dataclasses.field(default_factory=dict)
+    relay_held: bool = False
 
 
 class MetricsRecorder:
@@ -202,11 +213,12 @@ class MetricsRecorder:
 def read_metrics(client: redis.Redis) -> MetricsSnapshot:
     """Every counter, read in one MULTI/EXEC so the snapshot holds whole deliveries only."""
     pipe = client.pipeline(transaction=True)
-    for key in (DELIVERIES_KEY, REPLIES_KEY, SESSION_KEY, THROTTLED_KEY):
+    for key in (DELIVERIES_KEY, REPLIES_KEY, SESSION_KEY, THROTTLED_KEY, OAUTH_TOKENS_KEY):
         pipe.hgetall(key)
     pipe.get(ENQUEUED_KEY)
-    *hashes, enqueued = pipe.execute()
-    deliveries, replies, session, throttled = (_decoded(h) for h in hashes)
+    pipe.exists(RELAY_HOLD_KEY)
+    *hashes, enqueued, held = pipe.execute()
+    deliveries, replies, session, throttled, tokens = (_decoded(h) for h in hashes)
     names = [*(bucket_name(b) for b in SESSION_BUCKETS), INF]
     return MetricsSnapshot(
         deliveries=_pairs(deliveries),
@@ -218,6 +230,8 @@ def read_metrics(client: redis.Redis) -> MetricsSnapshot:
         ),
         throttled={name: int(n) for name, n in throttled.items()},
         enqueued=int(enqueued or 0),
+        oauth_tokens=_pairs(tokens),
+        relay_held=bool(held),
     )
 
 

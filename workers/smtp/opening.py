@@ -20,7 +20,7 @@ from workers.model.reply import Code, Reply, Step
 from workers.smtp.channel import Channel
 from workers.smtp.connection import Connection
 from workers.smtp.connection_pool import ConnectionPool
-from workers.smtp.peer import Credentials
+from workers.smtp.peer import BearerCredentials, Login
 from workers.smtp.slot import Slot
 from workers.smtp.tls_policy import TlsMode, TlsPolicy
 
@@ -105,19 +105,28 @@ async def _starttls(channel: Channel, tls: TlsPolicy) -> bool:
     return await _hello(channel)
 
 
-async def _authenticate(channel: Channel, credentials: Credentials) -> bool:
+async def _authenticate(channel: Channel, credentials: Login) -> bool:
     smtp, host = channel.smtp, channel.peer.host
     assert smtp is not None
     if not channel.tls_active:
         return channel.fail(replies.tls_unavailable(host), "AUTH")
     methods = smtp.server_auth_methods
-    if "plain" in methods:
+    if isinstance(credentials, BearerCredentials):
+        if "xoauth2" not in methods:
+            return channel.fail(replies.auth_unavailable(host, "XOAUTH2"), "AUTH")
+        # aiosmtplib's auth_xoauth2 answers a 334 (Google's base64 JSON error) with an empty
+        # line and returns the final reply; the token never reaches a reply or an exception.
+        command, call = "AUTH XOAUTH2", smtp.auth_xoauth2
+        secret = credentials.token
+    elif "plain" in methods:
         command, call = "AUTH PLAIN", smtp.auth_plain
     elif "login" in methods:
         command, call = "AUTH LOGIN", smtp.auth_login
     else:
-        return channel.fail(replies.auth_unavailable(host), "AUTH")
-    answer = await channel.call(command, call(credentials.username, credentials.password))
+        return channel.fail(replies.auth_unavailable(host, "PLAIN, LOGIN"), "AUTH")
+    if not isinstance(credentials, BearerCredentials):
+        secret = credentials.password
+    answer = await channel.call(command, call(credentials.username, secret))
     if answer.reply_class == 2:
         return True
     # A refused login is the operator's to fix, never the recipient's fault: defer, as

@@ -23,6 +23,19 @@ class Credentials:
 
 
 @dataclass(frozen=True, slots=True)
+class BearerCredentials:
+    """A mailbox and an OAuth 2.0 access token for AUTH XOAUTH2, fetched by the delivery agent
+    before the session (the SMTP client never asks a token endpoint); the token is kept out of
+    every repr."""
+
+    username: str
+    token: str = field(repr=False)
+
+
+Login = Credentials | BearerCredentials
+
+
+@dataclass(frozen=True, slots=True)
 class Peer:
     """One address of one server, and how to talk to it.
 
@@ -37,7 +50,7 @@ class Peer:
     tls: TlsPolicy | None
     helo: str
     timeouts: Timeouts
-    credentials: Credentials | None = None
+    credentials: Login | None = None
     destination: str = ""
 
     @property
