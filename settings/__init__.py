@@ -7,6 +7,7 @@ needs) down; nothing else reads the environment.
 
 from settings.errors import ENV_PREFIX, SettingsError, env_name
 from settings.parsing import Listen, Nameserver, Rate
+from settings.routes import FixedTls, HopKind, Route, route_for
 from settings.settings import (
     FILE_FIELDS,
     SECRETS_DIR_VARIABLE,
@@ -24,15 +25,19 @@ __all__ = [
     "FILE_FIELDS",
     "SECRETS_DIR_VARIABLE",
     "DeliveryMode",
+    "FixedTls",
+    "HopKind",
     "Listen",
     "LogLevel",
     "Nameserver",
     "Rate",
     "RelayProfile",
+    "Route",
     "RelaySecurity",
     "Settings",
     "SettingsError",
     "SubmissionTls",
     "env_name",
     "load_settings",
+    "route_for",
 ]
