@@ -173,10 +173,11 @@ def _check_host(host: str, text: str) -> None:
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
-        if not is_dns_name(host):
-            raise ValueError(f"the host must be a DNS name (got {text!r})") from None
-        if host.rsplit(".", 1)[-1].isdigit():
-            raise ValueError(f"the host is neither a DNS name nor an address (got {text!r})")
+        address = None
+    if address is None:
+        # RFC 3696 §2: a top-level label is never all digits, so "10.1" is no name.
+        if not is_dns_name(host) or host.rsplit(".", 1)[-1].isdigit():
+            raise ValueError(f"the host must be a DNS name or a loopback address (got {text!r})")
         return
     if not address.is_loopback:
         raise ValueError(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from settings import DeliveryMode, Rate, RelayProfile, Settings
+from settings import DeliveryMode, HopKind, Rate, RelayProfile, Settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +33,10 @@ def traffic(settings: Settings) -> Traffic:
     rates = dict(settings.rate_limits)
     connections = dict(settings.max_connections)
     max_recipients = None
-    if settings.delivery is DeliveryMode.RELAY and settings.relay_profile is RelayProfile.OFFICE365:
+    relayed = settings.delivery is DeliveryMode.RELAY or any(
+        route.kind is HopKind.RELAY for route in settings.routes.values()
+    )
+    if relayed and settings.relay_profile is RelayProfile.OFFICE365:
         rates.setdefault(RELAY, OFFICE365_RATE)
         connections.setdefault(RELAY, OFFICE365_CONNECTIONS)
         max_recipients = OFFICE365_RECIPIENTS
