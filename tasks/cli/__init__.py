@@ -15,7 +15,19 @@ from collections.abc import Sequence
 from typing import Any, NoReturn, Protocol
 
 from settings import Settings, SettingsError, load_settings
-from tasks.cli import check, dlq, exporter, flower, passwd, queues, send, status, submission, worker
+from tasks.cli import (
+    catcher,
+    check,
+    dlq,
+    exporter,
+    flower,
+    passwd,
+    queues,
+    send,
+    status,
+    submission,
+    worker,
+)
 from tasks.cli.errors import USAGE, UsageError, one_line
 
 PROG = "mailroom"
@@ -36,6 +48,7 @@ _COMMANDS: tuple[_Command, ...] = (
     flower,
     exporter,
     submission,
+    catcher,
     passwd,
     check,
 )
@@ -52,6 +65,8 @@ _EXTRA_OF = {
     "tornado": "flower",
     "aiosmtpd": "submission",
 }
+# Commands whose own extra holds a package another extra holds too.
+_COMMAND_EXTRA = {"catcher": "catcher"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -96,6 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return status
     except ModuleNotFoundError as exc:
         extra = _EXTRA_OF.get((exc.name or "").partition(".")[0])
+        extra = extra and _COMMAND_EXTRA.get(args.command, extra)
         if extra is None:
             raise
         print(
