@@ -141,12 +141,12 @@ def scripts_run(checkout: Path, env: dict[str, str]) -> Iterator[Run]:
         assert not left, f"scripts/run left {left} running"
 
 
-def mailroom(checkout: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """`.venv/bin/mailroom ARGS` at the checkout's root, with no MAILROOM_* exported."""
+def mailroom(checkout: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """`.venv/bin/mailroom ARGS` at the checkout's root, with no MAILROOM_* exported but `env`."""
     return subprocess.run(
         [".venv/bin/mailroom", *args],
         cwd=checkout,
-        env=clean_environment(),
+        env=clean_environment(**env),
         capture_output=True,
         text=True,
         timeout=60,
@@ -154,10 +154,12 @@ def mailroom(checkout: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def wait_delivered(checkout: Path, message_id: str, timeout: float) -> dict[str, object]:
+def wait_delivered(
+    checkout: Path, message_id: str, timeout: float, **env: str
+) -> dict[str, object]:
     deadline = time.monotonic() + timeout
     while True:
-        shown = mailroom(checkout, "status", message_id, "--json")
+        shown = mailroom(checkout, "status", message_id, "--json", **env)
         assert shown.returncode == 0, shown.stderr
         view = json.loads(shown.stdout)
         if view["state"] == "delivered" or time.monotonic() > deadline:
@@ -224,19 +226,27 @@ def test_with_a_delivery_setting_scripts_run_delivers_for_real(
 ) -> None:
     sink = make_sink("127.0.0.2")
     routes = json.dumps({"*": f"smtp://127.0.0.2:{sink.port}?tls=none"})
-    env = clean_environment(**run_ports(), MAILROOM_ROUTES=routes)
-    with scripts_run(checkout, env) as run:
+    ports = run_ports()
+    redis_url = f"redis://127.0.0.1:{ports['MAILROOM_RUN_REDIS_PORT']}/0"
+    # A .env of the developer's own is never overwritten; the instructions say what to export.
+    own = "# my settings\nMAILROOM_LOG_LEVEL=info\n"
+    (checkout / ".env").write_text(own)
+    with scripts_run(checkout, clean_environment(**ports, MAILROOM_ROUTES=routes)) as run:
         run.wait_for_line(r"^ready: ", _READY_TIMEOUT)
         sent = mailroom(
             checkout, "send", "--from", "app@example.com", "--to", "real@example.org",
-            "--subject", "For real", "--text", "Hi",
+            "--subject", "For real", "--text", "Hi", MAILROOM_REDIS_URL=redis_url,
         )  # fmt: skip
         assert sent.returncode == 0, sent.stderr
-        view = wait_delivered(checkout, sent.stdout.strip(), timeout=30)
+        view = wait_delivered(
+            checkout, sent.stdout.strip(), timeout=30, MAILROOM_REDIS_URL=redis_url
+        )
         lines = list(run.lines)
 
     assert view["state"] == "delivered", view
     assert lines[0] == "run: delivering for real: MAILROOM_ROUTES is set"
     assert "catcher" not in run.started()
+    assert (checkout / ".env").read_text() == own
+    assert f"    export MAILROOM_REDIS_URL='{redis_url}'" in lines
     [received] = sink.messages
     assert received.rcpt_tos == ("real@example.org",)

@@ -4,8 +4,8 @@
 loopback addresses: the catcher takes mail from anyone who can connect, without
 authentication, and shows it to anyone who can browse. `--dir` (default var/catcher) is the
 Maildir, created when missing. Messages larger than MAILROOM_MAX_MESSAGE_BYTES are refused
-(552), as the workers would refuse to send them. One line per message on stdout; start and stop
-on stderr. Runs until SIGTERM or SIGINT.
+(552), as the workers would refuse to send them; more than 100 connections at once get 421. One
+line per message on stdout; start and stop on stderr. Runs until SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from tasks.cli.signals import stop_on_signals
 
 DEFAULT_LISTEN = "127.0.0.1:1025"
 DEFAULT_DIR = "var/catcher"
-_IDLE_TIMEOUT = 60.0  # seconds a client may stay silent; local clients are quick
 
 
 def register(commands: argparse._SubParsersAction[Any]) -> None:
@@ -54,10 +53,9 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     listen = _loopback("--listen", args.listen)
     web_listen = None if args.web is None else _loopback("--web", args.web)
-    from aiosmtpd.controller import Controller  # the `catcher` extra
-
     from tasks.catcher.handler import CatcherHandler
     from tasks.catcher.maildir import Maildir
+    from tasks.catcher.server import CatcherController  # aiosmtpd: the `catcher` extra
     from tasks.catcher.web import CatcherWeb
 
     maildir = Maildir(Path(args.dir))
@@ -65,17 +63,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         maildir.create()
     except OSError as exc:
         raise UsageError(f"catcher: --dir {args.dir}: {exc.strerror or exc}") from None
-    controller = Controller(
-        CatcherHandler(maildir, _say),
-        hostname=listen.host,
-        port=listen.port,
-        server_hostname="catcher.mailroom.invalid",
-        ident="Mailroom catcher",
-        data_size_limit=settings.max_message_bytes,
-        enable_SMTPUTF8=True,
-        timeout=_IDLE_TIMEOUT,
-    )
     max_bytes = settings.max_message_bytes
+    controller = CatcherController(CatcherHandler(maildir, _say), listen, max_bytes)
     web = None if web_listen is None else CatcherWeb(web_listen, maildir, max_bytes)
     stop = stop_on_signals()
     try:

@@ -14,7 +14,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from tasks.catcher.maildir import Maildir
+from tasks.catcher.server import MAX_CONNECTIONS
 from tests.tasks.submission_support import free_port
 from tests.tasks.test_cli import assert_usage_error, run_mailroom
 
@@ -200,3 +201,21 @@ def test_catcher_refuses_a_message_over_max_message_bytes(tmp_path: Path) -> Non
     assert refused.value.smtp_code == 552
     assert stdout == ""
     assert list((catcher.maildir / "new").iterdir()) == []
+
+
+@pytest.mark.slow  # a CLI subprocess
+def test_catcher_refuses_connections_over_its_cap_before_the_greeting(tmp_path: Path) -> None:
+    with running_catcher(tmp_path) as catcher, ExitStack() as held:
+        for _ in range(MAX_CONNECTIONS):
+            client = held.enter_context(smtplib.SMTP(HOST, catcher.port, timeout=10))
+        with pytest.raises(smtplib.SMTPConnectError) as refused:
+            smtplib.SMTP(HOST, catcher.port, timeout=10)
+        # The ones it took are served as usual.
+        assert client.noop()[0] == 250
+        held.close()
+        with smtplib.SMTP(HOST, catcher.port, timeout=10) as again:
+            assert again.noop()[0] == 250
+        catcher.stop()
+
+    assert refused.value.smtp_code == 421
+    assert b"4.7.0 Too many connections" in refused.value.smtp_error
