@@ -10,6 +10,7 @@ import redis
 
 from tasks.routing import shard_of, shard_queue
 from tests.support.smtp_sink import MakeSink
+from tests.support.tls_material import TlsMaterial
 from tests.tasks.conftest import Deploy
 from tests.tasks.pipeline_support import SHARDS, queued_task_bodies, running_worker, wait_for
 from workers.queue.status import StatusStore
@@ -86,3 +87,48 @@ def test_a_worker_routes_domains_a_producer_queued_without_routes(
     assert recipient["destination"] == "example.org"
     [attempt] = view["attempts"]
     assert attempt["host"] == "127.0.0.3"
+
+
+def test_a_tls_route_is_verified_and_a_starttls_route_is_opportunistic(
+    redis_client: redis.Redis, deploy: Deploy, make_sink: MakeSink, tls: TlsMaterial
+) -> None:
+    verified = make_sink("127.0.0.1", implicit_tls_context=tls.server_context("localhost"))
+    wrong = make_sink("127.0.0.2", implicit_tls_context=tls.server_context("elsewhere.test"))
+    # Self-signed: an opportunistic route encrypts without verifying, as for MX hosts.
+    anyone = make_sink("127.0.0.3", starttls_context=tls.self_signed_context("anyone.test"))
+    routes = {
+        "verified.test": f"smtp://localhost:{verified.port}?tls=tls",
+        "wrong.test": f"smtp://127.0.0.2:{wrong.port}?tls=tls",
+        "anyone.test": f"smtp://127.0.0.3:{anyone.port}",
+    }
+    _settings, app, mailroom = deploy(routes=json.dumps(routes), tls_ca_file=str(tls.ca_file))
+    ids = {
+        domain: mailroom.notify(
+            sender="app@example.test", to=[f"x@{domain}"], subject="TLS", text="Hello"
+        )
+        for domain in routes
+    }
+
+    def settled() -> bool:
+        views = [StatusStore(redis_client, ttl=60).view(i) for i in ids.values()]
+        return all(v is not None and v["recipients"][0]["state"] != "queued" for v in views)
+
+    with running_worker(app):
+        wait_for(lambda: delivered(redis_client, ids["verified.test"]), what="verified")
+        wait_for(lambda: delivered(redis_client, ids["anyone.test"]), what="opportunistic")
+        wait_for(settled, what="the wrong name's deferral")
+
+    [secure] = verified.sessions
+    assert secure.tls
+    assert [m.rcpt_tos for m in verified.messages] == [("x@verified.test",)]
+    [opportunistic] = anyone.sessions
+    assert opportunistic.tls
+    assert [m.rcpt_tos for m in anyone.messages] == [("x@anyone.test",)]
+    # A certificate for another name: nothing is sent, the recipient waits (421 4.7.5).
+    assert wrong.messages == []
+    view = StatusStore(redis_client, ttl=60).view(ids["wrong.test"])
+    assert view is not None
+    [recipient] = view["recipients"]
+    assert (recipient["state"], recipient["code"], recipient["enhanced"]) == (
+        "deferred", 421, "4.7.5",
+    )  # fmt: skip
