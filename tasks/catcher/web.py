@@ -32,10 +32,11 @@ body { font: 15px/1.45 system-ui, sans-serif; margin: 0; color: #1d2330; backgro
 header { background: #1d2330; color: #fff; padding: 14px 24px; }
 header h1 { font-size: 18px; margin: 0; font-weight: 600; }
 header p { margin: 4px 0 0; color: #b8c0d0; font-size: 13px; }
-main { padding: 16px 24px; }
+main { padding: 16px 24px; overflow-x: auto; }
 table { border-collapse: collapse; width: 100%; background: #fff; box-shadow: 0 1px 2px #0002; }
 th, td { text-align: left; padding: 8px 12px; border-bottom: 1px solid #e4e7ec;
-         vertical-align: top; overflow-wrap: anywhere; }
+         vertical-align: top; overflow-wrap: break-word; }
+table.headers th { width: 1%; white-space: nowrap; }
 th { background: #eef0f4; font-size: 13px; color: #4a5468; }
 td.size, th.size { text-align: right; white-space: nowrap; }
 td.when { white-space: nowrap; color: #4a5468; }
@@ -114,7 +115,7 @@ class _Pages:
         parts = (
             f'<p><a href="/">&larr; all caught mail</a></p>'
             f"<h2>Text</h2><pre>{_e(text)}</pre>"
-            f"<h2>Headers</h2><table>{headers}</table>"
+            f'<h2>Headers</h2><table class="headers">{headers}</table>'
         )
         return _page(_header(message.get("subject", "")) or "(no subject)", str(path), parts)
 
