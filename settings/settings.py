@@ -1,4 +1,4 @@
-"""Settings: the MAILROOM_* table of DESIGN.md as one flat, frozen, validated model.
+"""Settings: the MAILROOM_* table of docs/contract.md as one flat, frozen, validated model.
 
 Values come from keyword arguments, then the environment, then `MAILROOM_<NAME>_FILE` variables
 of the secret settings (the named file's content), then `.env` in the working directory, then the

@@ -2,7 +2,7 @@
 
 Delivery tasks carry ids and destinations only, but `mailroom.notify` (the intake task for
 producers that are not Python) carries the notification's fields, addresses and body included,
-as its keyword arguments (DESIGN.md's contract). Flower would show them on its tasks pages; its
+as its keyword arguments (docs/contract.md). Flower would show them on its tasks pages; its
 `format_task` hook replaces them with their field names before any page or API answer is built.
 Tornado executes this file and takes `format_task` from it, so it defines nothing else public.
 """

@@ -76,7 +76,8 @@ class _Parsed:
 
 
 class Notification(BaseModel):
-    """One notification as a producer gives it (DESIGN.md "Python API"); frozen once valid."""
+    """One notification as a producer gives it (docs/contract.md, "Python API"); frozen once
+    valid."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 

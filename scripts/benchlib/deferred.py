@@ -1,6 +1,6 @@
 """The `deferred` scenario: worker memory stays flat with N deferred, and what moving them costs.
 
-Deferred deliveries live in a Redis sorted set, never in worker memory (DESIGN.md: no Celery
+Deferred deliveries live in a Redis sorted set, never in worker memory (docs/contract.md: no Celery
 ETA). This starts a throwaway redis-server (AOF, fsync every second) and dnsmasq on loopback and
 one real `mailroom worker --concurrency 4`, samples its VmRSS every 0.5 s, through phases:
 

@@ -4,7 +4,7 @@ Each command group is a module of this package with `register(commands)`, which 
 sub-parser(s) and sets `run=<function(args, settings) -> int>` as the parser's default;
 `_COMMANDS` lists the modules, so a new command is one line there. Settings are loaded only after
 the command line parsed, so `--help` works with a broken environment. Bad input and bad
-settings follow DESIGN.md: one line on stderr, exit status 2, nothing done.
+settings follow docs/contract.md: one line on stderr, exit status 2, nothing done.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ _COMMAND_EXTRA = {"catcher": "catcher"}
 
 
 class _Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are one line and no usage dump (DESIGN.md).
+    """An ArgumentParser whose errors are one line and no usage dump (docs/contract.md).
 
     `add_subparsers` builds sub-parsers of the parent's class, so this covers every command.
     """

@@ -1,6 +1,6 @@
 """The one exception `mailroom` commands raise for bad input, and how it reaches the operator.
 
-DESIGN.md: bad input to any command is exactly one non-empty line on stderr naming what is
+docs/contract.md: bad input to any command is exactly one non-empty line on stderr naming what is
 wrong, exit status 2, nothing done. Commands raise `UsageError` before they touch anything;
 `tasks.cli.main` prints it as `mailroom: <message>` and returns `USAGE`.
 """

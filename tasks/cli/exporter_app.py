@@ -99,7 +99,7 @@ class MailroomCollector:
         self._shards = shards
 
     def collect(self) -> Iterator[Metric]:
-        """Every Mailroom metric, as DESIGN.md names them."""
+        """Every Mailroom metric, as docs/contract.md names them."""
         depths = queue_depths(self._client, self._shards)
         snapshot = read_metrics(self._client)
 

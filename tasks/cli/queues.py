@@ -39,7 +39,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def queue_depths(client: redis.Redis, shards: int) -> dict[str, Any]:
-    """The `mailroom queues --json` shape of DESIGN.md."""
+    """The `mailroom queues --json` shape of docs/contract.md."""
     return {
         "shards": {name: _depth(client, name) for name in all_shard_queues(shards)},
         "intake": _depth(client, INTAKE_QUEUE),

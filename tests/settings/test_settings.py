@@ -51,7 +51,7 @@ def _error(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], **overrides: An
     return message
 
 
-# The Settings table of DESIGN.md, plus the timeouts added beside it.
+# The Settings table of docs/contract.md, plus the timeouts added beside it.
 DEFAULTS: dict[str, object] = {
     "redis_url": "redis://127.0.0.1:6379/0",
     "shards": 8,

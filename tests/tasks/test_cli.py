@@ -50,7 +50,7 @@ def run_mailroom(
 
 
 def assert_usage_error(run: Run, *words: str) -> None:
-    """DESIGN.md: exactly one non-empty line on stderr naming the problem, exit 2, no stdout."""
+    """docs/contract.md: one non-empty line on stderr naming the problem, exit 2, no stdout."""
     assert run.status == 2, run
     assert run.stdout == ""
     [line] = run.stderr_lines

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -16,13 +16,16 @@ from tests.support.dns_server import DnsServer
 from tests.support.raw_servers import MakeSilentServer
 from tests.support.redis_server import RedisServerFactory
 from tests.support.smtp_sink import MakeSink
+from tests.support.status import record_one
 from tests.tasks.pipeline_support import wait_for
 from workers.batch import BatchRunner, BatchStores, BatchTiming, Item
 from workers.delivery.agent import DeliveryAgent
 from workers.delivery.config import AgentConfig
 from workers.delivery.mx import MxResolver
 from workers.model.envelope import outbound
+from workers.model.reply import Code, Reply, Step
 from workers.model.report import DeliveryReport
+from workers.model.states import RecipientState
 from workers.queue.content import ContentStore
 from workers.queue.dead_letters import DeadLetters
 from workers.queue.deferred import DeferredSet
@@ -97,6 +100,7 @@ class SinkOptions:
     """What a test changes in `sink_runner`'s runner."""
 
     disposition: Disposition | None = None
+    leases: Leases | None = None
     timeouts: Timeouts = SINK_TIMEOUTS
     session_limit: float = 20
 
@@ -119,7 +123,7 @@ def sink_runner(
     stores = BatchStores(
         content=ContentStore(client, ttl=3600),
         status=status,
-        leases=Leases(client, ttl=30),
+        leases=options.leases or Leases(client, ttl=30),
         deferred=deferred,
         disposition=options.disposition
         or Disposition(status, deferred, DeadLetters(client, 3600), retry=RetryPolicy((60,), 3600)),
@@ -183,6 +187,41 @@ def test_results_redis_refuses_are_kept_and_recorded_once_it_is_back(
     assert client.keys("mailroom:lease:*") == []
     assert client.zcard("mailroom:deferred") == 0
     client.close()
+
+
+class _FinishedMeanwhile(Leases):
+    """Leases granted just after another worker recorded the same attempt as done: that worker
+    records its results, then releases the lease this one takes next."""
+
+    def __init__(self, client: redis.Redis, finish: Callable[[], None]) -> None:
+        super().__init__(client, ttl=30)
+        self._finish = finish
+
+    def take_many(self, deliveries: Sequence[tuple[str, str]]) -> list[str | None]:
+        taken = super().take_many(deliveries)
+        self._finish()
+        return taken
+
+
+def test_an_attempt_finished_elsewhere_before_the_lease_is_not_sent_again(
+    redis_client: redis.Redis, dns_server: DnsServer, mx_port: int, make_sink: MakeSink
+) -> None:
+    sink = make_sink("127.0.0.5", port=mx_port)
+    item = queue(redis_client, "m1", "a@implicit.test")
+    status = StatusStore(redis_client, ttl=3600)
+    accepted = Reply(Code.OK, "2.0.0", "queued as 1", Step.DATA)
+
+    def finish() -> None:
+        record_one(status, "m1", {"a@implicit.test": (RecipientState.DELIVERED, accepted)}, [], 2)
+
+    leases = _FinishedMeanwhile(redis_client, finish)
+    handled = sink_runner(redis_client, dns_server, mx_port, SinkOptions(leases=leases)).run([item])
+
+    assert handled == []
+    assert sink.received == []
+    assert recipient_states(redis_client, "m1") == ["delivered"]
+    assert redis_client.keys("mailroom:lease:*") == []
+    assert redis_client.zcard("mailroom:deferred") == 0
 
 
 class _BrokenFor(Disposition):

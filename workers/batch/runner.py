@@ -129,22 +129,27 @@ class BatchRunner:
             return failed
 
     def _claim(self, items: Sequence[Item]) -> list[Running]:
-        """The items due now, each with its lease; stale and finished ones are skipped."""
-        states = self._stores.status.claims([(i.message_id, i.destination) for i in items])
-        due = [
-            (item, state, recipients)
-            for item, (state, recipients) in zip(items, states, strict=True)
-            if state is not None and state.attempt == item.attempt and recipients
-        ]
-        leases = self._stores.leases.take_many(
-            [(item.message_id, item.destination) for item, *_ in due]
-        )
-        claimed = []
-        for (item, state, recipients), lease in zip(due, leases, strict=True):
-            if lease is None:
+        """The items due now, each with its lease; stale and finished ones are skipped.
+
+        The leases are taken before the status is read: a holder records its results before it
+        gives its lease back, so a status read under the lease is final. Read first, a worker
+        paused between the two round trips could take a lease just released by a holder that
+        finished the same attempt, and send it again.
+        """
+        keys = [(item.message_id, item.destination) for item in items]
+        leases = self._stores.leases.take_many(keys)
+        states = self._stores.status.claims(keys)
+        claimed: list[Running] = []
+        stale: list[tuple[str, str, str]] = []
+        for item, lease, (state, recipients) in zip(items, leases, states, strict=True):
+            if state is None or state.attempt != item.attempt or not recipients:
+                if lease is not None:  # stale or finished: nothing to send, nothing to park
+                    stale.append((item.message_id, item.destination, lease))
+            elif lease is None:
                 self._park(item)
-                continue
-            claimed.append(Running(item, state.first_queued, tuple(recipients), lease))
+            else:
+                claimed.append(Running(item, state.first_queued, tuple(recipients), lease))
+        self._stores.leases.release_many(stale)
         return claimed
 
     def _park(self, item: Item) -> None:

@@ -8,7 +8,7 @@ dropped too, before anything connects; when that leaves no address at all, the d
 (`denied_network`, 550 5.7.1) unless a temporary DNS failure hid a host. Answers (and null MX)
 are cached in memory for the smallest TTL involved, on an injected clock. dnspython's exceptions
 become `Reply`s in `_reply_for` only. The relay is resolved by the system resolver instead
-(`resolve_host`), as DESIGN.md says.
+(`resolve_host`), as docs/contract.md says.
 """
 
 from __future__ import annotations

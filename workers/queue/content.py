@@ -1,9 +1,9 @@
 """The claim check: each message's content stored once in Redis, read back by its id.
 
 Tasks, the deferred set and the dead-letter queue carry ids only; a worker turns a message id
-back into the `OutboundMessage` here. Content expires with the message (`record_ttl`: MAX_AGE
-plus a day, for content, status records and dead letters alike), so nothing is left behind once
-every delivery is over.
+back into the `OutboundMessage` here. Content expires after CONTENT_TTL (by default
+`record_ttl`: MAX_AGE plus a day; see retention.py, which also sets STATUS_TTL and
+DEAD_LETTER_TTL), so nothing is left behind once every delivery is over.
 
 Keys:
     mailroom:content:{message_id}   hash {sender: UTF-8, data: the RFC 5322 bytes,

@@ -1,6 +1,6 @@
 """The deferred set: deliveries waiting for their next attempt, scored by the time they are due.
 
-Retries never ride on Celery ETA/countdown (DESIGN.md): a deferred delivery is a member of a
+Retries never ride on Celery ETA/countdown (docs/contract.md): a deferred delivery is a member of a
 sorted set, and sweepers move the due ones back to their shard queues. Claiming is atomic
 (Lua): due members move to a "claimed" set scored by claim time, so two sweepers never get the
 same member; a sweeper releases what it has enqueued, and claims left behind by a sweeper that
