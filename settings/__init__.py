@@ -7,6 +7,7 @@ needs) down; nothing else reads the environment.
 
 from settings.errors import ENV_PREFIX, SettingsError, env_name
 from settings.parsing import Listen, Nameserver, Rate
+from settings.routes import FixedTls, HopKind, Route, route_for
 from settings.settings import (
     FILE_FIELDS,
     SECRETS_DIR_VARIABLE,
@@ -25,6 +26,8 @@ __all__ = [
     "FILE_FIELDS",
     "SECRETS_DIR_VARIABLE",
     "DeliveryMode",
+    "FixedTls",
+    "HopKind",
     "Listen",
     "LogLevel",
     "Nameserver",
@@ -32,9 +35,11 @@ __all__ = [
     "RelayAuth",
     "RelayProfile",
     "RelaySecurity",
+    "Route",
     "Settings",
     "SettingsError",
     "SubmissionTls",
     "env_name",
     "load_settings",
+    "route_for",
 ]

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from settings.choices import DeliveryMode, RelayAuth
 from settings.errors import SettingsError, env_name
+from settings.routes import HopKind
 
 if TYPE_CHECKING:
     from settings.settings import Settings
@@ -16,6 +17,11 @@ def check_consistent(settings: Settings) -> None:
     """Raise SettingsError naming the first setting that contradicts another."""
     if settings.delivery is DeliveryMode.RELAY and settings.relay_host is None:
         raise SettingsError(env_name("relay_host"), "required when MAILROOM_DELIVERY=relay")
+    relayed = sorted(key for key, route in settings.routes.items() if route.kind is HopKind.RELAY)
+    if relayed and settings.relay_host is None:
+        raise SettingsError(
+            env_name("relay_host"), f"required when MAILROOM_ROUTES sends {relayed[0]!r} to relay"
+        )
     if settings.relay_auth_mode is RelayAuth.XOAUTH2:
         _check_oauth(settings)
     else:

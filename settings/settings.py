@@ -43,6 +43,7 @@ from settings.choices import (
 from settings.consistency import check_consistent
 from settings.errors import ENV_PREFIX, one_line
 from settings.parsing import Listen, Nameserver, Rate
+from settings.routes import Route, parse_routes, routes_from_mapping
 from settings.sources import (
     FILE_FIELDS,
     SECRET_FIELDS,
@@ -95,6 +96,8 @@ class Settings(BaseSettings):
     redis_timeout: _Timeout = 10
     # Where mail goes.
     delivery: DeliveryMode = DeliveryMode.MX
+    # Per recipient domain: mx, relay or a fixed smtp:// server (settings/routes.py).
+    routes: Annotated[dict[str, Route], NoDecode] = Field(default_factory=dict)
     relay_host: str | None = None
     relay_port: _Port = 587
     relay_security: RelaySecurity = RelaySecurity.STARTTLS
@@ -249,6 +252,13 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return parsing.parse_rate_limits(value)
         return parsing.rate_limits_from_mapping(value) if isinstance(value, dict) else value
+
+    @field_validator("routes", mode="before")
+    @classmethod
+    def _routes(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return parse_routes(value)
+        return routes_from_mapping(value) if isinstance(value, dict) else value
 
     @field_validator("max_connections", mode="before")
     @classmethod

@@ -102,8 +102,7 @@ class Mailroom:
         validates each RCPT TO); `message.data` is delivered byte for byte. Returns the message
         id once the content, the status record and every delivery task are in Redis.
         """
-        mode = self._settings.delivery.value
-        destinations = {address: destination_of(address, mode) for address in recipients}
+        destinations = {address: self._destination(address) for address in recipients}
         if not destinations:
             raise InvalidNotification("recipients: at least one is required")
         self._writer.write([Write(message.message_id, message, destinations)])
@@ -191,10 +190,13 @@ class Mailroom:
         return ids
 
     def _destinations(self, notification: Notification) -> dict[str, str]:
-        mode = self._settings.delivery.value
         return {
-            address: destination_of(address, mode) for address in notification.envelope_recipients()
+            address: self._destination(address) for address in notification.envelope_recipients()
         }
+
+    def _destination(self, address: str) -> str:
+        settings = self._settings
+        return destination_of(address, settings.delivery.value, settings.routes)
 
 
 def _prepare(

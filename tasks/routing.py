@@ -1,16 +1,21 @@
 """Routing: which destination a recipient belongs to, which shard serves it, and the queue names.
 
-A destination is the recipient's domain as a lower-case IDNA A-label in MX mode, and the literal
-`relay` in relay mode. Its shard is a jump consistent hash (Lamping & Veach, 2014) of a blake2b
-key, so every process agrees on it and growing MAILROOM_SHARDS from N to N+1 moves only about
-1/(N+1) of the destinations, all of them to the new shard. Pure: no Celery, no network.
+A destination is where a recipient's mail goes, as MAILROOM_ROUTES (settings/routes.py) or,
+for a domain no route names, MAILROOM_DELIVERY says: the recipient's domain as a lower-case IDNA
+A-label for its MX hosts, the literal `relay` for the relay, `smtp://host:port` for a fixed
+server. Connections, limits and shards follow the destination. Its shard is a jump consistent
+hash (Lamping & Veach, 2014) of a blake2b key, so every process agrees on it and growing
+MAILROOM_SHARDS from N to N+1 moves only about 1/(N+1) of the destinations, all of them to the
+new shard. Pure: no Celery, no network.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping
 
+from settings import HopKind, Route, route_for
 from tasks.notification import a_label_domain
 
 INTAKE_QUEUE = "mailroom.intake"
@@ -24,24 +29,33 @@ _LCG_MULTIPLIER = 2862933555777941757  # the 64-bit LCG of the jump consistent h
 _SHARD_ITEM = re.compile(r"([0-9]+)(?:-([0-9]+))?")  # [0-9], not \d: int() takes other digits
 
 
-def destination_of(address: str, mode: str) -> str:
-    """The destination of `address` in delivery `mode` ("mx" or "relay").
+def destination_of(address: str, mode: str, routes: Mapping[str, Route] | None = None) -> str:
+    """The destination of `address` under `routes`, else delivery `mode` ("mx" or "relay").
 
-    :returns: the domain after the last "@", lower-case and IDNA A-label encoded, in MX mode;
-        `relay` in relay mode.
-    :raises ValueError: for an unknown mode, or in MX mode an address without a valid domain.
+    :returns: the domain after the last "@", lower-case and IDNA A-label encoded, for MX
+        delivery; `relay` for the relay; `smtp://host:port` for a route's fixed server.
+    :raises ValueError: for an unknown mode, or an address without a valid domain (unless it
+        goes to the relay by mode, with no routes to look it up in).
     """
-    if mode == "relay":
-        return RELAY_DESTINATION
-    if mode != "mx":
+    if mode not in ("mx", "relay"):
         raise ValueError(f"unknown delivery mode {mode!r} (expected 'mx' or 'relay')")
+    if mode == "relay" and not routes:
+        return RELAY_DESTINATION
     _, at, domain = address.rpartition("@")
     if not at:
         raise ValueError(f"{address!r} has no '@'")
     try:
-        return a_label_domain(domain)
+        name = a_label_domain(domain)
     except ValueError as exc:
         raise ValueError(f"{address!r}: {exc}") from None
+    route = route_for(routes or {}, name)
+    kind = HopKind(mode) if route is None else route.kind
+    if kind is HopKind.RELAY:
+        return RELAY_DESTINATION
+    if kind is HopKind.FIXED:
+        assert route is not None  # only a route names a fixed server
+        return route.server
+    return name
 
 
 def _key(destination: str) -> int:

@@ -112,6 +112,7 @@ def test_a_producer_install_sends_and_names_the_extra_other_commands_need(
         ("exporter",): "worker",
         ("flower",): "flower",
         ("submission",): "submission",
+        ("catcher",): "catcher",
     }
     for (command, *args), extra in needs.items():
         refused = mailroom(command, *args)

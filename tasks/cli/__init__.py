@@ -23,6 +23,7 @@ import redis
 
 from settings import Settings, SettingsError, load_settings
 from tasks.cli import (
+    catcher,
     check,
     dlq,
     exporter,
@@ -64,6 +65,7 @@ _COMMANDS: tuple[_Command, ...] = (
     flower,
     exporter,
     submission,
+    catcher,
     passwd,
     check,
 )
@@ -84,6 +86,8 @@ _EXTRA_OF = {
     "tornado": "flower",
     "aiosmtpd": "submission",
 }
+# Commands whose own extra holds a package another extra holds too.
+_COMMAND_EXTRA = {"catcher": "catcher"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -175,6 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return INTERRUPTED
     except ModuleNotFoundError as exc:
         extra = _EXTRA_OF.get((exc.name or "").partition(".")[0])
+        extra = extra and _COMMAND_EXTRA.get(args.command, extra)
         if extra is None:
             raise
         print(

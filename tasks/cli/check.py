@@ -30,6 +30,7 @@ from tasks.cli.errors import FAILED, OK, UsageError
 from tasks.cli.redis_access import redact_url
 from tasks.message import build_message
 from tasks.notification import InvalidNotification, Notification, parse_mailbox
+from tasks.routing import destination_of
 from workers.model.envelope import OutboundMessage
 from workers.model.outcome import Delivered
 from workers.oauth.tokens import Token
@@ -192,7 +193,7 @@ def make_plan(
     [mailbox] = notification.to_mailboxes
     if not relay and wanted is not None and wanted != mailbox.domain:
         raise UsageError(f"check: --send-to {mailbox.address} is not in --domain {domain}")
-    destination = "relay" if relay else mailbox.domain
+    destination = destination_of(mailbox.address, settings.delivery.value, settings.routes)
     return Plan(destination, mailbox.address, message, probe=send_to is None)
 
 

@@ -56,6 +56,7 @@ DEFAULTS: dict[str, object] = {
     "redis_url": "redis://127.0.0.1:6379/0",
     "shards": 8,
     "delivery": DeliveryMode.MX,
+    "routes": {},
     "relay_host": None,
     "relay_port": 587,
     "relay_security": RelaySecurity.STARTTLS,

@@ -145,7 +145,7 @@ class DeliveryAgent:
         """One part: through `RelayAccess` to the relay (admitted, then tried once more with a
         fresh token when the relay refused the one it had), straight on otherwise."""
         access = self._access
-        if access is None or self._config.relay is None:
+        if access is None or not self._config.relayed(delivery.destination):
             return await self._connect(delivery, recipients)
         admitted = await access.admit(probe=delivery.probe)
         for _ in range(2):  # the first try, and one with a renewed token

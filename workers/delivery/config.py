@@ -5,27 +5,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from workers.delivery.hops import Hops, Relay
 from workers.delivery.mx import MxResolver
+from workers.model.reply import Reply
 from workers.smtp.peer import Login, Peer
 from workers.smtp.record import Timeouts
 from workers.smtp.tls_policy import TlsPolicy, opportunistic_policy
 
-
-@dataclass(frozen=True, slots=True)
-class Relay:
-    """The smarthost every message goes through in relay mode."""
-
-    host: str
-    port: int
-    tls: TlsPolicy
-    credentials: Login | None  # Basic AUTH's; a token is the delivery's (`RelayAccess`)
+__all__ = ["AgentConfig", "Hops", "Relay"]
 
 
 @dataclass(frozen=True, slots=True)
 class AgentConfig:
     """The agent's fixed settings. `max_addresses` and `max_sessions` are Postfix's
     `smtp_mx_address_limit` and `smtp_mx_session_limit`; `max_recipients` (a relay profile's
-    limit) splits a delivery into messages of that many recipients."""
+    limit) splits a delivery into messages of that many recipients. `hops` are the routes
+    (settings); without them, `relay` takes every destination, or (None) each goes to its MX."""
 
     resolver: MxResolver
     mx_port: int
@@ -36,14 +31,27 @@ class AgentConfig:
     max_addresses: int = 5
     max_sessions: int = 2
     max_recipients: int | None = None
+    hops: Hops | None = None
+
+    def hop(self, destination: str) -> Relay | Reply | None:
+        """The server `destination`'s mail goes through, None for its MX hosts, or the reply
+        that defers it."""
+        return self.relay if self.hops is None else self.hops.hop(destination)
+
+    def relayed(self, destination: str) -> bool:
+        """Whether `destination`'s mail goes through the configured relay (MAILROOM_RELAY_HOST),
+        whose login may be an access token and may be held, rather than a route's own server."""
+        relay = self.relay if self.hops is None else self.hops.relay
+        return relay is not None and self.hop(destination) is relay
 
     def peer(
         self, destination: str, host: str, address: str, port: int, login: Login | None = None
     ) -> Peer:
-        """How to talk to `host` at `address` for `destination`: the relay's TLS and account
-        (`login` when the delivery brings its own, an access token), or opportunistic TLS to
-        an MX host."""
-        relay = self.relay
+        """How to talk to `host` at `address` for `destination`: the relay's (or fixed
+        server's) TLS and account (`login` when the delivery brings its own, an access token),
+        or opportunistic TLS to an MX host."""
+        server = self.hop(destination)
+        relay = server if isinstance(server, Relay) else None
         return Peer(
             host,
             address,

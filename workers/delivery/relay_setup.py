@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import redis
 
-from settings import DeliveryMode, RelayAuth, Settings
+from settings import RelayAuth, Settings
 from workers.delivery.relay_access import RelayAccess
 from workers.oauth.setup import token_cache
 from workers.smtp.peer import Credentials
@@ -12,8 +12,9 @@ from workers.traffic.relay_hold import RelayHolds
 
 
 def relay_access(settings: Settings, client: redis.Redis) -> RelayAccess | None:
-    """The relay's login and hold; None in MX mode or for a relay without AUTH."""
-    if settings.delivery is not DeliveryMode.RELAY or settings.relay_username is None:
+    """The relay's login and hold (for MAILROOM_DELIVERY=relay and routes to `relay` alike);
+    None without a relay or for a relay without AUTH."""
+    if settings.relay_host is None or settings.relay_username is None:
         return None
     holds = RelayHolds(client, settings.relay_probe_interval)
     if settings.relay_auth_mode is RelayAuth.XOAUTH2:

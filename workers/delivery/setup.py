@@ -7,6 +7,7 @@ from pathlib import Path
 
 from settings import DeliveryMode, RelayAuth, Settings
 from workers.delivery.config import AgentConfig, Relay
+from workers.delivery.hops import Hops, fixed_servers
 from workers.delivery.mx import MxResolver
 from workers.queue.leases import lease_ttl
 from workers.smtp.connection_pool import ConnectionPool
@@ -19,7 +20,9 @@ _MAX_LIFETIME = 300.0  # seconds a connection is reused at most (Postfix's reuse
 
 
 def agent_config(settings: Settings) -> AgentConfig:
-    """The agent's fixed settings: the relay or the MX resolver, HELO name, timeouts, limits."""
+    """The agent's fixed settings: routes, relay and MX resolver, HELO name, timeouts, limits."""
+    relay = _relay(settings)
+    by_default = settings.delivery is DeliveryMode.RELAY
     return AgentConfig(
         resolver=MxResolver(
             [(server.ip, server.port) for server in settings.dns_nameservers],
@@ -28,7 +31,7 @@ def agent_config(settings: Settings) -> AgentConfig:
             deny_networks=settings.mx_deny_networks,
         ),
         mx_port=settings.mx_port,
-        relay=_relay(settings),
+        relay=relay if by_default else None,
         helo=settings.helo_name,
         timeouts=Timeouts(
             connect=settings.connect_timeout,
@@ -37,6 +40,12 @@ def agent_config(settings: Settings) -> AgentConfig:
             session=settings.session_timeout,
         ),
         max_recipients=traffic(settings).max_recipients,
+        hops=Hops(
+            settings.routes,
+            relay,
+            by_default,
+            fixed_servers(settings.routes, _path(settings.tls_ca_file)),
+        ),
     )
 
 
@@ -57,9 +66,9 @@ def connection_pool(settings: Settings) -> ConnectionPool | None:
 
 
 def _relay(settings: Settings) -> Relay | None:
-    if settings.delivery is not DeliveryMode.RELAY:
+    """The configured relay, for MAILROOM_DELIVERY=relay and routes to `relay` alike."""
+    if settings.relay_host is None:
         return None
-    assert settings.relay_host is not None  # settings validation guarantees it
     credentials = None
     basic = settings.relay_auth_mode is RelayAuth.BASIC
     if basic and settings.relay_username and settings.relay_password is not None:

@@ -137,11 +137,14 @@ class Walk:
         return self._pool is None or await self._pool.fill(self._slot)
 
     async def _targets(self) -> tuple[Target, ...] | Reply:
-        relay = self._config.relay
-        if relay is not None:
-            target = await resolve_host(relay.host, relay.port)
+        destination = self._delivery.destination
+        server = self._config.hop(destination)
+        if isinstance(server, Reply):
+            return server
+        if server is not None:
+            target = await resolve_host(server.host, server.port)
             return target if isinstance(target, Reply) else (target,)
-        return await self._config.resolver.resolve(self._delivery.destination)
+        return await self._config.resolver.resolve(destination)
 
     def _servers(self, targets: tuple[Target, ...]) -> list[tuple[str, str, int]]:
         servers = [(t.host, address, t.port) for t in targets for address in t.addresses]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from settings import DeliveryMode, Rate, RelayProfile, Settings
+from settings import DeliveryMode, HopKind, Rate, RelayProfile, Settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +39,9 @@ def traffic(settings: Settings) -> Traffic:
     rates = dict(settings.rate_limits)
     connections = dict(settings.max_connections)
     max_recipients = None
-    relay = settings.delivery is DeliveryMode.RELAY
+    relay = settings.delivery is DeliveryMode.RELAY or any(
+        route.kind is HopKind.RELAY for route in settings.routes.values()
+    )
     if relay and settings.relay_profile is RelayProfile.OFFICE365:
         rates.setdefault(RELAY, OFFICE365_RATE)
         connections.setdefault(RELAY, OFFICE365_CONNECTIONS)
