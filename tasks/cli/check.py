@@ -18,7 +18,7 @@ import argparse
 import asyncio
 import json
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -113,10 +113,9 @@ async def _deliver(settings: Settings, plan: Plan, token: Token | None) -> Deliv
     from workers.smtp.peer import BearerCredentials
 
     config = agent_config(settings)
-    if token is not None and config.relay is not None and settings.relay_username:
+    if token is not None and settings.relay_username:
         # The token the check just got is the AUTH step's login, not the cluster's cached one.
-        login = BearerCredentials(settings.relay_username, token.value)
-        config = replace(config, relay=replace(config.relay, credentials=login))
+        config = config.with_relay_login(BearerCredentials(settings.relay_username, token.value))
     agent = DeliveryAgent(config)
     try:
         return await agent.deliver(

@@ -3,7 +3,7 @@ through `resolver`, or the relay), how its servers are talked to, and the per-de
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from workers.delivery.hops import Hops, Relay
 from workers.delivery.mx import MxResolver
@@ -37,6 +37,19 @@ class AgentConfig:
         """The server `destination`'s mail goes through, None for its MX hosts, or the reply
         that defers it."""
         return self.relay if self.hops is None else self.hops.hop(destination)
+
+    def with_relay_login(self, login: Login) -> AgentConfig:
+        """This config with the configured relay's AUTH done as `login` (`mailroom check`'s
+        fresh token rather than the cluster's cached one)."""
+        relay = self.relay if self.hops is None else self.hops.relay
+        if relay is None:
+            return self
+        logged_in = replace(relay, credentials=login)
+        return replace(
+            self,
+            relay=None if self.relay is None else logged_in,
+            hops=None if self.hops is None else replace(self.hops, relay=logged_in),
+        )
 
     def relayed(self, destination: str) -> bool:
         """Whether `destination`'s mail goes through the configured relay (MAILROOM_RELAY_HOST),
