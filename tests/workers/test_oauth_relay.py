@@ -257,3 +257,23 @@ async def test_a_certificate_the_application_does_not_know_holds_with_the_fix(
     assert hold is not None
     assert "AADSTS700027" in hold.reason
     assert "upload it" in hold.hint
+
+
+async def test_a_route_to_the_relay_logs_in_with_the_token_too(
+    oauth: OAuthSetup, agents: Agents
+) -> None:
+    # MX delivery by default; one domain routed to the relay: its mail, queued under `relay` by a
+    # producer that knows the route or under its own name by one that does not, logs in the same.
+    settings = oauth.microsoft_settings(delivery="mx", routes='{"corp.example": "relay"}')
+    agent = agents(settings)
+
+    queued_to_relay = await agent.deliver(message(), "relay", ["a@corp.example"])
+    queued_to_domain = await agent.deliver(message(), "corp.example", ["b@corp.example"])
+
+    assert [type(o) for o in queued_to_relay.outcomes] == [Delivered]
+    assert [type(o) for o in queued_to_domain.outcomes] == [Delivered]
+    assert [(a.mechanism, a.username) for a in oauth.relay.auth_attempts] == [
+        ("XOAUTH2", MAILBOX),
+        ("XOAUTH2", MAILBOX),
+    ]
+    assert len(oauth.endpoint.issued()) == 1
