@@ -86,16 +86,6 @@ def as_json(settings: Settings, checked: Checked) -> dict[str, Any]:
     reply = outcome.reply
     return {
         **shown,
-        "settings": {"ok": True, "delivery": settings.delivery.value, "helo": settings.helo_name},
-        "redis": {
-            "ok": redis_check.error is None,
-            "url": redis_check.url,
-            "error": redis_check.error,
-        },
-        "destination": plan.destination,
-        "sender": plan.message.sender,
-        "recipient": plan.recipient,
-        "probe": plan.probe,
         "steps": steps,
         "outcome": {
             "result": _result(outcome, plan.probe),
