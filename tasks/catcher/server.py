@@ -5,12 +5,11 @@ cannot take every file descriptor of a developer's machine."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP
 
 from settings import Listen
+from tasks.capped_smtp import CappedSMTP
 from tasks.catcher.handler import CatcherHandler
 
 MAX_CONNECTIONS = 100
@@ -18,35 +17,11 @@ IDLE_TIMEOUT = 60.0  # seconds a client may stay silent; local clients are quick
 _TOO_MANY = b"421 4.7.0 Too many connections to the catcher, try again later\r\n"
 
 
-class _CappedSMTP(SMTP):
-    """aiosmtpd's SMTP, refusing a connection over the cap before its greeting."""
+class _CatcherSMTP(CappedSMTP):
+    """The catcher's SMTP: at most MAX_CONNECTIONS clients at once."""
 
-    def __init__(self, handler: CatcherHandler, live: set[_CappedSMTP], **options: Any):
-        super().__init__(handler, **options)
-        self._live = live
-        self._refused = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if self.transport is None and len(self._live) >= MAX_CONNECTIONS:
-            self._refused = True  # aiosmtpd never starts on this connection
-            if isinstance(transport, asyncio.WriteTransport):
-                transport.write(_TOO_MANY)
-            transport.close()
-            return
-        super().connection_made(transport)
-        self._live.add(self)
-
-    def data_received(self, data: bytes) -> None:
-        if not self._refused:
-            super().data_received(data)
-
-    def eof_received(self) -> bool | None:
-        return False if self._refused else super().eof_received()
-
-    def connection_lost(self, error: Exception | None) -> None:
-        if not self._refused:
-            super().connection_lost(error)
-            self._live.discard(self)
+    def refusal(self, transport: asyncio.BaseTransport) -> bytes | None:
+        return _TOO_MANY if len(self.live) >= MAX_CONNECTIONS else None
 
 
 class CatcherController(Controller):
@@ -63,7 +38,7 @@ class CatcherController(Controller):
             enable_SMTPUTF8=True,
             timeout=IDLE_TIMEOUT,
         )
-        self._live: set[_CappedSMTP] = set()
+        self._live: set[_CatcherSMTP] = set()
 
-    def factory(self) -> SMTP:
-        return _CappedSMTP(self.handler, self._live, **self.SMTP_kwargs)
+    def factory(self) -> CappedSMTP:
+        return _CatcherSMTP(self.handler, self._live, **self.SMTP_kwargs)

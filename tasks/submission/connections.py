@@ -16,6 +16,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Session
 
 from settings import Listen
+from tasks.capped_smtp import CappedSMTP
 from tasks.submission import replies
 from tasks.submission.auth_limits import client_key
 from tasks.submission.handler import SubmissionHandler
@@ -39,7 +40,7 @@ class Caps:
         return None
 
 
-class SubmissionSMTP(SMTP):
+class SubmissionSMTP(CappedSMTP):
     """aiosmtpd's SMTP with an enhanced status code on every reply it writes itself, known to
     the controller while connected (so a shutdown can close it), and refusing connections
     over the listener's caps before its greeting."""
@@ -47,43 +48,23 @@ class SubmissionSMTP(SMTP):
     def __init__(
         self, handler: SubmissionHandler, live: set[SubmissionSMTP], caps: Caps, **options: Any
     ):
-        super().__init__(handler, **options)
-        self.live = live
+        super().__init__(handler, live, **options)
         self.lost = asyncio.Event()
         self.client = ""  # the client's address as counted (client_key), once connected
         self._caps = caps
-        self._refused = False
         self._in_mail = False
 
     def _create_session(self) -> Session:
         return _Session(self.loop)
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if self.transport is None:  # the connection itself, not the call after STARTTLS
-            peer = transport.get_extra_info("peername")
-            self.client = client_key(str(peer[0]) if peer else "")
-            refusal = self._caps.refusal(self.live, self.client)
-            if refusal is not None:
-                # aiosmtpd never starts on this connection: no session, no handler task.
-                self._refused = True
-                if isinstance(transport, asyncio.WriteTransport):
-                    transport.write(refusal.encode("ascii") + b"\r\n")
-                transport.close()
-                return
-        super().connection_made(transport)
-        self.live.add(self)  # a set: the second call, after STARTTLS, changes nothing
-
-    def data_received(self, data: bytes) -> None:
-        if not self._refused:
-            super().data_received(data)
-
-    def eof_received(self) -> bool | None:
-        return False if self._refused else super().eof_received()
+    def refusal(self, transport: asyncio.BaseTransport) -> bytes | None:
+        peer = transport.get_extra_info("peername")
+        self.client = client_key(str(peer[0]) if peer else "")
+        refused = self._caps.refusal(self.live, self.client)
+        return None if refused is None else refused.encode("ascii") + b"\r\n"
 
     def connection_lost(self, error: Exception | None) -> None:
-        if not self._refused:
-            super().connection_lost(error)
-            self.live.discard(self)
+        super().connection_lost(error)
         self.lost.set()
 
     async def smtp_MAIL(self, arg: str | None) -> None:
