@@ -89,7 +89,7 @@ def parse_rate(text: str) -> Rate:
 
 def parse_rate_limits(text: str) -> dict[str, Rate]:
     """Parse a JSON object of destination → rate spec; keys are lower-cased (domains)."""
-    return rate_limits_from_mapping(_json_object(text))
+    return rate_limits_from_mapping(json_object(text))
 
 
 def rate_limits_from_mapping(raw: dict[Any, Any]) -> dict[str, Rate]:
@@ -111,7 +111,7 @@ def rate_limits_from_mapping(raw: dict[Any, Any]) -> dict[str, Rate]:
 
 def parse_max_connections(text: str) -> dict[str, int]:
     """Parse a JSON object of destination → most concurrent sessions (an integer >= 1)."""
-    return max_connections_from_mapping(_json_object(text))
+    return max_connections_from_mapping(json_object(text))
 
 
 def max_connections_from_mapping(raw: dict[Any, Any]) -> dict[str, int]:
@@ -224,13 +224,14 @@ def _is_number(text: str) -> bool:
     return text.isascii() and text.isdigit()
 
 
-def _json_object(text: str) -> dict[Any, Any]:
+def json_object(text: str) -> dict[Any, Any]:
+    """The JSON object `text` holds; ValueError otherwise (echoing at most 80 characters)."""
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"must be a JSON object: {exc.msg} at column {exc.colno}") from None
     if not isinstance(value, dict):
-        raise ValueError(f"must be a JSON object (got {text.strip()!r})")
+        raise ValueError(f"must be a JSON object (got {text.strip()[:80]!r})")
     return value
 
 

@@ -15,7 +15,6 @@ it to MAILROOM_DELIVERY. Pure: no I/O.
 from __future__ import annotations
 
 import ipaddress
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -24,7 +23,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import idna
 
-from settings.parsing import is_dns_name
+from settings.parsing import is_dns_name, json_object
 
 WILDCARD = "*"
 FIXED_SCHEME = "smtp"
@@ -96,13 +95,7 @@ def fixed_server(destination: str) -> Route | None:
 
 def parse_routes(text: str) -> dict[str, Route]:
     """Parse the JSON object of MAILROOM_ROUTES; ValueError names the first bad key or value."""
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"must be a JSON object: {exc.msg} at column {exc.colno}") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"must be a JSON object (got {text.strip()[:80]!r})")
-    return routes_from_mapping(value)
+    return routes_from_mapping(json_object(text))
 
 
 def routes_from_mapping(raw: Mapping[Any, Any]) -> dict[str, Route]:
