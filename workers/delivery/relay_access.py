@@ -27,7 +27,7 @@ from workers.model.reply import Code, Reply, Step
 from workers.model.report import DeliveryReport, StepRecord
 from workers.oauth.tokens import Provider, Token, TokenOutcome, TokenRefused
 from workers.smtp.peer import BearerCredentials, Login
-from workers.traffic.relay_hold import Hold, held_reply
+from workers.traffic.relay_hold import DEFAULT_PROBE_INTERVAL, Hold, held_reply
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -220,7 +220,7 @@ class RelayAccess:
         return current
 
     def _interval(self) -> float:
-        return self._holds.probe_interval if self._holds is not None else 60.0
+        return self._holds.probe_interval if self._holds is not None else DEFAULT_PROBE_INTERVAL
 
     async def _safely(self, call: Callable[[], _T], otherwise: _T) -> _T:
         try:
