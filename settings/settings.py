@@ -334,7 +334,8 @@ class Settings(BaseSettings):
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         for name, value in super().__repr_args__():
-            yield name, _redact_url(value) if name == "redis_url" else value
+            secret_url = name == "redis_url" and isinstance(value, str)
+            yield name, redact_url(value) if secret_url else value
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -348,10 +349,9 @@ def load_settings(**overrides: Any) -> Settings:
         raise one_line(exc.errors()[0], SECRET_FIELDS) from None
 
 
-def _redact_url(value: Any) -> Any:
-    if not isinstance(value, str):
-        return value
-    parts = urlsplit(value)
+def redact_url(url: str) -> str:
+    """`url` with its password, if any, replaced by `***`."""
+    parts = urlsplit(url)
     if parts.password is None:
-        return value
-    return value.replace(f":{parts.password}@", ":***@", 1)
+        return url
+    return url.replace(f":{parts.password}@", ":***@", 1)

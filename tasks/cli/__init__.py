@@ -22,6 +22,7 @@ import kombu.exceptions
 import redis
 
 from settings import Settings, SettingsError, load_settings
+from settings.settings import redact_url
 from tasks.cli import (
     catcher,
     check,
@@ -44,7 +45,7 @@ from tasks.cli.errors import (
     UsageError,
     one_line,
 )
-from tasks.cli.redis_access import redact_url, say_which, scrub
+from tasks.cli.redis_access import say_which, scrub
 
 PROG = "mailroom"
 

@@ -25,9 +25,9 @@ from urllib.parse import urlsplit
 import redis
 
 from settings import DeliveryMode, Settings
+from settings.settings import redact_url
 from tasks.cli.check_report import as_json, as_lines
 from tasks.cli.errors import FAILED, OK, UsageError
-from tasks.cli.redis_access import redact_url
 from tasks.message import build_message
 from tasks.notification import InvalidNotification, Notification, parse_mailbox
 from tasks.routing import destination_of

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 import redis
 
 from settings import Settings
+from settings.settings import redact_url
 from workers.queue.redis_client import redis_client
 
 # Every key Mailroom writes holds this: its own `mailroom:…` keys, the Celery queues
@@ -23,16 +24,6 @@ from workers.queue.redis_client import redis_client
 _OURS = "*mailroom*"
 _SCAN_PAGES = 20  # SCAN pages of 1000 keys looked at, at most, before assuming there is data
 _SCAN_COUNT = 1000
-
-
-def redact_url(url: str) -> str:
-    """`url` with its password, if any, replaced by `***`."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user, _, host = parts.netloc.rpartition("@")
-    name = user.partition(":")[0]
-    return parts._replace(netloc=f"{name}:***@{host}").geturl()
 
 
 def scrub(text: str, url: str) -> str:
