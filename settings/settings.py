@@ -138,6 +138,8 @@ class Settings(BaseSettings):
     content_ttl: _Positive | None = None
     status_ttl: _Positive | None = None
     dead_letter_ttl: _Positive = 604800
+    # Days a suppression list entry lives (None: for ever).
+    suppression_ttl: _Positive | None = None
     # Timeouts in seconds (RFC 5321 §4.5.3.2 gives the upper bounds per command).
     connect_timeout: _Timeout = 30
     command_timeout: _Timeout = 300
@@ -262,6 +264,13 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return parse_routes(value)
         return routes_from_mapping(value) if isinstance(value, dict) else value
+
+    @field_validator("suppression_ttl", mode="before")
+    @classmethod
+    def _suppression_ttl(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() in {"", "permanent"}:
+            return None
+        return value
 
     @field_validator("dkim_keys", mode="before")
     @classmethod

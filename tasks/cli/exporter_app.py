@@ -35,6 +35,7 @@ from tasks.routing import INTAKE_QUEUE
 from workers.observe.metrics import read_metrics
 from workers.observe.queue_gauges import MOST_DEFERRED, held_destinations, oldest_deferred
 from workers.queue.redis_client import redis_client
+from workers.queue.suppression import SuppressionList
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -182,6 +183,11 @@ class MailroomCollector:
         for (provider, outcome), n in sorted(snapshot.oauth_tokens.items()):
             tokens.add_metric([provider, outcome], n)
         yield tokens
+        yield GaugeMetricFamily(
+            "mailroom_suppressed_addresses",
+            "Addresses on the suppression list (expired entries not yet pruned included).",
+            value=SuppressionList(self._client).size(),
+        )
         yield GaugeMetricFamily(
             "mailroom_relay_held",
             "1 while relay deliveries are held for an authentication failure to fix, else 0.",
