@@ -35,7 +35,6 @@ from tasks.routing import INTAKE_QUEUE
 from workers.observe.metrics import read_metrics
 from workers.observe.queue_gauges import MOST_DEFERRED, held_destinations, oldest_deferred
 from workers.queue.redis_client import redis_client
-from workers.queue.suppression import SuppressionList
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -186,7 +185,7 @@ class MailroomCollector:
         yield GaugeMetricFamily(
             "mailroom_suppressed_addresses",
             "Addresses on the suppression list (expired entries not yet pruned included).",
-            value=SuppressionList(self._client).size(),
+            value=depths["suppressed"],
         )
         yield GaugeMetricFamily(
             "mailroom_relay_held",
