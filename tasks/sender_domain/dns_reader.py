@@ -67,10 +67,12 @@ class DnsReader:
 
     def addresses(self, name: str) -> Answer:
         """The A then AAAA addresses of `name`; unreadable when either look-up failed."""
-        v4, v6 = self._query(name, "A"), self._query(name, "AAAA")
-        for answer in (v4, v6):
-            if isinstance(answer, Unreadable):
-                return answer
+        v4 = self._query(name, "A")
+        if isinstance(v4, Unreadable):  # a dead nameserver costs one timeout, not two
+            return v4
+        v6 = self._query(name, "AAAA")
+        if isinstance(v6, Unreadable):
+            return v6
         found = [a for answer in (v4, v6) if isinstance(answer, Found) for a in answer.values]
         return Found(tuple(found)) if found else Missing()
 

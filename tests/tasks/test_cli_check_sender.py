@@ -432,3 +432,27 @@ def test_bad_input_is_one_line_exit_2(
 
     assert_usage_error(run, *words)
     assert dns_server.queries_since(mark) == []
+
+
+def test_a_nameserver_that_never_answers_is_a_timeout_on_every_line(
+    tmp_path: Path, dns_blackhole: tuple[str, int]
+) -> None:
+    ip, port = dns_blackhole
+
+    run = run_mailroom(
+        "check",
+        "--sender-domain",
+        "quiet.test",
+        env={
+            "MAILROOM_HELO_NAME": HELO,
+            "MAILROOM_DNS_NAMESERVERS": f"{ip}:{port}",
+            "MAILROOM_DNS_TIMEOUT": "0.3",
+        },
+        cwd=tmp_path,
+    )
+
+    assert run.status == 1, run
+    for record in ("spf", "dmarc", "mta-sts", "tls-rpt"):
+        line = _line(run, record)
+        assert line.split()[1] == "FAIL"
+        assert line.endswith("could not be read: no nameserver answered in time")
