@@ -21,8 +21,9 @@ import argparse
 import asyncio
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import redis
@@ -72,10 +73,25 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser.add_argument(
         "--sender-domain",
         metavar="D",
+        action=_SenderDomain,
         help="instead, check D's DNS records for senders: SPF, DKIM, DMARC, MTA-STS, TLS-RPT",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(run=run)
+
+
+class _SenderDomain(argparse.Action):
+    """Stores --sender-domain D; that check uses no Redis, so `--verbose` names none."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        setattr(namespace, self.dest, values)
+        namespace.uses_redis = False
 
 
 @dataclass(frozen=True, slots=True)

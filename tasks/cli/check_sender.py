@@ -12,6 +12,7 @@ import argparse
 import json
 from typing import Any
 
+import dns.resolver
 import idna
 
 from settings import DeliveryMode, Settings
@@ -76,10 +77,17 @@ def run_sender_domain(args: argparse.Namespace, settings: Settings) -> int:
 
 def sender_findings(settings: Settings, domain: str) -> list[Finding]:
     """Every record's finding, in report order: SPF, DKIM (one per key), DMARC, MTA-STS,
-    TLS-RPT."""
-    reader = DnsReader(
-        [(server.ip, server.port) for server in settings.dns_nameservers], settings.dns_timeout
-    )
+    TLS-RPT.
+
+    :raises UsageError: DNS_NAMESERVERS is empty and the system has no resolver configuration.
+    """
+    nameservers = [(server.ip, server.port) for server in settings.dns_nameservers]
+    try:
+        reader = DnsReader(nameservers, settings.dns_timeout)
+    except dns.resolver.NoResolverConfiguration:
+        raise UsageError(
+            "check: the system has no DNS resolver configured: set MAILROOM_DNS_NAMESERVERS"
+        ) from None
     return [
         spf_finding(reader, domain, sends_from(settings, reader)),
         *dkim_findings(reader.txt, domain, settings.dkim_keys, settings.delivery),

@@ -119,6 +119,8 @@ def _check_record(
         over = _count(budget, f"redirect={parsed.redirect}")
         if over is not None:
             return over
+        if not _is_domain(parsed.redirect):
+            return Evaluation(Verdict.PERMERROR, f"redirect={parsed.redirect!r} is no valid domain")
         target = _check_host(lookups, parsed.redirect, sender, budget)
         if target.verdict is Verdict.NONE:
             return Evaluation(Verdict.PERMERROR, f"redirect={parsed.redirect}: {target.reason}")
@@ -148,6 +150,8 @@ def _matches(
     target = mechanism.domain or domain
     if "%" in target:
         return Evaluation(Verdict.UNKNOWN, f"{mechanism.text!r} uses SPF macros")
+    if not _is_domain(target):
+        return Evaluation(Verdict.PERMERROR, f"{mechanism.text!r} names no valid domain")
     if kind == "ptr":
         return Evaluation(Verdict.UNKNOWN, f"{mechanism.text!r} depends on reverse DNS")
     if kind == "include":
@@ -232,6 +236,20 @@ def _in(sender: Address, network: ipaddress.IPv4Network | ipaddress.IPv6Network 
     if isinstance(sender, ipaddress.IPv6Address) and sender.ipv4_mapped is not None:
         sender = sender.ipv4_mapped
     return sender.version == network.version and sender in network
+
+
+def _is_domain(text: str) -> bool:
+    """A name worth asking DNS about (RFC 7208 §4.8: a domain-spec that is not an FQDN is a
+    permerror); labels may hold underscores (`_spf.google.com`)."""
+    labels = text.removesuffix(".").split(".")
+    return (
+        text.isascii()
+        and len(text) <= 253
+        and len(labels) > 1
+        and all(
+            0 < len(label) <= 63 and label.isprintable() and " " not in label for label in labels
+        )
+    )
 
 
 def _same(one: str, other: str) -> bool:

@@ -15,7 +15,7 @@ from tasks.sender_domain.dns_reader import Found, Unreadable
 from tasks.sender_domain.findings import Finding, Status, records_of, unreadable
 from tasks.sender_domain.records import Malformed
 from tasks.sender_domain.spf import Lookups, Provider, Sender, Verdict, evaluate
-from tasks.sender_domain.spf_terms import is_spf, parse_spf
+from tasks.sender_domain.spf_terms import Qualifier, is_spf, parse_spf
 
 # The include each provider's customers publish (Microsoft's and Google's own documentation).
 PROVIDERS = {
@@ -127,6 +127,15 @@ def spf_finding(lookups: Lookups, domain: str, sends: SendsFrom) -> Finding:
             Status.FAIL,
             f"the record is malformed: {parsed.reason}",
             "correct the record (RFC 7208 §4.6)",
+            record,
+        )
+    if any(m.kind == "all" and m.qualifier is Qualifier.PASS for m in parsed.mechanisms):
+        return Finding(
+            "spf",
+            domain,
+            Status.FAIL,
+            f"it ends in +all: it authorises every server on the internet to send as {domain}",
+            f"end it in ~all or -all, with {sends.term} before",
             record,
         )
     if sends.unknown is not None:

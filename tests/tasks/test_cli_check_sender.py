@@ -110,6 +110,7 @@ def test_a_well_set_up_domain_is_ok_on_every_line(
         tmp_path,
         "--sender-domain",
         "Good.Test.",
+        "--verbose",  # names no Redis: this check uses none
         MAILROOM_DKIM_KEYS=_keys_setting("good.test", keys),
     )
 
@@ -220,6 +221,16 @@ def test_two_spf_records_fail(tmp_path: Path, make_dns_server: MakeDns) -> None:
     spf = _line(run, "spf")
     assert spf.startswith("spf          FAIL  two.test: 2 SPF records")
     assert "to fix: merge them into one v=spf1 record" in spf
+
+
+def test_spf_that_authorises_everyone_fails(tmp_path: Path, make_dns_server: MakeDns) -> None:
+    server = make_dns_server(_BASE.plus(txt=(txt("open.test", "v=spf1 a:mail.good.test +all"),)))
+
+    run = _check(server, tmp_path, "--sender-domain", "open.test")
+
+    spf = _line(run, "spf")
+    assert spf.startswith("spf          FAIL  open.test: it ends in +all: it authorises every")
+    assert f"to fix: end it in ~all or -all, with ip4:{HELO_ADDRESS} before" in spf
 
 
 def test_spf_that_leaves_this_host_out_says_what_to_add(

@@ -277,6 +277,14 @@ _TABLE = _Table(
             "'include:macro.test': 'exists:%{i}.x.test' uses SPF macros",
         ),
         ("v=spf1 ptr -all", _ME, Verdict.UNKNOWN, "'ptr' depends on reverse DNS"),
+        ("v=spf1 a:bad..name -all", _ME, Verdict.PERMERROR, "'a:bad..name' names no valid domain"),
+        (
+            "v=spf1 include:nodot -all",
+            _ME,
+            Verdict.PERMERROR,
+            "'include:nodot' names no valid domain",
+        ),
+        ("v=spf1 redirect=nodot", _ME, Verdict.PERMERROR, "redirect='nodot' is no valid domain"),
         (
             "v=spf1 a:n1.test a:n2.test a:n3.test -all",
             _ME,
