@@ -114,7 +114,7 @@ def _dmarc(
         )
     if not parsed.rua:
         hints.append("no rua=: no aggregate reports come back to show what fails")
-    if parsed.adkim == "s" and any(key.domain != domain for key in keys):
+    if parsed.adkim == "s" and any(k.signs_for(domain) and k.domain != domain for k in keys):
         hints.append(
             f"adkim=s: a key of a parent domain (d=) does not align with {domain}; "
             f"give {domain} a key of its own in DKIM_KEYS"

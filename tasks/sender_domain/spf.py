@@ -121,6 +121,8 @@ def _check_record(
             return over
         if not _is_domain(parsed.redirect):
             return Evaluation(Verdict.PERMERROR, f"redirect={parsed.redirect!r} is no valid domain")
+        if isinstance(sender, Provider) and _same(parsed.redirect, sender.include):
+            return Evaluation(Verdict.PASS, f"redirect={parsed.redirect} at {domain}")
         target = _check_host(lookups, parsed.redirect, sender, budget)
         if target.verdict is Verdict.NONE:
             return Evaluation(Verdict.PERMERROR, f"redirect={parsed.redirect}: {target.reason}")

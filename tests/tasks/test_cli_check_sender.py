@@ -355,6 +355,61 @@ def test_a_relay_profile_is_authorised_by_its_include(
     assert "WARN" in _line(good, "dkim")  # no key: Mailroom does not sign, the relay may
 
 
+def test_a_relay_without_a_profile_is_judged_by_its_addresses(
+    tmp_path: Path, make_dns_server: MakeDns
+) -> None:
+    server = make_dns_server(
+        _BASE.plus(
+            hosts=(Host("relay.good.test", ("203.0.113.9",)),),
+            txt=(
+                txt("relayed.test", "v=spf1 ip4:203.0.113.8/31 -all"),
+                txt("_dmarc.relayed.test", "v=DMARC1; p=quarantine; adkim=s; rua=mailto:d@x.test"),
+                txt("_dmarc.sub.relayed.test", "v=DMARC1; p=reject; adkim=s; rua=mailto:d@x.test"),
+            ),
+        )
+    )
+    dkim_file = tmp_path / "k.pem"
+    dkim_file.write_bytes(
+        ed25519.Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM, _PKCS8, serialization.NoEncryption()
+        )
+    )
+    key = {"domain": "relayed.test", "selector": "s1", "key_file": str(dkim_file)}
+    relay = {
+        "MAILROOM_DELIVERY": "relay",
+        "MAILROOM_RELAY_HOST": "relay.good.test",
+        "MAILROOM_DKIM_KEYS": json.dumps([{**key, "subdomains": True}]),
+    }
+
+    run = _check(server, tmp_path, "--sender-domain", "sub.relayed.test", **relay)
+
+    assert run.stdout.splitlines()[0] == (
+        "settings     ok    delivery=relay relay.good.test (profile none) helo=mail.good.test"
+    )
+    # SPF has no parent fallback: the relay's address is what to publish.
+    spf = _line(run, "spf")
+    assert spf.startswith("spf          FAIL  sub.relayed.test: no SPF record")
+    assert 'publish TXT "v=spf1 ip4:203.0.113.9 ~all" at sub.relayed.test' in spf
+    # The parent domain's key signs the subdomain's mail (d=relayed.test): adkim=s breaks that.
+    assert "s1._domainkey.relayed.test" in _line(run, "dkim")
+    dmarc = _line(run, "dmarc")
+    assert dmarc.startswith("dmarc        ok    _dmarc.sub.relayed.test: p=reject;")
+    assert "adkim=s: a key of a parent domain (d=) does not align with sub.relayed.test" in dmarc
+
+    parent = _check(server, tmp_path, "--sender-domain", "relayed.test", **relay)
+
+    assert "authorises the relay relay.good.test (RELAY_HOST), 203.0.113.9" in _line(parent, "spf")
+    assert _line(parent, "dmarc").startswith("dmarc        ok    _dmarc.relayed.test: p=quarantine")
+    assert "adkim=s" not in _line(parent, "dmarc")
+
+    inherits = _check(server, tmp_path, "--sender-domain", "other.relayed.test", **relay)
+
+    assert _line(inherits, "dmarc").startswith(
+        "dmarc        ok    _dmarc.relayed.test: p=quarantine (the record of a parent domain "
+        "applies to other.relayed.test)"
+    )
+
+
 def test_a_host_behind_nat_cannot_be_judged(tmp_path: Path, make_dns_server: MakeDns) -> None:
     server = make_dns_server(
         _BASE.plus(

@@ -303,6 +303,12 @@ _TABLE = _Table(
             Verdict.FAIL,
             "'-all' at d.test",
         ),
+        (
+            "v=spf1 include:inc.test redirect=_spf.google.com",
+            Provider("Google", "_spf.google.com"),
+            Verdict.PASS,
+            "redirect=_spf.google.com at d.test",
+        ),
     ],
 )
 def test_spf_evaluation(record: str, sender: Sender, verdict: Verdict, reason: str) -> None:
