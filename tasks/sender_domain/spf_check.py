@@ -87,8 +87,9 @@ def _judged(
         return SendsFrom(
             what,
             (),
-            f"{shown} is a private address: mail leaves through a NAT or another relay whose "
-            "public address Mailroom does not know (it asks no outside service)",
+            f"{shown} {'is a private address' if len(addresses) == 1 else 'are private addresses'}"
+            ": mail leaves through a NAT or another relay whose public address Mailroom does not "
+            "know (it asks no outside service)",
         )
     terms = " ".join(f"ip{a.version}:{a}" for a in public)
     shown = ", ".join(map(str, public))

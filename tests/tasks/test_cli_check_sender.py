@@ -185,6 +185,25 @@ def test_a_configured_key_without_its_record_gets_the_record_to_publish(
     assert run.stdout.splitlines()[-1] == "FAILED at dkim"
 
 
+def test_an_unreadable_key_file_is_a_failed_line_naming_it(
+    tmp_path: Path, make_dns_server: MakeDns, keys: dict[str, tuple[Path, str]]
+) -> None:
+    server = make_dns_server(_BASE.plus(txt=_good("good.test", keys)))
+    missing = tmp_path / "gone.pem"
+    setting = [{"domain": "good.test", "selector": "s2026", "key_file": str(missing)}]
+
+    run = _check(
+        server, tmp_path, "--sender-domain", "good.test", MAILROOM_DKIM_KEYS=json.dumps(setting)
+    )
+
+    assert run.status == 1, run
+    assert _line(run, "dkim") == (
+        f"dkim         FAIL  s2026._domainkey.good.test: DKIM_KEYS: s2026._domainkey.good.test: "
+        f"key_file {missing}: cannot be read (No such file or directory); "
+        "to fix: fix DKIM_KEYS or the key file"
+    )
+
+
 def test_a_dkim_record_of_another_key_is_a_mismatch(
     tmp_path: Path, make_dns_server: MakeDns, keys: dict[str, tuple[Path, str]]
 ) -> None:
