@@ -6,6 +6,7 @@ queue never imports the SMTP client for its types.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -31,6 +32,11 @@ class Attempt:
     host: str
     address: str
     steps: tuple[StepRecord, ...]
+
+
+def used_tls(steps: Iterable[StepRecord]) -> bool:
+    """Whether a conversation of these steps was encrypted: a STARTTLS the server accepted."""
+    return any(step.command == "STARTTLS" and step.reply.reply_class == 2 for step in steps)
 
 
 @dataclass(frozen=True, slots=True)
