@@ -13,6 +13,7 @@ from pydantic import SecretStr, ValidationError
 from settings import (
     DeliveryMode,
     Listen,
+    MtaSts,
     Nameserver,
     Rate,
     RelayProfile,
@@ -66,6 +67,7 @@ DEFAULTS: dict[str, object] = {
     "dns_nameservers": (),
     "mx_deny_networks": (),
     "tls_ca_file": None,
+    "mta_sts": MtaSts.ON,
     "rate_limits": {},
     "retry_delays": (60, 300, 900, 1800, 3600, 7200, 14400, 28800),
     "max_age": 432000,

@@ -81,6 +81,14 @@ class Host:
 
 
 @dataclass(frozen=True, slots=True)
+class Txt:
+    """One TXT record of one string (no commas: dnsmasq splits strings at them)."""
+
+    name: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class Zone:
     """What the DNS server answers; names are A-labels, without a trailing dot."""
 
@@ -89,6 +97,7 @@ class Zone:
     null_mx: tuple[str, ...] = ()  # domains publishing `MX 0 .` (RFC 7505)
     servfail: tuple[str, ...] = ()  # domains answered SERVFAIL, subdomains included
     ttl: int = 300  # TTL of every record that has no TTL of its own
+    txt: tuple[Txt, ...] = ()
 
     def plus(
         self,
@@ -98,6 +107,7 @@ class Zone:
         null_mx: tuple[str, ...] = (),
         servfail: tuple[str, ...] = (),
         ttl: int | None = None,
+        txt: tuple[Txt, ...] = (),
     ) -> Zone:
         """This zone with more records (and another TTL when `ttl` is given)."""
         return Zone(
@@ -106,6 +116,7 @@ class Zone:
             null_mx=self.null_mx + null_mx,
             servfail=self.servfail + servfail,
             ttl=self.ttl if ttl is None else ttl,
+            txt=self.txt + txt,
         )
 
 
@@ -269,6 +280,7 @@ class DnsServer(StartStop):
         # --mx-host cannot say "MX 0 .", so the record is given as raw rdata (RFC 7505 §3).
         arguments += [f"--dns-rr={name},{_RR_MX},{_NULL_MX_RDATA}" for name in zone.null_mx]
         arguments += [f"--server=/{name}/{LOOPBACK}#{upstream_port}" for name in zone.servfail]
+        arguments += [f"--txt-record={t.name},{t.text}" for t in zone.txt]
         return arguments
 
     def start(self) -> None:
