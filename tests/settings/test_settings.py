@@ -271,6 +271,7 @@ BAD_VALUES = [
     ({"LOG_LEVEL": "loud"}, "LOG_LEVEL", "must be one of debug, info, warning, error (got 'loud')"),
     ({"RELAY_PROFILE": "gmail"}, "RELAY_PROFILE", "must be one of none, office365"),
     ({"SUBMISSION_TLS": "none"}, "SUBMISSION_TLS", "must be one of starttls, tls"),
+    ({"MTA_STS": "enforce"}, "MTA_STS", "must be one of on, off (got 'enforce')"),
     ({"RATE_LIMITS": "30/m"}, "RATE_LIMITS", "must be a JSON object"),
     ({"RATE_LIMITS": '["30/m"]'}, "RATE_LIMITS", "must be a JSON object"),
     ({"RATE_LIMITS": '{"gmail.com": 30}'}, "RATE_LIMITS", '"N/s", "N/m" or "N/h"'),
