@@ -446,3 +446,17 @@ async def test_the_setting_decides_whether_policies_are_looked_up(
         assert sink.sessions == []
         assert ("TXT", f"_mta-sts.{DOMAIN}") in looked_up
         assert len(policy_server.requests) == 1
+
+
+async def test_a_unicode_domain_is_looked_up_by_its_a_labels(
+    sts_dns: DnsServer, tls: TlsMaterial, redis_client: redis.Redis
+) -> None:
+    mark = sts_dns.log_mark()
+
+    known = await policies(sts_dns, tls, redis_client).policy("Bücher.test")
+
+    assert known.policy is None
+    assert known.reason == "no _mta-sts.xn--bcher-kva.test record"
+    assert ("TXT", "_mta-sts.xn--bcher-kva.test") in [
+        (q.rdtype, q.name) for q in sts_dns.queries_since(mark)
+    ]
