@@ -104,6 +104,8 @@ class PolicyFetcher:
             return FetchFailed(f"{host}: {_why(exc)}")
         except httpcore.ProtocolError as exc:
             return FetchFailed(f"{host}: not a valid HTTP response ({_why(exc)})")
+        except OSError as exc:  # anything the network layer did not map to httpcore's own
+            return FetchFailed(f"{host}: {_why(exc)}")
 
     async def _get(self, host: str) -> Fetched | FetchFailed:
         bound = {"connect": self._timeout, "read": self._timeout, "write": self._timeout}
