@@ -19,7 +19,7 @@ from tests.workers.test_delivery import FAST
 from tests.workers.test_smtp_session import message
 from workers.delivery.agent import DeliveryAgent
 from workers.delivery.config import AgentConfig
-from workers.delivery.mta_sts import KEY_PREFIX, MtaStsPolicies, PolicyStore
+from workers.delivery.mta_sts import FAILED_PREFIX, KEY_PREFIX, MtaStsPolicies, PolicyStore
 from workers.delivery.mta_sts_fetch import Fetched, FetchFailed, PolicyFetcher
 from workers.delivery.mta_sts_policy import Mode
 from workers.delivery.mx import MxResolver
@@ -342,6 +342,34 @@ async def test_a_redirect_is_not_followed_and_means_no_policy(
     assert isinstance(report.outcomes[0], Delivered)
     assert len(sink.messages) == 1
     assert redis_client.exists(KEY) == 0
+
+
+async def test_a_failed_fetch_is_not_repeated_by_other_workers_until_the_id_changes(
+    make_dns_server: Callable[[Zone], DnsServer],
+    policy_server: PolicyServer,
+    tls: TlsMaterial,
+    redis_client: redis.Redis,
+) -> None:
+    policy_server.serve("", status=302, headers=(("Location", "https://elsewhere.test/"),))
+    first_dns = make_dns_server(zone("one"))
+
+    first = await policies(first_dns, tls, redis_client).policy(DOMAIN)
+    # Another worker process, same TXT id: it takes the cluster's word for the failure.
+    second = await policies(first_dns, tls, redis_client).policy(DOMAIN)
+
+    assert first.policy is None
+    assert second == first
+    assert len(policy_server.requests) == 1
+    assert 0 < redis_client.ttl(FAILED_PREFIX + DOMAIN) <= 300
+
+    # The domain publishes a new id (a fixed policy): fetched again at once.
+    policy_server.serve(policy())
+    fixed = make_dns_server(zone("two"))
+    third = await policies(fixed, tls, redis_client).policy(DOMAIN)
+
+    assert third.policy is not None
+    assert len(policy_server.requests) == 2
+    assert redis_client.exists(FAILED_PREFIX + DOMAIN) == 0
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,8 @@ The `_mta-sts` TXT record is read again when the in-process copy is older than `
 seconds: a new id means a new fetch; no record, or a failed look-up, keeps the cached policy
 until it expires (RFC 8461 §3.3, §5). In front of Redis, each process keeps what it decided per
 domain for `REFRESH` seconds (`TtlCache`), so a message costs no DNS query, fetch or Redis round
-trip, and a fetch that failed is not tried again for `RETRY_FAILED` seconds. Redis is reached
+trip. A fetch that failed is not tried again for the same TXT id for `RETRY_FAILED` seconds, by
+any worker (`mailroom:mta_sts_failed:<domain>`). Redis is reached
 from the event loop through a thread (the client is synchronous), only on those refreshes; a
 Redis error is logged and treated as an empty cache.
 """
@@ -35,6 +36,9 @@ from workers.smtp.tls_policy import TlsPolicy
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "mailroom:mta_sts:"
+# A fetch that failed, for the TXT id it was made for: no worker of the cluster tries again for
+# that id within RETRY_FAILED seconds.
+FAILED_PREFIX = "mailroom:mta_sts_failed:"
 REFRESH = 300.0  # seconds a process trusts what it last learnt of a domain
 RETRY_FAILED = 300.0  # seconds before a failed fetch (with nothing cached) is tried again
 _MAX_DOMAINS = 10_000
@@ -65,30 +69,57 @@ class PolicyStore:
     def __init__(self, client: redis.Redis) -> None:
         self._client = client
 
-    def get(self, domain: str) -> _Cached | None:
+    def get(self, domain: str) -> tuple[_Cached | None, _Failure | None]:
+        """The cached policy of `domain`, and the fetch that last failed for it, if any."""
         pipe = self._client.pipeline(transaction=False)
         pipe.get(KEY_PREFIX + domain)
         pipe.pttl(KEY_PREFIX + domain)
-        raw, pttl = pipe.execute()
-        if raw is None or pttl is None or pttl <= 0:
-            return None
-        try:
-            stored = json.loads(raw)
-            policy_id, text = str(stored["id"]), str(stored["policy"])
-        except (ValueError, KeyError, TypeError):
-            return None  # not ours, or from an older format: as if nothing were cached
-        policy = parse_policy(text)
-        if isinstance(policy, Malformed):
-            return None
-        return _Cached(policy_id, policy, text, pttl / 1000)
+        pipe.get(FAILED_PREFIX + domain)
+        raw, pttl, failed = pipe.execute()
+        return _policy(raw, pttl), _failure(failed)
 
     def put(self, domain: str, policy_id: str, fetched: Fetched) -> None:
         key = KEY_PREFIX + domain
+        self._client.delete(FAILED_PREFIX + domain)
         if fetched.policy.max_age <= 0:
             self._client.delete(key)  # max_age 0: the domain asks for no caching at all
             return
         value = json.dumps({"id": policy_id, "policy": fetched.text})
         self._client.set(key, value, ex=fetched.policy.max_age)
+
+    def put_failure(self, domain: str, policy_id: str, reason: str) -> None:
+        value = json.dumps({"id": policy_id, "reason": reason})
+        self._client.set(FAILED_PREFIX + domain, value, ex=int(RETRY_FAILED))
+
+
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    policy_id: str
+    reason: str
+
+
+def _failure(raw: bytes | str | None) -> _Failure | None:
+    if raw is None:
+        return None
+    try:
+        stored = json.loads(raw)
+        return _Failure(str(stored["id"]), str(stored["reason"]))
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _policy(raw: bytes | str | None, pttl: int | None) -> _Cached | None:
+    if raw is None or pttl is None or pttl <= 0:
+        return None
+    try:
+        stored = json.loads(raw)
+        policy_id, text = str(stored["id"]), str(stored["policy"])
+    except (ValueError, KeyError, TypeError):
+        return None  # not ours, or from an older format: as if nothing were cached
+    policy = parse_policy(text)
+    if isinstance(policy, Malformed):
+        return None
+    return _Cached(policy_id, policy, text, pttl / 1000)
 
 
 class MtaStsPolicies:
@@ -140,7 +171,8 @@ class MtaStsPolicies:
 
     async def _refresh(self, domain: str) -> tuple[Known, float]:
         record = await self._resolver.texts(f"_mta-sts.{domain}")
-        cached = await self._cached(domain)
+        nothing: tuple[_Cached | None, _Failure | None] = (None, None)
+        cached, failure = await self._safely(lambda: self._store.get(domain), nothing)
         policy_id = None if isinstance(record, Reply) else parse_record(record)
         if not isinstance(policy_id, str):
             # No record (or a broken one, or the look-up failed): a cached policy stays in force.
@@ -149,17 +181,20 @@ class MtaStsPolicies:
             return Known(None, _no_record(domain, record, policy_id)), REFRESH
         if cached is not None and cached.policy_id == policy_id:
             return Known(cached.policy), min(REFRESH, cached.ttl)
-        fetched = await self._fetcher.fetch(domain)
+        if failure is not None and failure.policy_id == policy_id:
+            fetched: Fetched | FetchFailed = FetchFailed(failure.reason)  # another worker's
+        else:
+            fetched = await self._fetcher.fetch(domain)
+            if isinstance(fetched, FetchFailed):
+                log.warning("MTA-STS policy of %s not fetched: %s", domain, fetched.reason)
+                reason = fetched.reason
+                await self._safely(lambda: self._store.put_failure(domain, policy_id, reason), None)
         if isinstance(fetched, FetchFailed):
-            log.warning("MTA-STS policy of %s not fetched: %s", domain, fetched.reason)
             if cached is not None:
                 return Known(cached.policy, fetched.reason), min(RETRY_FAILED, cached.ttl)
             return Known(None, fetched.reason), RETRY_FAILED
         await self._safely(lambda: self._store.put(domain, policy_id, fetched), None)
         return Known(fetched.policy), min(REFRESH, max(fetched.policy.max_age, 1))
-
-    async def _cached(self, domain: str) -> _Cached | None:
-        return await self._safely(lambda: self._store.get(domain), None)
 
     async def _safely(self, call: Callable[[], _T], fallback: _T) -> _T:
         try:
