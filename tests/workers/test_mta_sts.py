@@ -232,6 +232,48 @@ async def test_testing_mode_without_tls_counts_too(
     assert report.mta_sts_failure == "testing"
 
 
+async def test_testing_mode_with_a_bad_certificate_delivers_over_unverified_tls_and_counts(
+    sts_dns: DnsServer,
+    policy_server: PolicyServer,
+    tls: TlsMaterial,
+    redis_client: redis.Redis,
+    make_sink: MakeSink,
+    mx_port: int,
+) -> None:
+    policy_server.serve(policy("testing"))
+    sink = make_sink(MX_ADDRESS, port=mx_port, starttls_context=tls.wrong_name_context())
+
+    report = await deliver(policies(sts_dns, tls, redis_client), sts_dns, mx_port)
+
+    assert isinstance(report.outcomes[0], Delivered)
+    assert report.mta_sts_failure == "testing"
+    first, second = report.attempts  # verified: refused; then as without a policy
+    assert first.steps[-1].reply.enhanced == "4.7.5"
+    assert "MTA-STS" not in first.steps[-1].reply.text  # testing defers nothing
+    assert [s.command for s in second.steps][:3] == ["connect", "EHLO", "STARTTLS"]
+    [received] = sink.messages
+    assert received.tls
+
+
+async def test_testing_mode_met_counts_nothing(
+    sts_dns: DnsServer,
+    policy_server: PolicyServer,
+    tls: TlsMaterial,
+    redis_client: redis.Redis,
+    make_sink: MakeSink,
+    mx_port: int,
+) -> None:
+    policy_server.serve(policy("testing"))
+    sink = mx_sink(make_sink, tls, mx_port)
+
+    report = await deliver(policies(sts_dns, tls, redis_client), sts_dns, mx_port)
+
+    assert isinstance(report.outcomes[0], Delivered)
+    assert report.mta_sts_failure is None
+    assert len(report.attempts) == 1
+    assert sink.messages[0].tls
+
+
 async def test_policy_is_cached_in_redis_for_the_cluster_until_max_age(
     sts_dns: DnsServer,
     policy_server: PolicyServer,

@@ -19,7 +19,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 import dns.exception
@@ -27,11 +27,11 @@ import dns.name
 import redis
 
 from workers.delivery.mta_sts_fetch import Fetched, FetchFailed, PolicyFetcher
-from workers.delivery.mta_sts_policy import Malformed, Policy, parse_policy, parse_record
+from workers.delivery.mta_sts_policy import Malformed, Mode, Policy, parse_policy, parse_record
 from workers.delivery.mx import MxResolver
 from workers.delivery.ttl_cache import TtlCache
-from workers.model.reply import Reply
-from workers.smtp.tls_policy import TlsPolicy
+from workers.model.reply import Reply, mta_sts_requirement
+from workers.smtp.tls_policy import TlsMode, TlsPolicy
 
 log = logging.getLogger(__name__)
 
@@ -134,14 +134,22 @@ class MtaStsPolicies:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """`tls` is what MX hosts of a domain whose policy is enforced get: STARTTLS required,
-        the certificate verified for the MX host's name."""
-        self.tls = tls
+        the certificate verified for the MX host's name (in mode testing: verified when offered,
+        retried unverified when that fails)."""
+        self._enforced = tls
+        self._tested = replace(tls, mode=TlsMode.VERIFIED_MAY)
         self._resolver = resolver
         self._fetcher = fetcher
         self._store = store
         self._known: TtlCache[str, Known] = TtlCache(clock, _MAX_DOMAINS)
         # One refresh per domain at a time: concurrent deliveries wait for it.
         self._refreshing: dict[str, asyncio.Future[Known]] = {}
+
+    def tls(self, policy: Policy, destination: str) -> TlsPolicy:
+        """The TLS an MX host of `destination` gets under its `policy` (enforce or testing)."""
+        if policy.mode is Mode.ENFORCE:
+            return replace(self._enforced, required_by=mta_sts_requirement(destination))
+        return self._tested
 
     async def policy(self, destination: str) -> Known:
         """The policy of domain `destination`, or why none applies."""

@@ -11,8 +11,9 @@ plaintext (Postfix's `may` level). Each session opens its connection under the d
 
 A recipient domain's MTA-STS policy (RFC 8461 §4, `workers.delivery.mta_sts`) narrows the walk
 for direct MX delivery: in mode `enforce`, only the MX hosts it names, each with STARTTLS and a
-certificate verified for the host's name (no plaintext retry); in mode `testing`, the walk is as
-without a policy, and a shortfall is only logged and counted (`mta_sts_failure`).
+certificate verified for the host's name (no plaintext retry); in mode `testing`, every MX host,
+its certificate verified when it offers STARTTLS and, when that fails, the same address retried
+with unverified TLS: a shortfall is only logged and counted (`mta_sts_failure`).
 """
 
 from __future__ import annotations
@@ -29,20 +30,14 @@ from workers.delivery.mta_sts_policy import Mode, Policy
 from workers.delivery.mx import Target, resolve_host
 from workers.model.envelope import OutboundMessage
 from workers.model.outcome import classify, try_next_host
-from workers.model.reply import (
-    Code,
-    Reply,
-    Step,
-    mta_sts_no_mx,
-    mta_sts_requirement,
-    not_attempted,
-)
+from workers.model.reply import Code, Reply, Step, mta_sts_no_mx, not_attempted
 from workers.model.report import Attempt, DeliveryReport, StepRecord
 from workers.smtp.connection import Connection
 from workers.smtp.connection_pool import ConnectionPool
 from workers.smtp.peer import Errand, Login, Peer
 from workers.smtp.session import SessionResult, run_session
 from workers.smtp.slot import Handover, Slot
+from workers.smtp.tls_policy import TlsMode
 
 log = logging.getLogger(__name__)
 
@@ -97,9 +92,8 @@ class Walk:
             if asyncio.get_running_loop().time() >= deadline:
                 break
             peer = config.peer(destination, host, address, port, delivery.login)
-            if policy is not None and policy.mode is Mode.ENFORCE and config.mta_sts is not None:
-                required_by = mta_sts_requirement(destination)
-                peer = replace(peer, tls=replace(config.mta_sts.tls, required_by=required_by))
+            if policy is not None and config.mta_sts is not None:
+                peer = replace(peer, tls=config.mta_sts.tls(policy, destination))
             result = await self._converse(peer, pending)
             if result is None:
                 break  # the cap is full: the recipients keep their last replies
@@ -192,7 +186,11 @@ class Walk:
             self._attempts.append(Attempt(at, peer.host, peer.address, result.steps))
             if not result.tls_failed or peer.tls is None:
                 return result
-            peer, connection = peer.plaintext(), None
+            if peer.tls.mode is TlsMode.VERIFIED_MAY:
+                peer = replace(peer, tls=self._config.mx_tls)  # noticed; now as without a policy
+            else:
+                peer = peer.plaintext()
+            connection = None
 
     async def _ready(self) -> bool:
         """Whether a session may open a connection under the slot; without a pool, the

@@ -23,6 +23,9 @@ class TlsMode(StrEnum):
     OPPORTUNISTIC = "may"  # STARTTLS when offered, unverified; plaintext when the handshake fails
     STARTTLS = "starttls"  # STARTTLS required and verified (relay on 587)
     IMPLICIT = "tls"  # TLS from the first byte, verified (relay on 465, RFC 8314)
+    # STARTTLS when offered, verified; a handshake or certificate failure is retried unverified
+    # (MTA-STS `testing`, RFC 8461 §5: the failure is noticed, the mail still goes).
+    VERIFIED_MAY = "verify-may"
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +51,7 @@ class TlsPolicy:
     @property
     def required(self) -> bool:
         """Whether a session without TLS must send nothing at all."""
-        return self.mode is not TlsMode.OPPORTUNISTIC
+        return self.mode not in (TlsMode.OPPORTUNISTIC, TlsMode.VERIFIED_MAY)
 
 
 def relay_policy(security: str, ca_file: str | None) -> TlsPolicy:
