@@ -153,29 +153,33 @@ class MtaStsPolicies:
 
     async def policy(self, destination: str) -> Known:
         """The policy of domain `destination`, or why none applies."""
-        try:
-            domain = dns.name.from_text(destination).to_text(omit_final_dot=True).lower()
-        except dns.exception.DNSException:
-            return Known(None, "not a domain name")
-        known = self._known.get(domain)
+        # Keyed by the destination as given: the hot path pays one dict look-up, no IDNA.
+        known = self._known.get(destination)
         if known is not None:
             return known
-        running = self._refreshing.get(domain)
+        running = self._refreshing.get(destination)
         if running is not None:
             return await asyncio.shield(running)
         future: asyncio.Future[Known] = asyncio.get_running_loop().create_future()
-        self._refreshing[domain] = future
+        self._refreshing[destination] = future
         try:
-            known, ttl = await self._refresh(domain)
-            self._known.put(domain, known, ttl)
+            known, ttl = await self._learn(destination)
+            self._known.put(destination, known, ttl)
             future.set_result(known)
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # retrieved: nobody else may be waiting
             raise
         finally:
-            del self._refreshing[domain]
+            del self._refreshing[destination]
         return known
+
+    async def _learn(self, destination: str) -> tuple[Known, float]:
+        try:
+            domain = dns.name.from_text(destination).to_text(omit_final_dot=True).lower()
+        except dns.exception.DNSException:
+            return Known(None, "not a domain name"), REFRESH
+        return await self._refresh(domain)
 
     async def _refresh(self, domain: str) -> tuple[Known, float]:
         record = await self._resolver.texts(f"_mta-sts.{domain}")
