@@ -47,3 +47,6 @@ class DeliveryReport:
     outcomes: tuple[Outcome, ...]
     resolution: StepRecord
     attempts: tuple[Attempt, ...]
+    # The mode ("enforce", "testing") of the recipient domain's MTA-STS policy when the delivery
+    # fell short of it: an MX host it does not name, or no (verified) TLS. None: no shortfall.
+    mta_sts_failure: str | None = None
