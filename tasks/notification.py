@@ -35,6 +35,7 @@ from tasks.header_text import (
     check_extra_header,
     check_header_text,
 )
+from tasks.labels import check_metadata, check_tags, labels_json
 
 __all__ = [
     "LINE_LIMIT",
@@ -90,8 +91,12 @@ class Notification(BaseModel):
     html: str | None = None
     headers: dict[str, str] = Field(default_factory=dict)
     idempotency_key: str | None = None
+    # Any, not str: a value of another type gets the same one line as a bad string.
+    tags: list[Any] = Field(default_factory=list)
+    metadata: dict[Any, Any] = Field(default_factory=dict)
 
     _parsed: _Parsed = PrivateAttr()
+    _labels: str = PrivateAttr(default="")
 
     @classmethod
     def validate_dict(cls, data: Mapping[str, Any]) -> Self:
@@ -139,6 +144,16 @@ class Notification(BaseModel):
             check_extra_header(name, text)
         return value
 
+    @field_validator("tags")
+    @classmethod
+    def _check_tags(cls, value: list[Any]) -> list[Any]:
+        return check_tags(value)
+
+    @field_validator("metadata")
+    @classmethod
+    def _check_metadata(cls, value: dict[Any, Any]) -> dict[Any, Any]:
+        return check_metadata(value)
+
     @field_validator("idempotency_key")
     @classmethod
     def _check_idempotency_key(cls, value: str | None) -> str | None:
@@ -171,6 +186,7 @@ class Notification(BaseModel):
             raise InvalidNotification("to: no recipient (to, cc and bcc are all empty)")
         if self.text is None and self.html is None:
             raise InvalidNotification("text: neither text nor html is given")
+        self._labels = labels_json(self.tags, self.metadata)
         return self
 
     @property
@@ -199,6 +215,10 @@ class Notification(BaseModel):
         count as one recipient; local parts stay case-sensitive (RFC 5321 §2.4).
         """
         return list(_parsed(self).recipients)
+
+    def labels(self) -> str:
+        """Tags and metadata as the status record keeps them (JSON; "" when there are none)."""
+        return self._labels
 
     def needs_smtputf8(self) -> bool:
         """True when the sender or any recipient has a non-ASCII local part (RFC 6531)."""

@@ -28,6 +28,12 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
         "--header", action="append", default=[], help="extra header 'Name: value' (repeatable)"
     )
     parser.add_argument("--idempotency-key", help="the same key returns the same id")
+    parser.add_argument(
+        "--tag", action="append", default=[], help="a tag its events carry (repeatable)"
+    )
+    parser.add_argument(
+        "--meta", action="append", default=[], help="metadata 'key=value' its events carry"
+    )
     parser.add_argument("--json", action="store_true", help='print {"id": ...}')
     parser.set_defaults(run=run)
 
@@ -43,6 +49,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         "html": args.html,
         "headers": dict(_header(h) for h in args.header),
         "idempotency_key": args.idempotency_key,
+        "tags": args.tag,
+        "metadata": dict(_meta(m) for m in args.meta),
     }
     try:
         message_id = Mailroom(settings).notify(**fields)
@@ -62,6 +70,8 @@ _FLAGS = {
     "html": "--html",
     "headers": "--header",
     "idempotency_key": "--idempotency-key",
+    "tags": "--tag",
+    "metadata": "--meta",
 }
 
 
@@ -92,3 +102,10 @@ def _header(text: str) -> tuple[str, str]:
     if not colon or not name.strip():
         raise UsageError(f"send: --header: {text!r} is not 'Name: value'")
     return name.strip(), value.strip()
+
+
+def _meta(text: str) -> tuple[str, str]:
+    key, equals, value = text.partition("=")
+    if not equals or not key:
+        raise UsageError(f"send: --meta: {text!r} is not 'key=value'")
+    return key, value
