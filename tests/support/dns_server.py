@@ -24,7 +24,8 @@ The standard zone (`STANDARD_ZONE`, served by the session fixture `dns_server`, 
 SERVFAIL is real: dnsmasq forwards the `servfail` domains to a small upstream on loopback that
 answers SERVFAIL to everything, and passes that rcode on (forwarding to a port where nothing
 listens makes dnsmasq stay silent, not SERVFAIL). `Blackhole` is a UDP socket that never answers,
-for timeouts. Build other zones from `STANDARD_ZONE.plus(...)` or `Zone(...)` and start them with
+for timeouts. TXT records (`Txt`, e.g. DKIM keys) are given the same way. Build other zones from
+`STANDARD_ZONE.plus(...)` or `Zone(...)` and start them with
 the function-scoped `make_dns_server(zone)` fixture. dnsmasq logs every query, so a test can
 check which look-ups were made (`log_mark()`, `queries_since(mark)`).
 """
@@ -81,6 +82,19 @@ class Host:
 
 
 @dataclass(frozen=True, slots=True)
+class Txt:
+    """One TXT record; text longer than a character-string (255 octets) is split into several
+    strings of one record, which readers join (RFC 7208 §3.3, RFC 6376 §3.6.2.2). No commas."""
+
+    name: str
+    text: str
+
+    def strings(self) -> list[str]:
+        """The record's character-strings."""
+        return [self.text[start : start + 255] for start in range(0, len(self.text), 255)] or [""]
+
+
+@dataclass(frozen=True, slots=True)
 class Zone:
     """What the DNS server answers; names are A-labels, without a trailing dot."""
 
@@ -89,6 +103,7 @@ class Zone:
     null_mx: tuple[str, ...] = ()  # domains publishing `MX 0 .` (RFC 7505)
     servfail: tuple[str, ...] = ()  # domains answered SERVFAIL, subdomains included
     ttl: int = 300  # TTL of every record that has no TTL of its own
+    txt: tuple[Txt, ...] = ()
 
     def plus(
         self,
@@ -98,6 +113,7 @@ class Zone:
         null_mx: tuple[str, ...] = (),
         servfail: tuple[str, ...] = (),
         ttl: int | None = None,
+        txt: tuple[Txt, ...] = (),
     ) -> Zone:
         """This zone with more records (and another TTL when `ttl` is given)."""
         return Zone(
@@ -106,6 +122,7 @@ class Zone:
             null_mx=self.null_mx + null_mx,
             servfail=self.servfail + servfail,
             ttl=self.ttl if ttl is None else ttl,
+            txt=self.txt + txt,
         )
 
 
@@ -269,6 +286,11 @@ class DnsServer(StartStop):
         # --mx-host cannot say "MX 0 .", so the record is given as raw rdata (RFC 7505 §3).
         arguments += [f"--dns-rr={name},{_RR_MX},{_NULL_MX_RDATA}" for name in zone.null_mx]
         arguments += [f"--server=/{name}/{LOOPBACK}#{upstream_port}" for name in zone.servfail]
+        # dnsmasq splits the value at commas into character-strings (quotes stay literal on
+        # its command line), so a comma inside a string cannot be served.
+        arguments += [
+            f"--txt-record={record.name}," + ",".join(record.strings()) for record in zone.txt
+        ]
         return arguments
 
     def start(self) -> None:
