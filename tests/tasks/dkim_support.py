@@ -1,7 +1,8 @@
 """DKIM test keys, their DNS records served by a real dnsmasq, and dkimpy's verifier reading them.
 
 `dkim_keys` (session) writes an RSA-2048 and an Ed25519 key for `DOMAIN` (selectors `rsa` and
-`ed`) and a second RSA key for `OTHER_DOMAIN` with `subdomains`; `dkim_dns` serves their records
+`ed`), a second RSA key for `OTHER_DOMAIN` with `subdomains`, and an Ed25519 key for
+`SUBMISSION_DOMAIN`; `dkim_dns` serves their records
 (`v=DKIM1; k=…; p=…`) from dnsmasq, and `verify(data, dns, index)` runs `dkim.DKIM.verify` with a
 `dnsfunc` that queries that server through dnspython: verification really goes through DNS.
 """
@@ -26,6 +27,7 @@ from tests.support.dns_server import DnsServer, Txt, Zone
 
 DOMAIN = "mailroom.test"  # signed with RSA (selector rsa) and Ed25519 (selector ed)
 OTHER_DOMAIN = "parent.test"  # signed with RSA (selector s1), subdomains too
+SUBMISSION_DOMAIN = "example.test"  # the submission tests' sender domain: Ed25519, selector sub
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,12 +61,14 @@ def write_key(path: Path, algorithm: str) -> Path:
 
 @pytest.fixture(scope="session")
 def dkim_keys(tmp_path_factory: pytest.TempPathFactory) -> KeySet:
-    """Three keys: rsa and ed for DOMAIN, s1 (RSA, subdomains) for OTHER_DOMAIN."""
+    """Four keys: rsa and ed for DOMAIN, s1 (RSA, subdomains) for OTHER_DOMAIN, and sub
+    (Ed25519) for SUBMISSION_DOMAIN."""
     folder = tmp_path_factory.mktemp("dkim")
     configs = (
         DkimKey(DOMAIN, "rsa", write_key(folder / "rsa.pem", "rsa")),
         DkimKey(DOMAIN, "ed", write_key(folder / "ed.pem", "ed25519")),
         DkimKey(OTHER_DOMAIN, "s1", write_key(folder / "s1.pem", "rsa"), subdomains=True),
+        DkimKey(SUBMISSION_DOMAIN, "sub", write_key(folder / "sub.pem", "ed25519")),
     )
     return KeySet(configs, load_signing_keys(configs))
 
