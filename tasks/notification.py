@@ -35,6 +35,7 @@ from tasks.header_text import (
     check_extra_header,
     check_header_text,
 )
+from tasks.list_unsubscribe import check_one_click, check_uris, list_fields
 
 __all__ = [
     "LINE_LIMIT",
@@ -90,6 +91,9 @@ class Notification(BaseModel):
     html: str | None = None
     headers: dict[str, str] = Field(default_factory=dict)
     idempotency_key: str | None = None
+    # RFC 2369 / RFC 8058 (tasks/list_unsubscribe.py): an https: or mailto: URI, or one of each.
+    list_unsubscribe: str | list[str] | None = None
+    one_click: bool = Field(default=False, strict=True)
 
     _parsed: _Parsed = PrivateAttr()
 
@@ -152,6 +156,13 @@ class Notification(BaseModel):
             check_header_text("idempotency_key", value)
         return value
 
+    @field_validator("list_unsubscribe")
+    @classmethod
+    def _check_list_unsubscribe(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if value is not None:
+            check_uris(value)
+        return value
+
     @model_validator(mode="after")
     def _check_addresses(self) -> Self:
         # Addresses are parsed here rather than in field validators so each is parsed once and
@@ -171,7 +182,26 @@ class Notification(BaseModel):
             raise InvalidNotification("to: no recipient (to, cc and bcc are all empty)")
         if self.text is None and self.html is None:
             raise InvalidNotification("text: neither text nor html is given")
+        uris = self.unsubscribe_uris()
+        check_one_click(uris, self.one_click)
+        if uris:
+            for name in self.headers:
+                if name.lower() in ("list-unsubscribe", "list-unsubscribe-post"):
+                    raise InvalidNotification(
+                        f"headers[{name!r}]: list_unsubscribe writes this header (give one)"
+                    )
         return self
+
+    def unsubscribe_uris(self) -> tuple[str, ...]:
+        """The List-Unsubscribe URIs given, in order (none: an empty tuple)."""
+        value = self.list_unsubscribe
+        if value is None:
+            return ()
+        return (value,) if isinstance(value, str) else tuple(value)
+
+    def list_header_fields(self) -> list[tuple[str, str]]:
+        """List-Unsubscribe and List-Unsubscribe-Post as (name, value), when asked for."""
+        return list_fields(self.unsubscribe_uris(), self.one_click)
 
     @property
     def sender_mailbox(self) -> Mailbox:

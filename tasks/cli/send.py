@@ -28,6 +28,18 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
         "--header", action="append", default=[], help="extra header 'Name: value' (repeatable)"
     )
     parser.add_argument("--idempotency-key", help="the same key returns the same id")
+    parser.add_argument(
+        "--list-unsubscribe",
+        action="append",
+        default=[],
+        metavar="URI",
+        help="List-Unsubscribe https: or mailto: URI (one of each at most)",
+    )
+    parser.add_argument(
+        "--one-click",
+        action="store_true",
+        help="add List-Unsubscribe-Post: List-Unsubscribe=One-Click (needs an https URI)",
+    )
     parser.add_argument("--json", action="store_true", help='print {"id": ...}')
     parser.set_defaults(run=run)
 
@@ -43,6 +55,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         "html": args.html,
         "headers": dict(_header(h) for h in args.header),
         "idempotency_key": args.idempotency_key,
+        "list_unsubscribe": args.list_unsubscribe or None,
+        "one_click": args.one_click,
     }
     try:
         message_id = Mailroom(settings).notify(**fields)
@@ -62,6 +76,8 @@ _FLAGS = {
     "html": "--html",
     "headers": "--header",
     "idempotency_key": "--idempotency-key",
+    "list_unsubscribe": "--list-unsubscribe",
+    "one_click": "--one-click",
 }
 
 

@@ -62,6 +62,8 @@ def test_notify_signs_once_and_the_sink_receives_a_valid_signature(
             "to": ["ops@implicit.test"],
             "subject": "s",
             "text": "t",
+            "list_unsubscribe": ["https://ops.mailroom.test/u?id=1", "mailto:u@mailroom.test"],
+            "one_click": True,
         },
         queue="mailroom.intake",
     )
@@ -74,7 +76,10 @@ def test_notify_signs_once_and_the_sink_receives_a_valid_signature(
     assert verify(signed, dkim_dns, 0)
     assert verify(signed, dkim_dns, 1)
     assert b"DKIM-Signature" not in by_subject["x"]
-    assert verify(by_subject["s"], dkim_dns, 0)  # the intake task signs as notify() does
+    # The intake task signs as notify() does, List-Unsubscribe(-Post) included.
+    assert verify(by_subject["s"], dkim_dns, 0)
+    assert b"\r\nList-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n" in by_subject["s"]
+    assert b":list-unsubscribe:list-unsubscribe-post;" in b"".join(by_subject["s"].split(b"\r\n "))
     assert unsigned_id != signed_id
 
 
