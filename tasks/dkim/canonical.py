@@ -9,7 +9,7 @@ its body, which is what the signer needs.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 _WSP_RUN = re.compile(rb"[ \t]+")
 _UNFOLD = re.compile(rb"\r\n(?=[ \t])")
@@ -23,11 +23,10 @@ class HeaderField:
 
     name: str  # as written (ASCII: RFC 5322 field names are printable US-ASCII)
     raw: bytes
+    key: str = field(init=False)  # the name lower-case, as DKIM compares names
 
-    @property
-    def key(self) -> str:
-        """The name as DKIM compares it: case-insensitively."""
-        return self.name.lower()
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", self.name.lower())
 
 
 def split_message(data: bytes) -> tuple[list[HeaderField], bytes]:
@@ -65,14 +64,21 @@ def relaxed_header(raw: bytes) -> bytes:
     """One header field in relaxed form, with its CRLF (RFC 6376 §3.4.2): the name lower-case,
     the value unfolded, runs of whitespace one space, none around the colon or at the end."""
     name, _, value = raw.partition(b":")
-    value = _WSP_RUN.sub(b" ", _UNFOLD.sub(b"", value)).strip(b" \t")
-    return name.strip(b" \t").lower() + b":" + value + _CRLF
+    # The regular expressions run only where they would change something: most fields are one
+    # line with single spaces, and this runs for every signed field of every message.
+    if _CRLF in value:
+        value = _UNFOLD.sub(b"", value)
+    if b"\t" in value or b"  " in value:
+        value = _WSP_RUN.sub(b" ", value)
+    return name.strip(b" \t").lower() + b":" + value.strip(b" \t") + _CRLF
 
 
 def relaxed_body(body: bytes) -> bytes:
     """The body in relaxed form (RFC 6376 §3.4.4): runs of whitespace one space, none at the end
     of a line, no empty lines at the end, and a final CRLF unless the body is empty."""
-    body = _WSP_RUN.sub(b" ", body).replace(b" \r\n", _CRLF)
+    if b"\t" in body or b"  " in body:  # else there is no run to shorten (most bodies)
+        body = _WSP_RUN.sub(b" ", body)
+    body = body.replace(b" \r\n", _CRLF)
     end = len(body)
     while end >= 2 and body[end - 2 : end] == _CRLF:
         end -= 2

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -48,6 +49,7 @@ SIGNED_FIELDS = (
 )
 FIELD_NAME = "DKIM-Signature"
 _FOLD_AT = 78  # RFC 5322 §2.1.1
+_SIMPLE_DOMAIN = re.compile(r"@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)>?[ \t]*\Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +105,12 @@ def from_domain(fields: Sequence[HeaderField]) -> str | None:
         value = found[0].raw.partition(b":")[2].replace(b"\r\n", b"").decode("utf-8")
     except UnicodeDecodeError:
         return None
+    if value.count("@") == 1 and "," not in value and "(" not in value:
+        # One address, no comment: the domain ends the field (`Name <a@domain>`), which spares
+        # the stdlib's parser (a third of the signer's own time). Anything else is parsed.
+        simple = _SIMPLE_DOMAIN.search(value)
+        if simple:
+            return simple[1].lower()
     domains = {address.rpartition("@")[2].lower() for _, address in getaddresses([value])}
     if len(domains) != 1:
         return None

@@ -65,6 +65,20 @@ def test_relaxed_canonicalisation_matches_the_rfc_example() -> None:
 
 
 @pytest.mark.parametrize(
+    ("field", "canonical"),
+    [
+        (b"Subject: one line", b"subject:one line\r\n"),
+        (b"Subject:  two  spaces ", b"subject:two spaces\r\n"),
+        (b"Subject:\ttab\tinside", b"subject:tab inside\r\n"),
+        (b"Subject: folded \r\n\there", b"subject:folded here\r\n"),
+        (b"To: a@b.c,\r\n d@e.f", b"to:a@b.c, d@e.f\r\n"),
+    ],
+)
+def test_relaxed_header_fields(field: bytes, canonical: bytes) -> None:
+    assert relaxed_header(field) == canonical
+
+
+@pytest.mark.parametrize(
     ("body", "canonical"),
     [
         (b"", b""),  # RFC 6376 §3.4.4: an empty body stays empty
@@ -72,6 +86,8 @@ def test_relaxed_canonicalisation_matches_the_rfc_example() -> None:
         (b"no final newline", b"no final newline\r\n"),
         (b"trailing  \t", b"trailing\r\n"),
         (b"a\r\n \r\n\t\r\n", b"a\r\n"),
+        (b"one space \r\nx", b"one space\r\nx\r\n"),
+        (b"a  b\tc \t\r\n", b"a b c\r\n"),
     ],
 )
 def test_relaxed_body_edges(body: bytes, canonical: bytes) -> None:
@@ -184,6 +200,9 @@ def test_signing_twice_adds_nothing_and_no_from_is_not_signed(dkim_keys: KeySet)
         ("From: zoë@bücher.test".encode(), "xn--bcher-kva.test"),
         (b"From: =?utf-8?b?w6k=?=\r\n <x@example.com>", "example.com"),
         (b"From: undisclosed-recipients:;", None),
+        (b'From: "x@evil.test" <a@example.com>', "example.com"),
+        (b"From: a@example.com (Ann at example.net)", "example.com"),
+        (b"From: a, b@example.com", None),  # two mailboxes, one of them without a domain
     ],
 )
 def test_from_domain(field: bytes, domain: str | None) -> None:
