@@ -4,6 +4,7 @@ the sink received verified by dkimpy against DNS records served by dnsmasq."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,7 @@ from tests.tasks.submission_support import (
     running_listener,
     submission_settings,
 )
+from tests.tasks.test_cli import assert_usage_error, run_mailroom
 from workers.queue.content import ContentStore
 
 __all__ = ["dkim_dns", "dkim_keys"]  # fixtures
@@ -124,3 +126,12 @@ def test_an_unreadable_key_is_one_line_and_exit_2(
     assert err.count("\n") == 1
     assert err.startswith(f"mailroom: MAILROOM_DKIM_KEYS: s._domainkey.{DOMAIN}: key_file ")
     assert "cannot be read" in err
+
+
+def test_a_worker_with_an_unusable_key_stops_at_start_up_with_one_line(tmp_path: Path) -> None:
+    key_file = tmp_path / "short.pem"
+    key_file.write_text("-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n")
+    keys = json.dumps([{"domain": DOMAIN, "selector": "s", "key_file": str(key_file)}])
+    run = run_mailroom("worker", env={"MAILROOM_DKIM_KEYS": keys}, cwd=tmp_path)
+    assert_usage_error(run, f"MAILROOM_DKIM_KEYS: s._domainkey.{DOMAIN}: key_file {key_file}")
+    assert "not a key" not in run.stderr  # never the file's content
