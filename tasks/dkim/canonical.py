@@ -3,7 +3,7 @@
 Everything is bytes: an SMTPUTF8 message (RFC 6531) has UTF-8 in its header fields, and the
 algorithms only ever look at spaces, tabs and CRLF, so no decoding is needed (or wanted).
 `split_message` cuts a message into its header fields (each with its folding, as written) and
-its body, which is what the signer needs.
+its body, which is what the signer needs; a bare LF counts as a line break, as verifiers read it.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 _WSP_RUN = re.compile(rb"[ \t]+")
 _UNFOLD = re.compile(rb"\r\n(?=[ \t])")
 _CRLF = b"\r\n"
+_BARE_LF = re.compile(rb"(?<!\r)\n")
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +36,10 @@ def split_message(data: bytes) -> tuple[list[HeaderField], bytes]:
     A message without an empty line is all header; a line that is neither a field nor a
     continuation (no colon) is skipped, as DKIM verifiers skip what they cannot parse either.
     """
+    if data.count(b"\n") != data.count(_CRLF):
+        # A bare LF (a submission client's): receiving MTAs store it as CRLF, and verifiers
+        # read it as a line break, so the signature is made over the message as they see it.
+        data = _BARE_LF.sub(_CRLF, data)
     head, separator, body = data.partition(b"\r\n\r\n")
     if not separator and head.endswith(_CRLF):
         head = head[:-2]

@@ -149,6 +149,14 @@ def test_bodies_without_final_newline_or_empty(
     assert verify(signed, dkim_dns, 1)
 
 
+def test_bare_line_feeds_are_signed_as_line_breaks(dkim_keys: KeySet, dkim_dns: DnsServer) -> None:
+    data = f"From: a@{DOMAIN}\nTo: b@example.org\nSubject: lf\n\nline one\nline two\n".encode()
+    signed = Signer(dkim_keys.only("rsa")).sign(data)
+    assert signed.endswith(data)  # the message itself is left as it is
+    assert verify(signed, dkim_dns)
+    assert verify(signed.replace(b"\n", b"\r\n").replace(b"\r\r\n", b"\r\n"), dkim_dns)
+
+
 def test_tampering_fails_verification(dkim_keys: KeySet, dkim_dns: DnsServer) -> None:
     signed = Signer(dkim_keys.only("rsa", "ed")).sign(build())
     assert verify(signed, dkim_dns, 0)
