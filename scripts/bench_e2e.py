@@ -1,6 +1,6 @@
 """Benchmark: Mailroom end to end, producer → Redis → `mailroom worker` processes → an SMTP sink.
 
-    scripts/bench --scenario cpu|latency|deferred [--n N] [--json]
+    scripts/bench --scenario cpu|latency|deferred [--n N] [--dkim rsa|ed25519] [--json]
     PYTHONPATH=. .venv/bin/python scripts/bench_e2e.py --scenario cpu --n 2000
 
 Scenarios (every server on loopback, started here and stopped by PID at the end):
@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from benchlib.deferred import DeferredRun
+from benchlib.dkim_key import ALGORITHMS
 from benchlib.report import deferred_table, throughput_table
 from benchlib.scenarios import Options, scenario
 from benchlib.stats import emit_json
@@ -59,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
         rate=args.rate,
         redis_sample=args.redis_sample,
         loglevel=args.loglevel,
+        dkim=args.dkim,
     )
     results: dict[str, dict[str, Any]] = {}
     for name in names:
@@ -135,6 +137,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--redis-sample", type=positive_int, default=2000, help="queued for bytes/message (2,000)"
     )
     parser.add_argument("--loglevel", default="info", help="the workers' log level (info)")
+    parser.add_argument(
+        "--dkim",
+        choices=ALGORITHMS,
+        help="cpu/latency: sign every message with a throwaway RSA-2048 or Ed25519 key (off)",
+    )
     parser.add_argument(
         "--due", type=int, default=1000, help="deferred: how many are real and bounce (1,000)"
     )

@@ -37,6 +37,8 @@ from celery import Celery
 
 from settings import Settings, load_settings
 from tasks.app import make_celery
+from tasks.dkim.keys import SigningKey, load_signing_keys
+from tasks.dkim.signer import Signer
 from tasks.idempotency import claim_keys
 from tasks.message import build_message
 from tasks.notification import InvalidNotification, Notification
@@ -63,7 +65,17 @@ class Mailroom:
         client: redis.Redis | None = None,
         app: Celery | None = None,
         takeover_after: float = TAKEOVER_AFTER,
+        signing_keys: Sequence[SigningKey] | None = None,
     ) -> None:
+        """`signing_keys`: the DKIM keys, when the caller loaded them already (a worker loads
+        them once at start-up); otherwise they are read here from DKIM_KEYS.
+
+        :raises DkimKeyError: a DKIM key file is missing or unusable (a SettingsError).
+        """
+        if signing_keys is None:
+            signing_keys = load_signing_keys(settings.dkim_keys)
+        # Messages are signed once, here, when built or received; never per delivery.
+        self._signer = Signer(tuple(signing_keys))
         self._settings = settings
         self._redis = client or redis_client(settings.redis_url, settings.redis_timeout)
         self._writer = QueueWriter(
@@ -88,7 +100,8 @@ class Mailroom:
         :raises InvalidNotification: any bad input, naming its index (nothing was stored).
         """
         max_bytes = self._settings.max_message_bytes
-        prepared = [_prepare(index, n, max_bytes) for index, n in enumerate(notifications)]
+        built = [_prepare(index, n, max_bytes) for index, n in enumerate(notifications)]
+        prepared = [(n, fresh, self._signer.sign_message(m)) for n, fresh, m in built]
         ids: list[str] = []
         settled: set[str] = set()  # ids this call has written, or found already enqueued
         for start in range(0, len(prepared), SLICE):
@@ -96,15 +109,17 @@ class Mailroom:
         return ids
 
     def submit(self, message: OutboundMessage, recipients: Iterable[str]) -> str:
-        """Queue a message that arrived whole (SMTP submission): store it as is, enqueue it.
+        """Queue a message that arrived whole (SMTP submission): sign it, store it, enqueue it.
 
         `recipients` are envelope addresses already checked by the caller (the SMTP listener
-        validates each RCPT TO); `message.data` is delivered byte for byte. Returns the message
-        id once the content, the status record and every delivery task are in Redis.
+        validates each RCPT TO); `message.data` is delivered byte for byte, after the DKIM
+        signatures of its From domain's keys unless those selectors signed it already. Returns
+        the message id once the content, the status record and every delivery task are in Redis.
         """
         destinations = {address: self._destination(address) for address in recipients}
         if not destinations:
             raise InvalidNotification("recipients: at least one is required")
+        message = self._signer.sign_message(message)
         self._writer.write([Write(message.message_id, message, destinations)])
         return message.message_id
 
@@ -180,7 +195,8 @@ class Mailroom:
                     stored: OutboundMessage | None = message
                 elif progress[message_id] is None:
                     # The first producer of this key crashed before storing: store it now.
-                    stored = _build(notification, message_id, self._settings.max_message_bytes)
+                    built = _build(notification, message_id, self._settings.max_message_bytes)
+                    stored = self._signer.sign_message(built)
                 else:  # ... or after storing, before enqueueing: enqueue it now.
                     stored = None
                 destinations = self._destinations(notification)

@@ -2,8 +2,9 @@
 
 The bytes are written here directly (the stdlib's `EmailMessage` costs some forty times the CPU,
 more than the SMTP session the message feeds; scripts/bench_message.py compares): Message-ID,
-Date, From, To, Cc (never Bcc), Subject, the producer's extra headers, MIME-Version, and a
-text/plain, text/html or multipart/alternative body.
+Date, From, To, Cc (never Bcc), Subject, the producer's extra headers, List-Unsubscribe(-Post)
+when asked for (tasks/list_unsubscribe.py), MIME-Version, and a text/plain, text/html or
+multipart/alternative body.
 - Header fields fold at whitespace only (RFC 5322 §2.2.3), aiming at 78 characters a line and
   never above 998 octets; text that is not ASCII, or looks like an RFC 2047 encoded word, or has a
   word too long to fold, goes out as RFC 2047 "B" encoded words of whole UTF-8 characters.
@@ -94,7 +95,7 @@ def build_message(
     if cc:
         fields.append(_field("Cc", ", ".join(map(_mailbox, cc)), utf8=smtputf8))
     fields.append(_field("Subject", notification.subject, utf8=smtputf8))
-    for name, value in notification.headers.items():
+    for name, value in [*notification.headers.items(), *notification.list_header_fields()]:
         fields.append(_field(name, value, utf8=smtputf8))
     fields.append("MIME-Version: 1.0\r\n")
     head = "\r\n".join(fields).encode("utf-8" if smtputf8 else "ascii")

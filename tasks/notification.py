@@ -36,6 +36,7 @@ from tasks.header_text import (
     check_header_text,
 )
 from tasks.labels import check_metadata, check_tags, labels_json
+from tasks.list_unsubscribe import check_one_click, check_uris, list_fields
 
 __all__ = [
     "LINE_LIMIT",
@@ -94,6 +95,9 @@ class Notification(BaseModel):
     # Any, not str: a value of another type gets the same one line as a bad string.
     tags: list[Any] = Field(default_factory=list)
     metadata: dict[Any, Any] = Field(default_factory=dict)
+    # RFC 2369 / RFC 8058 (tasks/list_unsubscribe.py): an https: or mailto: URI, or one of each.
+    list_unsubscribe: str | list[str] | None = None
+    one_click: bool = Field(default=False, strict=True)
 
     _parsed: _Parsed = PrivateAttr()
     _labels: str = PrivateAttr(default="")
@@ -167,6 +171,13 @@ class Notification(BaseModel):
             check_header_text("idempotency_key", value)
         return value
 
+    @field_validator("list_unsubscribe")
+    @classmethod
+    def _check_list_unsubscribe(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if value is not None:
+            check_uris(value)
+        return value
+
     @model_validator(mode="after")
     def _check_addresses(self) -> Self:
         # Addresses are parsed here rather than in field validators so each is parsed once and
@@ -186,8 +197,27 @@ class Notification(BaseModel):
             raise InvalidNotification("to: no recipient (to, cc and bcc are all empty)")
         if self.text is None and self.html is None:
             raise InvalidNotification("text: neither text nor html is given")
+        uris = self.unsubscribe_uris()
+        check_one_click(uris, self.one_click)
+        if uris:
+            for name in self.headers:
+                if name.lower() in ("list-unsubscribe", "list-unsubscribe-post"):
+                    raise InvalidNotification(
+                        f"headers[{name!r}]: list_unsubscribe writes this header (give one)"
+                    )
         self._labels = labels_json(self.tags, self.metadata)
         return self
+
+    def unsubscribe_uris(self) -> tuple[str, ...]:
+        """The List-Unsubscribe URIs given, in order (none: an empty tuple)."""
+        value = self.list_unsubscribe
+        if value is None:
+            return ()
+        return (value,) if isinstance(value, str) else tuple(value)
+
+    def list_header_fields(self) -> list[tuple[str, str]]:
+        """List-Unsubscribe and List-Unsubscribe-Post as (name, value), when asked for."""
+        return list_fields(self.unsubscribe_uris(), self.one_click)
 
     @property
     def sender_mailbox(self) -> Mailbox:

@@ -28,6 +28,7 @@ from celery.exceptions import Reject
 from settings import Settings
 from tasks.api import Mailroom
 from tasks.app import make_celery
+from tasks.dkim.keys import SigningKey
 from tasks.notification import InvalidNotification
 from tasks.routing import DELIVER_TASK, NOTIFY_TASK
 from workers.batch import BatchRunner, BatchStores, BatchTiming, Handled, Item
@@ -61,9 +62,12 @@ _QUIT_WAIT = 5.0  # seconds a stopping worker gives its parked connections' QUIT
 class WorkerContext:
     """Everything a worker process builds once from settings; rebuilt after a fork."""
 
-    def __init__(self, settings: Settings, app: Celery) -> None:
+    def __init__(
+        self, settings: Settings, app: Celery, signing_keys: Sequence[SigningKey] | None = None
+    ) -> None:
         self.settings = settings
         self.app = app
+        self.signing_keys = signing_keys
         self._lock = threading.Lock()
         self._pid = -1
         self._runner: BatchRunner | None = None
@@ -144,7 +148,9 @@ class WorkerContext:
             self._runner = BatchRunner(
                 agent=self._agent, stores=stores, submit=runtime().submit, timing=timing
             )
-            self._producer = Mailroom(settings, client=client, app=self.app)
+            self._producer = Mailroom(
+                settings, client=client, app=self.app, signing_keys=self.signing_keys
+            )
             self._redis = client
             self._pid = os.getpid()
 
@@ -197,10 +203,14 @@ def delivery_result(handled: Sequence[Handled]) -> str:
     return redact_addresses(text)[:_RESULT_CHARS]
 
 
-def create_app(settings: Settings) -> Celery:
-    """The worker's Celery app for `settings`, tasks and sweeper included."""
+def create_app(settings: Settings, signing_keys: Sequence[SigningKey] | None = None) -> Celery:
+    """The worker's Celery app for `settings`, tasks and sweeper included.
+
+    `signing_keys`: the DKIM keys `mailroom worker` read at start-up; without them the intake
+    task's producer reads DKIM_KEYS when the worker starts.
+    """
     app = make_celery(settings)
-    context = WorkerContext(settings, app)
+    context = WorkerContext(settings, app, signing_keys)
 
     @app.task(name=DELIVER_TASK, shared=False, acks_late=True, reject_on_worker_lost=True)
     def deliver(items: Sequence[Sequence[Any]]) -> str:

@@ -15,7 +15,8 @@ def throughput_table(result: dict[str, Any], out: TextIO) -> None:
         f"{setup['sink_delay_ms']:.0f} ms; {setup['workers']} workers x concurrency "
         f"{setup['concurrency']} (shards: {', '.join(setup['worker_shards'])} of "
         f"{setup['shards']}); MAX_CONNECTIONS *={setup['max_connections']}; producer chunks of "
-        f"{setup['chunk']}; Redis {setup['redis_persistence']}",
+        f"{setup['chunk']}; Redis {setup['redis_persistence']}; "
+        f"DKIM {setup.get('dkim') or 'off'}",
         file=out,
     )
     each = ", ".join(f"{value:.1f}" for value in result["worker_rss_mb_each"])

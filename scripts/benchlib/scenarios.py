@@ -23,6 +23,7 @@ from benchlib.zones import (
 from tests.support.dns_server import DnsServer, Zone
 
 SENDER = "Bench Shop <noreply@shop.bench.test>"
+SENDER_DOMAIN = "shop.bench.test"
 LATENCY_DESTINATIONS = 200
 LATENCY_DELAY = 0.05
 _PARAGRAPH = (
@@ -44,6 +45,7 @@ class Options:
     rate: float | None = None
     redis_sample: int = 2000
     loglevel: str = "info"
+    dkim: str | None = None  # "rsa" or "ed25519": the producer signs every message (DKIM_KEYS)
 
 
 @dataclass(frozen=True)

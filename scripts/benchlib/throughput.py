@@ -28,9 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from benchlib import procstat
+from benchlib.dkim_key import dkim_keys
 from benchlib.harness import chunks, dns_pid, outcome_counts, produce, wait_delivered
 from benchlib.redis_server import PERSISTENCE, BenchRedis, command_calls, used_memory
-from benchlib.scenarios import Options, Scenario, deployment, worker_specs
+from benchlib.scenarios import SENDER_DOMAIN, Options, Scenario, deployment, worker_specs
 from benchlib.sink import SinkProcess
 from benchlib.stats import Progress, mib, percentile, rounded
 from benchlib.workers import Workers
@@ -112,6 +113,8 @@ class ThroughputRun:
             SinkProcess(plan.sink_host, plan.delay, self.workdir / "sink.log")
         )
         self.values = deployment(self.options, self.redis.url, self.dns, self.sink.port)
+        if self.options.dkim:
+            self.values["dkim_keys"] = dkim_keys(self.options.dkim, SENDER_DOMAIN, self.workdir)
         settings = Settings(**self.values)
         self.client = self.redis.client()
         stack.callback(self.client.close)
@@ -266,6 +269,7 @@ def _figures_of(run: ThroughputRun, measured: Measured) -> dict[str, Any]:
             "worker_shards": [spec.shards or "all" for spec in run.specs],
             "max_connections": options.max_connections,
             "chunk": options.chunk,
+            "dkim": options.dkim,
             "rate": options.rate,
             "sink_delay_ms": plan.delay * 1000,
             "destinations": len(plan.domains),

@@ -1,7 +1,8 @@
 """`mailroom check [--domain D] [--send-to ADDR] [--from ADDR] [--json]`: is this deployment able
 to deliver?
 
-Checks, in order: settings (already loaded by `tasks.cli.main`), Redis (PING), for an XOAUTH2
+Checks, in order: settings (already loaded by `tasks.cli.main`), DKIM (which From domains the
+keys sign, `tasks.cli.check_dkim`), Redis (PING), for an XOAUTH2
 relay the token (`tasks.cli.check_token`: endpoint reached, token acquired, its expiry and scopes,
 or the fix), then one real delivery through the production engine (`workers.delivery.agent`) to
 the relay, or to domain D's MX hosts: DNS, connect, TLS certificate, AUTH, MAIL FROM, RCPT.
@@ -22,7 +23,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -32,6 +33,8 @@ from settings import DeliveryMode, Settings
 from settings.settings import redact_url
 from tasks.cli.check_report import as_json, as_lines
 from tasks.cli.errors import FAILED, OK, UsageError
+from tasks.dkim.keys import SigningKey, load_signing_keys
+from tasks.dkim.signer import Signer
 from tasks.message import build_message
 from tasks.notification import InvalidNotification, Notification, parse_mailbox
 from tasks.routing import destination_of
@@ -121,6 +124,7 @@ class Checked:
     redis: RedisCheck
     token: TokenCheck | None
     report: DeliveryReport | None
+    dkim_keys: tuple[SigningKey, ...] = ()
 
     @property
     def passed(self) -> bool:
@@ -160,6 +164,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
         return run_sender_domain(args, settings)
     plan = make_plan(settings, domain=args.domain, send_to=args.send_to, sender=args.sender)
+    # Unusable keys: DkimKeyError, one line and exit 2 (a bad setting). The check's message is
+    # signed as Mailroom signs every message, so --send-to shows what recipients receive.
+    keys = load_signing_keys(settings.dkim_keys)
+    plan = replace(plan, message=Signer(keys).sign_message(plan.message))
     redis_check = check_redis(settings.redis_url, settings.redis_timeout)
     from tasks.cli.check_token import token_check  # msal and google-auth: the `worker` extra
 
@@ -171,7 +179,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if token is None or isinstance(token.outcome, Token):
         login = None if token is None or not isinstance(token.outcome, Token) else token.outcome
         report = asyncio.run(_deliver(settings, plan, login))
-    checked = Checked(plan, redis_check, token, report)
+    checked = Checked(plan, redis_check, token, report, keys)
     if args.json:
         print(_scrub(json.dumps(as_json(settings, checked)), secrets))
     else:

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
 def as_lines(settings: Settings, checked: Checked) -> list[str]:
     """The human-readable report: one line per check and per SMTP step, then the verdict."""
+    from tasks.cli.check_dkim import dkim_line
     from tasks.cli.check_token import auth_fix, token_line
     from workers.delivery.relay_access import auth_refusal
 
@@ -23,6 +24,7 @@ def as_lines(settings: Settings, checked: Checked) -> list[str]:
     if settings.delivery is DeliveryMode.RELAY:
         mode += f" {settings.relay_host}:{settings.relay_port} ({settings.relay_security.value})"
     lines = [f"{'settings':<12} ok    delivery={mode} helo={settings.helo_name}"]
+    lines.append(dkim_line(checked.dkim_keys, _sender_domain(plan.message.sender)))
     if redis_check.error is None:
         lines.append(f"{'redis':<12} ok    {redis_check.url}")
     else:
@@ -59,6 +61,7 @@ def as_lines(settings: Settings, checked: Checked) -> list[str]:
 
 def as_json(settings: Settings, checked: Checked) -> dict[str, Any]:
     """The report as `--json` prints it: ok, settings, redis, token, steps, outcome."""
+    from tasks.cli.check_dkim import dkim_json
     from tasks.cli.check_token import token_json
 
     plan, redis_check, report, token = checked.plan, checked.redis, checked.report, checked.token
@@ -74,6 +77,7 @@ def as_json(settings: Settings, checked: Checked) -> dict[str, Any]:
         "sender": plan.message.sender,
         "recipient": plan.recipient,
         "probe": plan.probe,
+        "dkim": dkim_json(checked.dkim_keys, _sender_domain(plan.message.sender)),
     }
     if token is not None:
         shown["token"] = token_json(token)
@@ -95,6 +99,11 @@ def as_json(settings: Settings, checked: Checked) -> dict[str, Any]:
             "text": reply.text,
         },
     }
+
+
+def _sender_domain(sender: str) -> str:
+    # The check's sender is validated (tasks.notification), its domain a lower-case A-label.
+    return sender.rpartition("@")[2]
 
 
 def _result(outcome: Outcome, probe: bool) -> str:

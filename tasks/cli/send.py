@@ -34,6 +34,18 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     parser.add_argument(
         "--meta", action="append", default=[], help="metadata 'key=value' its events carry"
     )
+    parser.add_argument(
+        "--list-unsubscribe",
+        action="append",
+        default=[],
+        metavar="URI",
+        help="List-Unsubscribe https: or mailto: URI (one of each at most)",
+    )
+    parser.add_argument(
+        "--one-click",
+        action="store_true",
+        help="add List-Unsubscribe-Post: List-Unsubscribe=One-Click (needs an https URI)",
+    )
     parser.add_argument("--json", action="store_true", help='print {"id": ...}')
     parser.set_defaults(run=run)
 
@@ -51,6 +63,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         "idempotency_key": args.idempotency_key,
         "tags": args.tag,
         "metadata": dict(_meta(m) for m in args.meta),
+        "list_unsubscribe": args.list_unsubscribe or None,
+        "one_click": args.one_click,
     }
     try:
         message_id = Mailroom(settings).notify(**fields)
@@ -72,6 +86,8 @@ _FLAGS = {
     "idempotency_key": "--idempotency-key",
     "tags": "--tag",
     "metadata": "--meta",
+    "list_unsubscribe": "--list-unsubscribe",
+    "one_click": "--one-click",
 }
 
 

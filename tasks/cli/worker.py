@@ -13,6 +13,7 @@ from typing import Any
 
 from settings import Settings
 from tasks.cli.errors import OK, UsageError, positive_int
+from tasks.dkim.keys import load_signing_keys
 from tasks.routing import INTAKE_QUEUE, parse_shards, shard_queue
 
 
@@ -36,8 +37,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         raise UsageError(str(exc)) from exc
     from tasks.worker_app import create_app  # the engine loads only for the worker
 
+    # Read once, before Celery starts: a missing or unusable key is one line, exit 2.
+    signing_keys = load_signing_keys(settings.dkim_keys)
     queues = ",".join([INTAKE_QUEUE, *(shard_queue(k) for k in shards)])
-    app = create_app(settings)
+    app = create_app(settings, signing_keys)
     argv = ["worker", "--pool=threads", f"--concurrency={args.concurrency}", f"--queues={queues}"]
     level = (args.loglevel or settings.log_level.value).upper()
     argv += [f"--loglevel={level}", f"--hostname=mailroom-{os.getpid()}@%h"]

@@ -16,6 +16,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
+from settings import SettingsError, env_name
 from settings.dkim import DkimKey
 
 MIN_RSA_BITS = 2048
@@ -24,8 +25,15 @@ _MAX_KEY_FILE = 64 * 1024  # PEM keys are a few KB; anything larger is not a key
 PrivateKey = rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
 
 
-class DkimKeyError(ValueError):
-    """A configured key cannot be used: one line, naming the entry, never the key."""
+class DkimKeyError(SettingsError):
+    """A configured key cannot be used: one line, naming the entry, never the key.
+
+    A bad setting like any other (`MAILROOM_DKIM_KEYS: …`), so every entry point that loads
+    the keys at start-up reports it as one line, exit status 2.
+    """
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(env_name("dkim_keys"), problem)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +61,7 @@ def load_signing_keys(keys: Sequence[DkimKey]) -> tuple[SigningKey, ...]:
 
 def load_signing_key(key: DkimKey) -> SigningKey:
     """One key, read and checked (see `load_signing_keys`)."""
-    where = f"DKIM_KEYS: {key.record_name}: key_file {key.key_file}"
+    where = f"{key.record_name}: key_file {key.key_file}"
     private = _private_key(where, key.key_file)
     if isinstance(private, rsa.RSAPrivateKey):
         if private.key_size < MIN_RSA_BITS:

@@ -20,7 +20,18 @@ import redis
 from tests.support.dns_server import DnsServer
 from tests.support.smtp_sink import MakeSink
 from tests.support.tls_material import TlsMaterial
+from tests.tasks.dkim_support import (
+    DOMAIN,
+    OTHER_DOMAIN,
+    SUBMISSION_DOMAIN,
+    KeySet,
+    dkim_dns,
+    dkim_keys,
+    verify,
+)
 from tests.tasks.test_cli import Run, assert_usage_error, run_mailroom
+
+__all__ = ["dkim_dns", "dkim_keys"]  # fixtures
 
 RELAY_PASSWORD = "relay-pw-s3cret-71"
 REDIS_PASSWORD = "redis-pw-s3cret-42"
@@ -106,6 +117,9 @@ def test_mx_probe_walks_every_step_and_sends_no_message(
     assert run.status == 0, run
     assert run.stderr == ""
     assert _lines(run, "redis") == [f"redis        ok    {redis_url}"]
+    assert _lines(run, "dkim") == [
+        "dkim         none  no DKIM_KEYS: mail From every domain goes out unsigned"
+    ]
     [resolved] = _lines(run, "resolve_mx")
     assert "implicit.test -> implicit.test[127.0.0.5]" in resolved
     assert any("connect" in line and "127.0.0.5" in line for line in _lines(run, "open_session"))
@@ -144,6 +158,44 @@ def test_send_to_delivers_one_real_test_message(
     assert message.mail_from == "ops@client.mailroom.test"
     assert message.headers()["Subject"] == "Mailroom check"
     assert message.accepted
+
+
+def test_dkim_line_names_signed_domains_and_the_test_message_is_signed(
+    tmp_path: Path,
+    redis_url: str,
+    dns_server: DnsServer,
+    make_sink: MakeSink,
+    dkim_keys: KeySet,
+    dkim_dns: DnsServer,
+) -> None:
+    sink = make_sink("127.0.0.5")
+    configs = [
+        {"domain": k.domain, "selector": k.selector, "key_file": str(k.key_file)}
+        | ({"subdomains": True} if k.subdomains else {})
+        for k in dkim_keys.configs
+    ]
+    env = _mx_env(redis_url, dns_server, sink.port) | {"MAILROOM_DKIM_KEYS": json.dumps(configs)}
+    sent = ["check", "--send-to", "a@implicit.test", "--from", f"ops@{DOMAIN}"]
+
+    run = run_mailroom(*sent, env=env, cwd=tmp_path)
+    unsigned = run_mailroom("check", "--domain", "implicit.test", env=env, cwd=tmp_path)
+
+    assert run.status == 0, run
+    assert _lines(run, "dkim") == [
+        f"dkim         ok    signs From {DOMAIN} (s=rsa rsa-sha256, s=ed ed25519-sha256), "
+        f"{OTHER_DOMAIN} and its subdomains (s=s1 rsa-sha256), {SUBMISSION_DOMAIN} "
+        f"(s=sub ed25519-sha256); this check's From {DOMAIN} is signed"
+    ]
+    [dkim] = _lines(unsigned, "dkim")
+    assert dkim.endswith(
+        "this check's From client.mailroom.test has no key: its mail goes out unsigned"
+    )
+    [message] = sink.received
+    assert verify(message.content, dkim_dns, 0)
+    assert verify(message.content, dkim_dns, 1)
+    missing = json.dumps([{"domain": DOMAIN, "selector": "x", "key_file": "/nonexistent.pem"}])
+    refused = run_mailroom(*sent, env=env | {"MAILROOM_DKIM_KEYS": missing}, cwd=tmp_path)
+    assert_usage_error(refused, f"MAILROOM_DKIM_KEYS: x._domainkey.{DOMAIN}: key_file")
 
 
 def test_json_report_has_ok_redis_steps_and_outcome(

@@ -72,7 +72,7 @@ def test_unusable_files_are_one_line_without_their_content(
     with pytest.raises(DkimKeyError, match=message) as caught:
         load_signing_key(DkimKey("example.com", "s", key_file))
     text = str(caught.value)
-    assert text.startswith(f"DKIM_KEYS: s._domainkey.example.com: key_file {key_file}")
+    assert text.startswith(f"MAILROOM_DKIM_KEYS: s._domainkey.example.com: key_file {key_file}")
     assert "\n" not in text
     assert "c2VjcmV0" not in text
 

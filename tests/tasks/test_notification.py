@@ -263,6 +263,8 @@ def test_the_model_is_frozen_and_keeps_every_field() -> None:
         "html",
         "headers",
         "idempotency_key",
+        "list_unsubscribe",
+        "one_click",
     }
     assert notification.headers == {
         "Reply-To": "Support <help@example.com>",
