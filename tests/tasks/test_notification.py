@@ -265,6 +265,8 @@ def test_the_model_is_frozen_and_keeps_every_field() -> None:
         "idempotency_key",
         "list_unsubscribe",
         "one_click",
+        "tags",
+        "metadata",
     }
     assert notification.headers == {
         "Reply-To": "Support <help@example.com>",
@@ -297,3 +299,32 @@ def test_text_defaults_to_none_so_html_alone_is_enough() -> None:
 )
 def test_acceptable_subjects(value: str) -> None:
     assert Notification.validate_dict(fields(subject=value)).subject == value
+
+
+def test_tags_and_metadata_are_kept_as_compact_json() -> None:
+    notification = Notification.validate_dict(
+        fields(tags=["invoice", "eu"], metadata={"invoice_id": "42", "tenant": "Zoë GmbH"})
+    )
+    assert notification.labels() == (
+        '{"tags":["invoice","eu"],"metadata":{"invoice_id":"42","tenant":"Zoë GmbH"}}'
+    )
+    assert Notification.validate_dict(fields()).labels() == ""
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"tags": ["a"] * 11}, "tags: more than 10"),
+        ({"tags": ["a", "a"]}, "tags: a tag is given twice"),
+        ({"tags": [""]}, r"tags\[0\]: must be 1 to 100 characters"),
+        ({"tags": ["x\ny"]}, r"tags\[0\]: contains a control"),
+        ({"tags": [7]}, r"tags\[0\]: must be a string"),
+        ({"metadata": {"k": 42}}, r"metadata\['k'\]: must be a string"),
+        ({"metadata": {"k" * 65: "v"}}, "metadata key: must be 1 to 64"),
+        ({"metadata": {str(n): "v" for n in range(21)}}, "more than 20 keys"),
+        ({"metadata": {f"k{n}": "v" * 400 for n in range(12)}}, "more than 4096 octets"),
+    ],
+)
+def test_bad_tags_and_metadata_are_one_line(extra: dict[str, object], message: str) -> None:
+    with pytest.raises(InvalidNotification, match=message):
+        Notification.validate_dict(fields(**extra))

@@ -43,7 +43,9 @@ from tests.tasks.submission_support import (
 )
 from workers.model.envelope import outbound
 from workers.queue.content import ContentStore
+from workers.queue.events import EVENTS_KEY
 from workers.queue.status import StatusStore
+from workers.queue.status_creation import WITHDRAWN
 
 
 @pytest.fixture
@@ -293,7 +295,11 @@ def test_enqueue_failing_after_the_store_leaves_nothing_and_gets_451(
             client.sendmail(SENDER, ["zoe@implicit.test"], message())
         client.quit()
     assert (refused.value.smtp_code, refused.value.smtp_error.split()[0]) == (451, b"4.3.0")
-    assert redis_client.keys("mailroom:*") == []
+    assert redis_client.keys("mailroom:*") == [EVENTS_KEY.encode()]
+    # The event log says the message came and went, so no consumer waits for it.
+    entries: list[tuple[bytes, dict[bytes, bytes]]] = redis_client.xrange(EVENTS_KEY)  # type: ignore[assignment]
+    assert [fields[b"type"] for _, fields in entries] == [b"queued", b"deleted"]
+    assert entries[1][1][b"text"] == WITHDRAWN.encode()
 
 
 def test_redis_stopped_before_data_is_451_4_3_0_and_nothing_half_stored(

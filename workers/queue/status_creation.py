@@ -11,9 +11,11 @@ import redis
 from redis.client import Pipeline
 
 from workers.queue import status_scripts as scripts
-from workers.queue.events import DEFAULT_MAXLEN
+from workers.queue.events import DEFAULT_MAXLEN, EVENTS_KEY
 from workers.queue.redis_text import redis_text
 from workers.queue.status_states import record_keys
+
+WITHDRAWN = "withdrawn: the producer was told it was not queued"
 
 
 class StatusCreation:
@@ -32,6 +34,7 @@ class StatusCreation:
         self._mark_enqueued = redis.register_script(scripts.MARK_ENQUEUED)
         self._create = redis.register_script(scripts.CREATE)
         self._take_over = redis.register_script(scripts.TAKE_OVER)
+        self._withdraw = redis.register_script(scripts.WITHDRAW)
 
     @staticmethod
     def _keys(message_id: str) -> list[str]:
@@ -113,8 +116,10 @@ class StatusCreation:
         return int(self._mark_enqueued(keys=keys))
 
     def delete(self, message_id: str) -> None:
-        """Forget a message's status record entirely (a submit that failed part-way)."""
-        self._redis.delete(*self._keys(message_id))
+        """Forget a message's status record entirely (a submit that failed part-way); each of
+        its recipients gets a `deleted` event after its `queued` one."""
+        keys = [*self._keys(message_id), EVENTS_KEY]
+        self._withdraw(keys=keys, args=[self._events_maxlen, WITHDRAWN])
 
     def is_enqueued(self, message_id: str) -> bool:
         """Whether `mark_all_enqueued` was called for this (existing) message."""

@@ -189,6 +189,26 @@ return created
 """
 )
 
+# KEYS: msg, rcpt, dlv, attempts, the event stream. ARGV: events maxlen, the reason. Forgets a
+# record whose message was never enqueued (a submit that failed part-way): its recipients'
+# `queued` events are followed by `deleted` ones, so the log never shows a message that is gone
+# as queued. Returns how many recipients it had.
+WITHDRAW = (
+    events.LUA
+    + """
+local maxlen = tonumber(ARGV[1])
+local labels = labels_of(KEYS[1], maxlen)
+local entries = redis.call('HGETALL', KEYS[2])
+for i = 1, #entries, 2 do
+  local rec = cjson.decode(entries[i + 1])
+  emit(KEYS[5], maxlen, labels, 'deleted', KEYS[1], entries[i], rec.destination, 1, '', '',
+    ARGV[2], '', '', '')
+end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+return #entries / 2
+"""
+)
+
 # KEYS: the suppression list (workers.queue.suppression), then dlv and rcpt of each delivery.
 # ARGV: each delivery's destination. Returns, per delivery: its dlv field (nil: none), its
 # recipients hash as a flat list, and the list's entry for each of those addresses (ASCII letters
