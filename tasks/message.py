@@ -2,7 +2,7 @@
 
 The bytes are written here directly (the stdlib's `EmailMessage` costs some forty times the CPU,
 more than the SMTP session the message feeds; scripts/bench_message.py compares): Message-ID,
-Date, From, To, Cc (never Bcc), Subject, the producer's extra headers, MIME-Version, and a
+Date, From, To, Cc (never Bcc), Reply-To, Subject, the producer's extra headers, MIME-Version, and a
 text/plain, text/html or multipart/alternative body.
 - Header fields fold at whitespace only (RFC 5322 §2.2.3), aiming at 78 characters a line and
   never above 998 octets; text that is not ASCII, or looks like an RFC 2047 encoded word, or has a
@@ -93,6 +93,8 @@ def build_message(
         fields.append("To: undisclosed-recipients:;")
     if cc:
         fields.append(_field("Cc", ", ".join(map(_mailbox, cc)), utf8=smtputf8))
+    if reply_to := notification.reply_to_mailboxes:
+        fields.append(_field("Reply-To", ", ".join(map(_mailbox, reply_to)), utf8=smtputf8))
     fields.append(_field("Subject", notification.subject, utf8=smtputf8))
     for name, value in notification.headers.items():
         fields.append(_field(name, value, utf8=smtputf8))

@@ -71,6 +71,7 @@ class _Parsed:
     sender: Mailbox
     to: tuple[Mailbox, ...]
     cc: tuple[Mailbox, ...]
+    reply_to: tuple[Mailbox, ...]
     recipients: tuple[str, ...]  # to + cc + bcc as bare addresses, each once, in order
     smtputf8: bool  # some address has a non-ASCII local part
 
@@ -90,6 +91,7 @@ class Notification(BaseModel):
     html: str | None = None
     headers: dict[str, str] = Field(default_factory=dict)
     idempotency_key: str | None = None
+    reply_to: list[str] = Field(default_factory=list)  # one address may be given as a str
 
     _parsed: _Parsed = PrivateAttr()
 
@@ -107,6 +109,11 @@ class Notification(BaseModel):
                 error["type"], error["msg"]
             )
             raise InvalidNotification(f"{_location(error['loc'])}: {message}") from None
+
+    @field_validator("reply_to", mode="before")
+    @classmethod
+    def _one_reply_to(cls, value: object) -> object:
+        return [value] if isinstance(value, str) else value
 
     @field_validator("subject")
     @classmethod
@@ -159,13 +166,18 @@ class Notification(BaseModel):
         sender = parse_mailbox("sender", self.sender)
         to, cc = _parse_all("to", self.to), _parse_all("cc", self.cc)
         bcc = _parse_all("bcc", self.bcc)
+        reply_to = _parse_all("reply_to", self.reply_to)
+        if reply_to and any(name.lower() == "reply-to" for name in self.headers):
+            raise InvalidNotification("reply_to: Reply-To is also given in headers")
         everyone = (sender, *to, *cc, *bcc)
         self._parsed = _Parsed(
             sender=sender,
             to=to,
             cc=cc,
+            reply_to=reply_to,
             recipients=tuple(dict.fromkeys(box.address for box in everyone[1:])),
-            smtputf8=any(box.smtputf8 for box in everyone),
+            # A Reply-To address with a non-ASCII local part makes the header block UTF-8.
+            smtputf8=any(box.smtputf8 for box in (*everyone, *reply_to)),
         )
         if not (self.to or self.cc or self.bcc):
             raise InvalidNotification("to: no recipient (to, cc and bcc are all empty)")
@@ -188,6 +200,11 @@ class Notification(BaseModel):
         """The Cc recipients, parsed, in the order given."""
         return _parsed(self).cc
 
+    @property
+    def reply_to_mailboxes(self) -> tuple[Mailbox, ...]:
+        """The Reply-To addresses, parsed, in the order given (none when not given)."""
+        return _parsed(self).reply_to
+
     def envelope_sender(self) -> str:
         """The bare sender address for MAIL FROM."""
         return _parsed(self).sender.address
@@ -201,7 +218,8 @@ class Notification(BaseModel):
         return list(_parsed(self).recipients)
 
     def needs_smtputf8(self) -> bool:
-        """True when the sender or any recipient has a non-ASCII local part (RFC 6531)."""
+        """True when the sender, a recipient or a Reply-To address has a non-ASCII local part
+        (RFC 6531)."""
         return _parsed(self).smtputf8
 
 

@@ -117,6 +117,23 @@ def test_bcc_is_an_envelope_recipient_and_nowhere_in_the_bytes() -> None:
     assert parse(message.data)["Bcc"] is None
 
 
+def test_reply_to_is_written_with_its_names_and_reads_back() -> None:
+    parsed = parse(build(reply_to=["Zoë Support <help@example.com>", "ops@bücher.example"]).data)
+    assert [(a.display_name, a.addr_spec) for a in parsed["Reply-To"].addresses] == [
+        ("Zoë Support", "help@example.com"),
+        ("", "ops@xn--bcher-kva.example"),
+    ]
+    assert not parsed.defects
+    assert parse(build().data)["Reply-To"] is None
+
+
+def test_a_non_ascii_reply_to_local_part_makes_an_smtputf8_message() -> None:
+    message = build(reply_to="用户@example.org")
+    assert message.smtputf8
+    parsed = email.message_from_string(message.data.decode(), policy=email.policy.default)
+    assert parsed["Reply-To"].addresses[0].addr_spec == "用户@example.org"
+
+
 def test_only_blind_recipients_get_the_undisclosed_recipients_group() -> None:
     parsed = parse(build(to=[], cc=[]).data)
     assert parsed["To"] == "undisclosed-recipients:;"

@@ -85,7 +85,9 @@ def notifications(draw: st.DrawFn) -> dict[str, Any]:
         # has no IDNA: it is given the ASCII addresses it can write.
         headers["Reply-To"] = draw(mailboxes(ascii_address=True))
     text, html = draw(BODY), draw(BODY)
+    reply_to = [] if "Reply-To" in headers else draw(st.lists(mailboxes(), max_size=2))
     return {
+        "reply_to": reply_to,
         "sender": draw(mailboxes()),
         "to": draw(st.lists(mailboxes(), max_size=3)),
         "cc": draw(st.lists(mailboxes(), max_size=2)),
@@ -206,6 +208,8 @@ def test_any_notification_reads_back_whole(fields: dict[str, Any]) -> None:
         check_mailboxes(message, parsed, "Cc", source.cc_mailboxes)
     else:
         assert parsed["Cc"] is None
+    if source.reply_to_mailboxes:
+        check_mailboxes(message, parsed, "Reply-To", source.reply_to_mailboxes)
     for name, value in source.headers.items():
         if name == "Reply-To":
             [expected] = Notification.validate_dict({**fields, "to": [value]}).to_mailboxes
@@ -228,7 +232,12 @@ def test_any_notification_reads_back_whole(fields: dict[str, Any]) -> None:
         assert parsed.get_content_type() == f"text/{subtype}"
         assert source_body is not None
         assert content(parsed) == body_text(source_body)
-    shown = [source.sender_mailbox, *source.to_mailboxes, *source.cc_mailboxes]
+    shown = [
+        source.sender_mailbox,
+        *source.to_mailboxes,
+        *source.cc_mailboxes,
+        *source.reply_to_mailboxes,
+    ]
     shown_addresses = {box.address for box in shown}
     head = message.data.split(b"\r\n\r\n", 1)[0].decode()
     in_head = set(re.findall(r"[^\s<>,;:]+@[^\s<>,;:]+", head))
