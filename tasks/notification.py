@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from tasks.addresses import Mailbox, a_label_domain, parse_mailbox
+from tasks.attachments import Attachment, parse_attachment
 from tasks.header_text import (
     LINE_LIMIT,
     MAX_HEADER_CHARS,
@@ -41,6 +42,7 @@ __all__ = [
     "MAX_HEADER_CHARS",
     "STRUCTURAL_HEADERS",
     "STRUCTURED_FIELDS",
+    "Attachment",
     "InvalidNotification",
     "Mailbox",
     "Notification",
@@ -92,6 +94,8 @@ class Notification(BaseModel):
     headers: dict[str, str] = Field(default_factory=dict)
     idempotency_key: str | None = None
     reply_to: list[str] = Field(default_factory=list)  # one address may be given as a str
+    # Mappings (or Attachment values) as given; validated into Attachment values, kept here.
+    attachments: list[Any] = Field(default_factory=list)
 
     _parsed: _Parsed = PrivateAttr()
 
@@ -146,6 +150,18 @@ class Notification(BaseModel):
             check_extra_header(name, text)
         return value
 
+    @field_validator("attachments")
+    @classmethod
+    def _check_attachments(cls, value: list[Any]) -> list[Attachment]:
+        parsed = [parse_attachment(f"attachments[{i}]", item) for i, item in enumerate(value)]
+        seen: set[str] = set()
+        for index, attachment in enumerate(parsed):
+            if attachment.content_id is not None:
+                if attachment.content_id in seen:
+                    raise InvalidNotification(f"attachments[{index}].content_id: given twice")
+                seen.add(attachment.content_id)
+        return parsed
+
     @field_validator("idempotency_key")
     @classmethod
     def _check_idempotency_key(cls, value: str | None) -> str | None:
@@ -183,6 +199,12 @@ class Notification(BaseModel):
             raise InvalidNotification("to: no recipient (to, cc and bcc are all empty)")
         if self.text is None and self.html is None:
             raise InvalidNotification("text: neither text nor html is given")
+        if self.html is None:
+            for index, attachment in enumerate(self.attachment_list):
+                if attachment.inline:
+                    raise InvalidNotification(
+                        f"attachments[{index}].inline: needs an html body to show it (cid:)"
+                    )
         return self
 
     @property
@@ -199,6 +221,12 @@ class Notification(BaseModel):
     def cc_mailboxes(self) -> tuple[Mailbox, ...]:
         """The Cc recipients, parsed, in the order given."""
         return _parsed(self).cc
+
+    @property
+    def attachment_list(self) -> list[Attachment]:
+        """The attachments, validated, in the order given (inline parts among them)."""
+        attachments: list[Attachment] = self.attachments
+        return attachments
 
     @property
     def reply_to_mailboxes(self) -> tuple[Mailbox, ...]:

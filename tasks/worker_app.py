@@ -28,6 +28,7 @@ from celery.exceptions import Reject
 from settings import Settings
 from tasks.api import Mailroom
 from tasks.app import make_celery
+from tasks.attachments import decode_task_attachments
 from tasks.notification import InvalidNotification
 from tasks.routing import DELIVER_TASK, NOTIFY_TASK
 from workers.batch import BatchRunner, BatchStores, BatchTiming, Handled, Item
@@ -211,7 +212,7 @@ def create_app(settings: Settings) -> Celery:
     def notify(**fields: Any) -> str:
         try:
             with _requeue_when_redis_fails():
-                return context.producer().notify(**fields)
+                return context.producer().notify(**decode_task_attachments(fields))
         except InvalidNotification as exc:
             # Retrying cannot fix bad input; say why where operators look (Flower, the log).
             log.error("mailroom.notify refused: %s", exc)

@@ -273,6 +273,7 @@ def test_the_model_is_frozen_and_keeps_every_field() -> None:
         "headers",
         "idempotency_key",
         "reply_to",
+        "attachments",
     }
     assert notification.headers == {
         "Reply-To": "Support <help@example.com>",
