@@ -32,7 +32,8 @@ MAX_CONTENT_ID_CHARS = 74  # "Content-ID: <…>" within 78 characters
 KEYS = frozenset({"filename", "content", "content_type", "inline", "content_id"})
 _TASK_KEYS = (KEYS - {"content"}) | {"content_b64"}
 _TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"  # RFC 2045 §5.1 token
-_CONTENT_TYPE = re.compile(rf"({_TOKEN})/({_TOKEN})")
+# type/subtype, and for text a charset (a text attachment's octets are read in it).
+_CONTENT_TYPE = re.compile(rf'({_TOKEN})/({_TOKEN})(?:; *charset=("?)({_TOKEN})\3)?', re.I)
 # Content-ID as clients write and read it: RFC 5322 atext, dots and one or more "@".
 _CONTENT_ID = re.compile(r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~.@]+")
 _SEPARATORS = ("/", "\\")
@@ -42,7 +43,8 @@ _COMPOSITE = ("multipart", "message")
 
 @dataclass(frozen=True, slots=True)
 class Attachment:
-    """One validated attachment; `content_type` is lower-case `type/subtype`."""
+    """One validated attachment; `content_type` is lower-case `type/subtype`, followed by
+    `; charset=…` for a text part whose producer named its charset."""
 
     filename: str
     content: bytes = field(repr=False)
@@ -112,11 +114,15 @@ def _content_type(field: str, value: object, filename: str) -> str:
     match = _CONTENT_TYPE.fullmatch(value)
     if match is None:
         raise InvalidNotification(f"{field}: {_shown(value)} is not a 'type/subtype' media type")
-    if len(value) > MAX_CONTENT_TYPE_CHARS:
+    kind, subtype, charset = match[1].lower(), match[2].lower(), match[4]
+    if kind in _COMPOSITE:
+        raise InvalidNotification(f"{field}: {kind}/* parts cannot be attached")
+    if charset is not None and kind != "text":
+        raise InvalidNotification(f"{field}: a charset is for text/* parts only")
+    written = f"{kind}/{subtype}" if charset is None else f"{kind}/{subtype}; charset={charset}"
+    if len(written) > MAX_CONTENT_TYPE_CHARS:
         raise InvalidNotification(f"{field}: longer than {MAX_CONTENT_TYPE_CHARS} characters")
-    if match[1].lower() in _COMPOSITE:
-        raise InvalidNotification(f"{field}: {match[1].lower()}/* parts cannot be attached")
-    return value.lower()
+    return written.lower()
 
 
 def _content_id(field: str, value: object, *, inline: bool) -> str | None:

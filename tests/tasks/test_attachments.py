@@ -70,6 +70,16 @@ def test_a_given_content_type_is_kept_in_lower_case_and_memoryview_is_bytes() ->
     assert (attachment.content_type, attachment.content) == ("application/x-custom+json", b"abc")
 
 
+@pytest.mark.parametrize(
+    "given", ["text/csv; charset=UTF-8", 'Text/CSV;charset="utf-8"', "text/csv;  charset=utf-8"]
+)
+def test_a_text_part_may_name_its_charset(given: str) -> None:
+    [attachment] = Notification.validate_dict(
+        fields(pdf(filename="r.csv", content_type=given))
+    ).attachment_list
+    assert attachment.content_type == "text/csv; charset=utf-8"
+
+
 def test_an_inline_part_takes_its_content_id_without_angle_brackets() -> None:
     logo = {"filename": "logo.png", "content": b"\x89PNG", "inline": True}
     [attachment] = Notification.validate_dict(
@@ -93,6 +103,7 @@ INVALID: list[tuple[list[Any], dict[str, Any], str]] = [
     ([pdf(content="text")], {}, "attachments[0].content: must be bytes, not str"),
     ([pdf(content_type="pdf")], {}, "attachments[0].content_type: 'pdf' is not a 'type/subtype'"),
     ([pdf(content_type="a/b; x=y")], {}, "attachments[0].content_type: 'a/b; x=y' is not"),
+    ([pdf(content_type="image/png; charset=utf-8")], {}, "attachments[0].content_type: a charset"),
     ([pdf(content_type="multipart/mixed")], {}, "attachments[0].content_type: multipart/*"),
     ([pdf(content_type="message/rfc822")], {}, "attachments[0].content_type: message/*"),
     ([pdf(inline="yes")], {}, "attachments[0].inline: must be true or false"),

@@ -98,6 +98,7 @@ CONTENT_TYPE = st.none() | st.sampled_from(
         "application/pdf",
         "image/png",
         "text/plain",
+        "text/csv; charset=utf-8",
         "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
     ]
 )
@@ -258,7 +259,9 @@ def check_attachments(parts: list[EmailMessage], expected: list[Attachment], how
     assert len(parts) == len(expected)
     for part, attachment in zip(parts, expected, strict=True):
         assert not part.defects
-        assert part.get_content_type() == attachment.content_type
+        kind, _, charset = attachment.content_type.partition("; charset=")
+        assert part.get_content_type() == kind
+        assert part.get_content_charset() == (charset or None)
         assert part.get_content_disposition() == how
         assert part.get_filename() == attachment.filename  # RFC 2231 filename*
         assert part["Content-Type"].params["name"] == attachment.filename  # RFC 2047, Outlook's
