@@ -76,18 +76,20 @@ class EmailBackend(BaseEmailBackend):
 def notification_of(message: EmailMessage) -> dict[str, Any]:
     """The `notify()` fields of a Django message (validated by `notify_many`, not here)."""
     headers = dict(message.extra_headers)
-    sender = _pop(headers, "From") or message.from_email
+    sender = _pop(headers, "From") or str(message.from_email)
     idempotency_key = getattr(message, IDEMPOTENCY_ATTRIBUTE, None)
     message_id = _pop(headers, "Message-ID")
     if idempotency_key is None and message_id is not None:
         idempotency_key = message_id
     text, html = _bodies(message)
+    # Django writes an extra Reply-To header in place of `reply_to`; so does Mailroom.
+    has_reply_to = any(str(name).lower() == "reply-to" for name in headers)
     return {
         "sender": sender,
-        "to": list(message.to),
-        "cc": list(message.cc),
-        "bcc": list(message.bcc),
-        "reply_to": list(message.reply_to),
+        "to": [str(address) for address in message.to],
+        "cc": [str(address) for address in message.cc],
+        "bcc": [str(address) for address in message.bcc],
+        "reply_to": [] if has_reply_to else [str(address) for address in message.reply_to],
         "subject": str(message.subject),
         "text": text,
         "html": html,

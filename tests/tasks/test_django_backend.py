@@ -227,3 +227,17 @@ def test_conversion_of_django_messages() -> None:
     other.attach_alternative("{}", "application/json")
     with pytest.raises(InvalidNotification, match=r"^alternatives\[0\]: only one text/html"):
         notification_of(other)
+
+
+def test_extra_headers_from_and_reply_to_win_as_in_django() -> None:
+    message = EmailMessage(
+        "S",
+        "x",
+        from_email="envelope@example.test",
+        to=["a@implicit.test"],
+        reply_to=["ignored@example.test"],
+        headers={"From": "Shown <shown@example.test>", "Reply-To": "help@example.test"},
+    )
+    fields = notification_of(message)
+    assert fields["sender"] == "Shown <shown@example.test>"
+    assert (fields["reply_to"], fields["headers"]) == ([], {"Reply-To": "help@example.test"})
