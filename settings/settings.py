@@ -41,6 +41,7 @@ from settings.choices import (
     one_of,
 )
 from settings.consistency import check_consistent
+from settings.dkim import DkimKey, dkim_keys_from_list, parse_dkim_keys
 from settings.errors import ENV_PREFIX, one_line
 from settings.parsing import Listen, Nameserver, Rate
 from settings.routes import Route, parse_routes, routes_from_mapping
@@ -123,6 +124,8 @@ class Settings(BaseSettings):
     mx_deny_networks: Annotated[tuple[IPv4Network | IPv6Network, ...], NoDecode] = ()
     tls_ca_file: Path | None = None
     helo_name: str = Field(default_factory=socket.getfqdn)
+    # DKIM: the keys messages are signed with, by From domain (settings/dkim.py).
+    dkim_keys: Annotated[tuple[DkimKey, ...], NoDecode] = ()
     # Pace, retries and limits.
     rate_limits: Annotated[dict[str, Rate], NoDecode] = Field(default_factory=dict)
     max_connections: Annotated[dict[str, int], NoDecode] = Field(default_factory=lambda: {"*": 20})
@@ -135,6 +138,8 @@ class Settings(BaseSettings):
     content_ttl: _Positive | None = None
     status_ttl: _Positive | None = None
     dead_letter_ttl: _Positive = 604800
+    # Days a suppression list entry lives (None: for ever).
+    suppression_ttl: _Positive | None = None
     # Timeouts in seconds (RFC 5321 §4.5.3.2 gives the upper bounds per command).
     connect_timeout: _Timeout = 30
     command_timeout: _Timeout = 300
@@ -259,6 +264,18 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return parse_routes(value)
         return routes_from_mapping(value) if isinstance(value, dict) else value
+
+    @field_validator("suppression_ttl", mode="before")
+    @classmethod
+    def _suppression_ttl(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() in {"", "permanent"}:
+            return None
+        return value
+
+    @field_validator("dkim_keys", mode="before")
+    @classmethod
+    def _dkim_keys(cls, value: Any) -> Any:
+        return parse_dkim_keys(value) if isinstance(value, str) else dkim_keys_from_list(value)
 
     @field_validator("max_connections", mode="before")
     @classmethod

@@ -45,6 +45,7 @@ from workers.queue.redis_client import redis_client
 from workers.queue.retention import retention
 from workers.queue.retry_schedule import RetryPolicy
 from workers.queue.status import StatusStore
+from workers.queue.suppression import Suppression, SuppressionList
 from workers.queue.sweeper import Sweeper, SweepPacing
 from workers.runtime import runtime
 from workers.traffic.profiles import traffic
@@ -133,6 +134,7 @@ class WorkerContext:
                 limiter=limiter,
                 # The same record the agent's RelayAccess keeps, read before the rate gate.
                 holds=None if access is None else RelayHolds(client, settings.relay_probe_interval),
+                suppression=Suppression(SuppressionList(client), settings.suppression_ttl),
             )
             # Between a session's deadline and its lease's expiry: first the cut-off for a
             # session that overran (a bug), then the last try to record a kept result.

@@ -35,6 +35,7 @@ from tasks.cli import (
     send,
     status,
     submission,
+    suppression,
     worker,
 )
 from tasks.cli.errors import (
@@ -62,6 +63,7 @@ _COMMANDS: tuple[_Command, ...] = (
     queue,
     queues,
     dlq,
+    suppression,
     worker,
     flower,
     exporter,

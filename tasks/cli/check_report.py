@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, assert_never
 
 from settings import DeliveryMode, Settings
-from workers.model.outcome import Bounced, Deferred, Delivered, Outcome
+from workers.model.outcome import Bounced, Deferred, Delivered, Outcome, Suppressed
 from workers.model.report import StepRecord
 
 if TYPE_CHECKING:
@@ -105,6 +105,8 @@ def _result(outcome: Outcome, probe: bool) -> str:
             return "deferred"
         case Bounced():
             return "bounced"
+        case Suppressed():
+            return "suppressed"
         case _:
             assert_never(outcome)
 

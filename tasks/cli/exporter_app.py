@@ -183,6 +183,11 @@ class MailroomCollector:
             tokens.add_metric([provider, outcome], n)
         yield tokens
         yield GaugeMetricFamily(
+            "mailroom_suppressed_addresses",
+            "Addresses on the suppression list (expired entries not yet pruned included).",
+            value=depths["suppressed"],
+        )
+        yield GaugeMetricFamily(
             "mailroom_relay_held",
             "1 while relay deliveries are held for an authentication failure to fix, else 0.",
             value=int(snapshot.relay_held),

@@ -1,4 +1,5 @@
-"""`mailroom queues [--json]`: depth of every shard queue, the intake, deferred and dead letters."""
+"""`mailroom queues [--json]`: depth of every shard queue, the intake, deferred and dead letters,
+and the suppression list's size."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from tasks.routing import INTAKE_QUEUE, all_shard_queues
 from workers.queue.dead_letters import DeadLetters
 from workers.queue.deferred import DeferredSet
 from workers.queue.redis_client import redis_client
+from workers.queue.suppression import SuppressionList
 
 # kombu's Redis transport keeps priority sub-queues beside each queue ("name\x06\x16N").
 _PRIORITY_SEPARATOR = "\x06\x16"
@@ -33,7 +35,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return OK
     for name, depth in depths["shards"].items():
         print(f"{name:<24} {depth}")
-    for name in ("intake", "deferred", "dead"):
+    for name in ("intake", "deferred", "dead", "suppressed"):
         print(f"{name:<24} {depths[name]}")
     return OK
 
@@ -45,6 +47,7 @@ def queue_depths(client: redis.Redis, shards: int) -> dict[str, Any]:
         "intake": _depth(client, INTAKE_QUEUE),
         "deferred": DeferredSet(client).count(),
         "dead": DeadLetters(client, ttl=1).count(),
+        "suppressed": SuppressionList(client).size(),
     }
 
 

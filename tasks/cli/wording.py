@@ -14,6 +14,7 @@ _PLURALS = {
     "recipient": "recipients",
     "dead letter": "dead letters",
     "message": "messages",
+    "address": "addresses",
 }
 
 

@@ -74,6 +74,8 @@ DEFAULTS: dict[str, object] = {
     "content_ttl": None,
     "status_ttl": None,
     "dead_letter_ttl": 604800,
+    "suppression_ttl": None,
+    "dkim_keys": (),
     "max_connections": {"*": 20},
     "relay_profile": RelayProfile.NONE,
     "relay_auth": None,
@@ -115,6 +117,16 @@ def test_defaults_match_the_design_table() -> None:
     assert {name: getattr(settings, name) for name in DEFAULTS} == DEFAULTS
     assert settings.helo_name == socket.getfqdn()
     assert set(Settings.model_fields) == {*DEFAULTS, "helo_name"}
+
+
+@pytest.mark.parametrize(("text", "days"), [("30", 30), ("permanent", None), ("", None)])
+def test_suppression_ttl_is_days_or_permanent(text: str, days: int | None) -> None:
+    assert Settings(suppression_ttl=text).suppression_ttl == days
+
+
+def test_suppression_ttl_below_one_day_is_refused() -> None:
+    with pytest.raises(ValidationError, match="suppression_ttl"):
+        Settings(suppression_ttl="0")
 
 
 def test_environment_values_are_parsed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -56,7 +56,12 @@ def test_send_prints_the_id_and_status_shows_it_queued(
     depths = json.loads(queues.stdout)
     assert sum(depths["shards"].values()) >= 1
     assert set(depths["shards"]) == {f"mailroom.shard.{k}" for k in range(4)}
-    assert (depths["intake"], depths["deferred"], depths["dead"]) == (0, 0, 0)
+    assert (depths["intake"], depths["deferred"], depths["dead"], depths["suppressed"]) == (
+        0,
+        0,
+        0,
+        0,
+    )
 
 
 def test_send_reads_the_body_from_a_file(

@@ -269,7 +269,7 @@ def test_redis_restarted_between_enqueue_and_delivery_loses_nothing(
     client = server.client()
     try:
         status = StatusStore(client, ttl=60)
-        assert [pending for _, pending in status.claims([(i, "implicit.test") for i in ids])] == [
+        assert [claim.pending for claim in status.claims([(i, "implicit.test") for i in ids])] == [
             [f"u{n}@implicit.test"] for n in range(10)
         ]
         app = create_app(settings)  # a fresh app: no connection to the server that was killed

@@ -39,6 +39,7 @@ from workers.observe.metrics import DESTINATIONS_KEY, MetricsRecorder
 from workers.queue.dead_letters import DeadLetters
 from workers.queue.deferred import DeferredSet
 from workers.queue.status import StatusStore
+from workers.queue.suppression import Entry, SuppressionList
 from workers.traffic.rate_limits import Limiter
 
 SHARDS = 3
@@ -166,11 +167,12 @@ def test_metrics_reflect_redis_at_each_scrape(
     redis_client.sadd(DESTINATIONS_KEY, "z.test")  # admitted as a label, as a delivery would
     dead = [{"address": "b@x.test", "code": 550, "enhanced": "5.1.1", "reply": "unknown"}]
     DeadLetters(redis_client, 3600).add("m3", "x.test", "bounced", dead, time.time())
+    SuppressionList(redis_client).add([Entry("b@x.test", "550 5.1.1 unknown", "bounce", 1.0)])
     recorder = MetricsRecorder(redis_client)
     resolved = StepRecord("resolve", Reply(250, "2.0.0", "ok", Step.RESOLVE_MX), 1.0)
     recorder.delivery(
         DeliveryReport("x.test", (), resolved, (_session(20.0), _session(2000.0))),
-        {RecipientState.DEFERRED: 2, RecipientState.BOUNCED: 1},
+        {RecipientState.DEFERRED: 2, RecipientState.BOUNCED: 1, RecipientState.SUPPRESSED: 1},
     )
     recorder.delivery(
         DeliveryReport("x.test", (), resolved, ()), {RecipientState.EXPIRED: 1}, throttled=True
@@ -191,10 +193,12 @@ def test_metrics_reflect_redis_at_each_scrape(
         _labels(destination="z.test", reason="rate"),
     }
     assert after[("mailroom_dead_letters", _labels())] == 1
+    assert after[("mailroom_suppressed_addresses", _labels())] == 1
     deliveries = "mailroom_deliveries_total"
     assert after[(deliveries, _labels(outcome="deferred", destination="x.test"))] == 2
     assert after[(deliveries, _labels(outcome="bounced", destination="x.test"))] == 1
     assert after[(deliveries, _labels(outcome="expired", destination="x.test"))] == 1
+    assert after[(deliveries, _labels(outcome="suppressed", destination="x.test"))] == 1
     replies = "mailroom_smtp_replies_total"
     assert after[(replies, _reply("2xx", "open_session"))] == 2
     assert after[(replies, _reply("4xx", "rcpt_to"))] == 2

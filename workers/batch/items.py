@@ -10,6 +10,7 @@ from typing import Any
 
 import redis
 
+from workers.model.outcome import Suppressed
 from workers.model.report import DeliveryReport
 from workers.queue.disposition import Summary
 
@@ -31,12 +32,14 @@ class UnrecordedError(redis.RedisError):
 
 @dataclass(frozen=True, slots=True)
 class Running:
-    """A claimed delivery: its item, when it was first queued, who it is for, and its lease."""
+    """A claimed delivery: its item, when it was first queued, who it is for, and its lease;
+    `suppressed`: the outcomes of its recipients on the suppression list, never sent to."""
 
     item: Item
     first_queued: float
     recipients: tuple[str, ...]
     lease: str
+    suppressed: tuple[Suppressed, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

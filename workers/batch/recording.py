@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 import redis
 
 from workers.batch.items import Handled, Running
-from workers.batch.reports import internal_error, slows_down
+from workers.batch.reports import internal_error, slows_down, with_suppressed
 from workers.batch.stores import BatchStores
 from workers.model.report import DeliveryReport
 from workers.queue.disposition import Summary
@@ -41,6 +41,8 @@ class Recorder:
         """
         if not finished:
             return []
+        # A delivery's suppressed recipients are recorded with the rest of it, under its lease.
+        finished = [(running, with_suppressed(running, report)) for running, report in finished]
         now = self._clock()
         try:
             summaries: list[Summary] = self._stores.disposition.apply_many(
@@ -61,8 +63,20 @@ class Recorder:
             return self._hand_back(running, handled, now)
         for (running, _), summary in zip(finished, summaries, strict=True):
             handled.append(Handled(running.item.message_id, running.item.destination, summary))
+        self._suppress_hard_bounces(finished, now)
         self._after_recording(finished)
         return []
+
+    def _suppress_hard_bounces(self, recorded: Sequence[Finished], now: float) -> None:
+        """After the status records: the list is advice, the records are the truth."""
+        suppression = self._stores.suppression
+        if suppression is not None:
+            entries = [
+                entry
+                for running, report in recorded
+                for entry in suppression.entries_for(running.item.message_id, report, now)
+            ]
+            suppression.add(entries)
 
     def _hand_back(self, running: Running, handled: list[Handled], now: float) -> list[Finished]:
         """Defer a delivery whose result could not be applied, at the same attempt, so the

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from concurrent.futures import Future
+from dataclasses import replace
 
 from workers.batch.items import Running
 from workers.model.outcome import Deferred
@@ -67,6 +68,21 @@ def held(running: Running, reply: Reply, wait: float) -> DeliveryReport:
     """The relay is held (`workers.traffic.relay_hold`): no attempt, due again at the probe."""
     outcomes = tuple(Deferred(r, reply, wait) for r in running.recipients)
     return DeliveryReport(running.item.destination, outcomes, StepRecord("gate", reply, 0.0), ())
+
+
+def suppressed(running: Running) -> DeliveryReport:
+    """Every recipient of the delivery is on the suppression list: no attempt, no connection."""
+    first = running.suppressed[0].reply
+    return DeliveryReport(
+        running.item.destination, running.suppressed, StepRecord("suppression", first, 0.0), ()
+    )
+
+
+def with_suppressed(running: Running, report: DeliveryReport) -> DeliveryReport:
+    """The report with the delivery's suppressed recipients' outcomes added, once."""
+    reported = {outcome.recipient for outcome in report.outcomes}
+    missing = tuple(o for o in running.suppressed if o.recipient not in reported)
+    return replace(report, outcomes=report.outcomes + missing) if missing else report
 
 
 def internal_error(running: Running) -> DeliveryReport:

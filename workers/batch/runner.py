@@ -19,13 +19,16 @@ from workers.batch.reports import (
     held,
     log_all,
     report_of,
+    suppressed,
     throttled,
 )
 from workers.batch.stores import BatchStores
 from workers.delivery.agent import DeliveryAgent
 from workers.model.envelope import OutboundMessage
+from workers.model.outcome import Suppressed
 from workers.model.report import DeliveryReport
 from workers.model.throttling import Granted, Throttled
+from workers.queue.suppression import active_entries
 from workers.traffic.profiles import RELAY
 from workers.traffic.relay_hold import held_reply
 
@@ -79,8 +82,8 @@ class BatchRunner:
         """
         claimed_at = time.monotonic()
         record_by = claimed_at + self._timing.record_window
-        claimed = self._claim(items)
         settled: list[Finished] = []
+        claimed = self._claim(items, settled)
         claimed = self._unless_held(claimed, settled)
         gates = self._gate(claimed)
         admitted: list[Running] = []
@@ -138,8 +141,9 @@ class BatchRunner:
             failed.set_exception(exc)
             return failed
 
-    def _claim(self, items: Sequence[Item]) -> list[Running]:
-        """The items due now, each with its lease; stale and finished ones are skipped.
+    def _claim(self, items: Sequence[Item], settled: list[Finished]) -> list[Running]:
+        """The items due now, each with its lease; stale and finished ones are skipped, and
+        those whose every recipient is suppressed are settled at once (nothing to send).
 
         The leases are taken before the status is read: a holder records its results before it
         gives its lease back, so a status read under the lease is final. Read first, a worker
@@ -148,17 +152,30 @@ class BatchRunner:
         """
         keys = [(item.message_id, item.destination) for item in items]
         leases = self._stores.leases.take_many(keys)
-        states = self._stores.status.claims(keys)
+        claims = self._stores.status.claims(keys)
+        now = self._timing.clock()
         claimed: list[Running] = []
         stale: list[tuple[str, str, str]] = []
-        for item, lease, (state, recipients) in zip(items, leases, states, strict=True):
+        for item, lease, claim in zip(items, leases, claims, strict=True):
+            state, recipients = claim.state, claim.pending
             if state is None or state.attempt != item.attempt or not recipients:
                 if lease is not None:  # stale or finished: nothing to send, nothing to park
                     stale.append((item.message_id, item.destination, lease))
             elif lease is None:
                 self._park(item)
             else:
-                claimed.append(Running(item, state.first_queued, tuple(recipients), lease))
+                listed = active_entries(claim.listed.items(), now)
+                running = Running(
+                    item,
+                    state.first_queued,
+                    tuple(r for r in recipients if r not in listed),
+                    lease,
+                    tuple(Suppressed(r, listed[r].reply()) for r in recipients if r in listed),
+                )
+                if running.recipients:
+                    claimed.append(running)
+                else:
+                    settled.append((running, suppressed(running)))
         self._stores.leases.release_many(stale)
         return claimed
 

@@ -37,7 +37,16 @@ class Bounced:
     reply: Reply
 
 
-Outcome = Delivered | Deferred | Bounced
+@dataclass(frozen=True, slots=True)
+class Suppressed:
+    """The recipient is on the suppression list: nothing was sent to it. `reply` is Mailroom's,
+    carrying the entry's reason and date."""
+
+    recipient: str
+    reply: Reply
+
+
+Outcome = Delivered | Deferred | Bounced | Suppressed
 
 
 def classify(recipient: str, reply: Reply, retry_after: float | None = None) -> Outcome:

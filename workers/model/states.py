@@ -15,3 +15,4 @@ class RecipientState(StrEnum):
     BOUNCED = "bounced"  # permanent failure: final, dead-lettered
     EXPIRED = "expired"  # still failing when MAX_AGE ran out: final, dead-lettered
     DELETED = "deleted"  # taken out of the queue by an operator (`mailroom queue delete`): final
+    SUPPRESSED = "suppressed"  # on the suppression list: never sent, final, not dead-lettered

@@ -72,6 +72,7 @@ OUTCOMES = (
     RecipientState.DEFERRED,
     RecipientState.BOUNCED,
     RecipientState.EXPIRED,
+    RecipientState.SUPPRESSED,
 )
 # Upper bounds of mailroom_session_seconds' buckets, +Inf aside: a greylisting MX answers in
 # milliseconds, a tarpitting one can hold a session for minutes (RFC 5321 §4.5.3.2 timeouts).

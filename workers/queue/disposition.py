@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from workers.model.outcome import Bounced, Deferred, Delivered, Outcome
+from workers.model.outcome import Bounced, Deferred, Delivered, Outcome, Suppressed
 from workers.model.reply import Reply, Step
 from workers.model.report import Attempt, DeliveryReport, StepRecord
 from workers.model.states import RecipientState
@@ -35,6 +35,8 @@ from workers.queue.dead_letters import DeadLetters, dead_recipient
 from workers.queue.deferred import DeferredSet
 from workers.queue.retry_schedule import RetryPolicy, next_due
 from workers.queue.status import Record, StatusStore
+
+_SUPPRESSED = RecipientState.SUPPRESSED
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +47,7 @@ class Summary:
     deferred: int = 0
     bounced: int = 0
     expired: int = 0
+    suppressed: int = 0
     last: str = ""  # the last non-2xx reply, e.g. "451 4.7.1 greylisted"
     code: str = ""  # its codes, e.g. "451 4.7.1"
 
@@ -56,6 +59,7 @@ class Summary:
                 ("deferred", self.deferred),
                 ("bounced", self.bounced),
                 ("expired", self.expired),
+                ("suppressed", self.suppressed),
             )
             if n
         )
@@ -111,9 +115,12 @@ class Disposition:
                 self._deferred.defer(message_id, report.destination, next_attempt, due)
             if throttled:
                 if due is not None:
-                    gate = report.outcomes[0].reply
-                    held.append((message_id, [o.recipient for o in report.outcomes], gate, due))
-                    counts.append((report, Counter(), throttled))
+                    gate = deferred[0].reply
+                    held.append((message_id, [o.recipient for o in deferred], gate, due))
+                    listed = {a: (s, r) for a, (s, r) in states.items() if s is _SUPPRESSED}
+                    if listed:  # recorded all the same: the gate held back only the others
+                        records.append((message_id, listed, [], None, None))
+                    counts.append((report, Counter(s for s, _ in listed.values()), throttled))
                     summaries.append(_summary(states))  # no attempt, no state change
                     continue
                 # Expired while throttled: keep the last reply a server gave, if one ever did.
@@ -122,11 +129,12 @@ class Disposition:
                 dead = [dead_recipient(a, r) for a, (s, r) in states.items() if s is reason]
                 if dead:
                     self._dead.add(message_id, report.destination, reason.value, dead, now)
+            no_attempt = throttled or all(isinstance(o, Suppressed) for o in report.outcomes)
             records.append(
                 (
                     message_id,
                     states,
-                    [] if throttled else attempts_json(report),
+                    [] if no_attempt else attempts_json(report),
                     next_attempt if due is not None and not throttled else None,
                     due,
                 )
@@ -135,6 +143,7 @@ class Disposition:
             summaries.append(_summary(states))
         self._status.record_many(records)
         self._status.throttle_many(held)
+
         for report, outcomes, throttled in counts:
             self._count(report, outcomes, throttled)
         return summaries
@@ -158,6 +167,9 @@ class Disposition:
         known = {r["address"]: r for r in (view or {}).get("recipients", []) if r.get("code")}
         kept = {}
         for address, (state, gate) in states.items():
+            if state is _SUPPRESSED:  # its reply is the list's, not a server's
+                kept[address] = (state, gate)
+                continue
             last = known.get(address)
             server = None
             if last is not None:
@@ -169,9 +181,13 @@ class Disposition:
 
 
 def is_throttled(report: DeliveryReport) -> bool:
-    """Whether the gate stopped this delivery before any connection (no attempt was made)."""
-    return not report.attempts and all(
-        isinstance(o, Deferred) and o.reply.step is Step.GATE for o in report.outcomes
+    """Whether the gate stopped this delivery before any connection (no attempt was made); its
+    suppressed recipients aside, which were never going to be sent to."""
+    sent = [o for o in report.outcomes if not isinstance(o, Suppressed)]
+    return (
+        bool(sent)
+        and not report.attempts
+        and all(isinstance(o, Deferred) and o.reply.step is Step.GATE for o in sent)
     )
 
 
@@ -183,6 +199,8 @@ def _state(outcome: Outcome, *, expired: bool) -> RecipientState:
             return RecipientState.BOUNCED
         case Deferred():
             return RecipientState.EXPIRED if expired else RecipientState.DEFERRED
+        case Suppressed():
+            return RecipientState.SUPPRESSED
 
 
 def _summary(states: dict[str, tuple[RecipientState, Reply]]) -> Summary:
@@ -198,6 +216,7 @@ def _summary(states: dict[str, tuple[RecipientState, Reply]]) -> Summary:
         deferred=count[RecipientState.DEFERRED],
         bounced=count[RecipientState.BOUNCED],
         expired=count[RecipientState.EXPIRED],
+        suppressed=count[RecipientState.SUPPRESSED],
         last=last,
         code=code,
     )

@@ -20,7 +20,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -42,11 +43,13 @@ from workers.queue.status_states import (
     record_keys,
 )
 from workers.queue.status_view import read_view
+from workers.queue.suppression import KEY as SUPPRESSION_KEY
 
 __all__ = [
     "ATTEMPTS_KEPT",
     "FINAL_STATES",
     "TRANSITIONS",
+    "Claim",
     "DeliveryState",
     "MessageState",
     "Record",
@@ -70,15 +73,33 @@ def _schedule(value: bytes | str | None) -> DeliveryState | None:
     return DeliveryState(int(record["attempt"]), float(record["first_queued"]))
 
 
-def _pending(entries: Mapping[Any, Any], destination: str) -> list[str]:
-    """The addresses of `destination` still queued or deferred, from the recipients hash."""
+def _pending(
+    entries: Sequence[Any], listed: Sequence[Any], destination: str
+) -> tuple[list[str], dict[str, bytes | str]]:
+    """The addresses of `destination` still queued or deferred, from the recipients hash as a
+    flat list, and the suppression list's values for those of them it holds."""
     waiting = {RecipientState.QUEUED, RecipientState.DEFERRED}
     found = []
-    for address, value in entries.items():
-        recipient = json.loads(value)
+    hits: dict[str, bytes | str] = {}
+    for index in range(0, len(entries), 2):
+        recipient = json.loads(entries[index + 1])
         if recipient["destination"] == destination and recipient["state"] in waiting:
-            found.append(redis_text(address))
-    return sorted(found)
+            address = redis_text(entries[index])
+            found.append(address)
+            hit = listed[index // 2] if listed else None
+            if hit is not None:
+                hits[address] = hit
+    return sorted(found), hits
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """Where one delivery stands: its schedule (None: unknown), its addresses still queued or
+    deferred (sorted), and the suppression list's stored values for any of them."""
+
+    state: DeliveryState | None
+    pending: list[str]
+    listed: dict[str, bytes | str]
 
 
 def _log_refused(message_id: str, refused: Sequence[bytes | str]) -> None:
@@ -102,22 +123,24 @@ class StatusStore(StatusCreation):
         self._record = redis.register_script(scripts.RECORD)
         self._requeue = redis.register_script(scripts.REQUEUE)
         self._throttle = redis.register_script(scripts.THROTTLE)
+        self._claims = redis.register_script(scripts.CLAIMS)
 
-    def claims(
-        self, deliveries: Sequence[tuple[str, str]]
-    ) -> list[tuple[DeliveryState | None, list[str]]]:
+    def claims(self, deliveries: Sequence[tuple[str, str]]) -> list[Claim]:
         """`delivery` of many (message_id, destination) pairs, each with the addresses of that
-        destination still queued or deferred (sorted; [] for an unknown id), in one round trip."""
-        pipe = self._redis.pipeline(transaction=False)
-        for message_id, destination in deliveries:
-            keys = self._keys(message_id)
-            pipe.hget(keys[2], destination)
-            pipe.hgetall(keys[1])
-        replies = pipe.execute()
-        return [
-            (_schedule(replies[2 * index]), _pending(replies[2 * index + 1], destination))
-            for index, (_, destination) in enumerate(deliveries)
-        ]
+        destination still queued or deferred ([] for an unknown id) and what the suppression
+        list holds for them: one script call, so one round trip and one command."""
+        if not deliveries:
+            return []
+        keys = [SUPPRESSION_KEY]
+        for message_id, _ in deliveries:
+            msg_keys = self._keys(message_id)
+            keys += [msg_keys[2], msg_keys[1]]
+        replies = self._claims(keys=keys, args=[destination for _, destination in deliveries])
+        claims = []
+        for (_, destination), (schedule, entries, listed) in zip(deliveries, replies, strict=True):
+            pending, hits = _pending(entries, listed, destination)
+            claims.append(Claim(_schedule(schedule), pending, hits))
+        return claims
 
     def delivery(self, message_id: str, destination: str) -> DeliveryState | None:
         """The schedule of one delivery, or None when the message or destination is unknown."""

@@ -154,6 +154,26 @@ end
 return created
 """
 
+# KEYS: the suppression list (workers.queue.suppression), then dlv and rcpt of each delivery.
+# ARGV: each delivery's destination. Returns, per delivery: its dlv field (nil: none), its
+# recipients hash as a flat list, and the list's entry for each of those addresses (ASCII letters
+# lower-cased, as `list_key` folds them), nil where there is none. An empty list costs one EXISTS.
+CLAIMS = """
+local listed = redis.call('EXISTS', KEYS[1]) == 1
+local out = {}
+for i = 2, #KEYS, 2 do
+  local rcpt = redis.call('HGETALL', KEYS[i + 1])
+  local hits = {}
+  if listed then
+    for j = 1, #rcpt, 2 do
+      hits[#hits + 1] = redis.call('HGET', KEYS[1], string.lower(rcpt[j]))
+    end
+  end
+  out[#out + 1] = {redis.call('HGET', KEYS[i], ARGV[i / 2]), rcpt, hits}
+end
+return out
+"""
+
 # KEYS: msg. ARGV: the claim seen, a new claim. Takes over enqueueing a message whose producer
 # never marked it enqueued: only if nobody did, and nobody else took it over since (compare and
 # set), so of many waiting producers exactly one takes it. Returns 1 when taken.

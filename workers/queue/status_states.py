@@ -30,6 +30,7 @@ FINAL_STATES = frozenset(
         RecipientState.BOUNCED,
         RecipientState.EXPIRED,
         RecipientState.DELETED,
+        RecipientState.SUPPRESSED,
     }
 )
 _ONWARD = frozenset({RecipientState.DEFERRED, *FINAL_STATES})
@@ -40,6 +41,7 @@ TRANSITIONS: Mapping[RecipientState, frozenset[RecipientState]] = {
     RecipientState.BOUNCED: frozenset(),
     RecipientState.EXPIRED: frozenset(),
     RecipientState.DELETED: frozenset(),
+    RecipientState.SUPPRESSED: frozenset(),
 }
 
 
