@@ -54,12 +54,13 @@ class Attachment:
 
 
 def parse_attachment(location: str, value: object) -> Attachment:
-    """Validate one attachment as a producer gave it (an `Attachment` passes as it is).
+    """Validate one attachment as a producer gave it (an `Attachment` value is checked too: it
+    may have been built by hand).
 
     :raises InvalidNotification: naming `location` (`attachments[0]`) and the key.
     """
     if isinstance(value, Attachment):
-        return value
+        value = {key: getattr(value, key) for key in KEYS}
     if isinstance(value, str | os.PathLike):
         raise InvalidNotification(
             f"{location}: a path is read by notify() and notify_many(), not by Notification"

@@ -4,7 +4,9 @@
 Validation is strict where a mistake would reach a mail server or a header: addresses follow
 RFC 5321/5322 (dot-atom or quoted local part, RFC 6531 non-ASCII local parts, domains that convert
 to IDNA A-labels, RFC 5321 §4.5.3.1 lengths), and no header value may carry a line break, so no
-input can inject a header. Every failure is an `InvalidNotification` whose one line names the field.
+input can inject a header. Attachments are checked by tasks.attachments (file names that cannot
+lead a reader out of its folder, media types, Content-IDs). Every failure is an
+`InvalidNotification` whose one line names the field.
 """
 
 from __future__ import annotations

@@ -45,6 +45,8 @@ def test_a_valid_attachment_keeps_its_bytes_and_guesses_its_type() -> None:
     assert first == Attachment("invoice.pdf", b"%PDF-1.7\n", "application/pdf", False, None)
     assert second.content_type == "application/octet-stream"
     assert "PDF" not in repr(first)  # the bytes stay out of logs
+    again = Notification.validate_dict(fields(first))  # a validated value passes again
+    assert again.attachment_list == [first]
 
 
 @pytest.mark.parametrize(
@@ -123,6 +125,7 @@ INVALID: list[tuple[list[Any], dict[str, Any], str]] = [
     ),
     ([pdf(size=3)], {}, "attachments[0].size: is not a known field"),
     (["invoice.pdf"], {}, "attachments[0]: a path is read by notify()"),
+    ([Attachment("../x", b"", "a/b")], {}, "attachments[0].filename: '../x' is a path"),
     ([42], {}, "attachments[0]: is not a mapping"),
 ]
 
