@@ -207,3 +207,19 @@ def test_attachments_by_api_and_by_task_reach_the_sink_byte_for_byte(
         "application/pdf",
     )
     assert from_task.get_content() == pdf
+
+
+def test_the_intake_task_refuses_bad_content_b64_and_stores_nothing(
+    redis_client: redis.Redis, deploy: Deploy
+) -> None:
+    _settings, app, _mailroom = deploy()
+    notify = app.tasks["mailroom.notify"]
+    bad = [{"filename": "invoice.pdf", "content_b64": "%%%"}]
+    path = ["/etc/passwd"]
+    assert notify.run(**fields(attachments=bad)) == (
+        "invalid: attachments[0].content_b64: is not valid base64"
+    )
+    assert notify.run(**fields(attachments=path)) == (
+        "invalid: attachments[0]: must be an object with content_b64"
+    )
+    assert redis_client.dbsize() == 0
