@@ -1,5 +1,5 @@
 """The settings that take one word from a fixed set (delivery mode, relay security, profile and
-authentication, log level, submission TLS), and how a word is read: trimmed, any case."""
+authentication, log level, submission TLS, MTA-STS), and how a word is read: trimmed, any case."""
 
 from __future__ import annotations
 
@@ -42,6 +42,11 @@ class SubmissionTls(StrEnum):
     TLS = "tls"  # implicit TLS listener
 
 
+class MtaSts(StrEnum):
+    ON = "on"  # RFC 8461: honour the recipient domain's published policy (direct MX delivery)
+    OFF = "off"  # never look a policy up: opportunistic TLS to every MX host
+
+
 WORDS: dict[str, type[StrEnum]] = {
     "delivery": DeliveryMode,
     "relay_security": RelaySecurity,
@@ -49,6 +54,7 @@ WORDS: dict[str, type[StrEnum]] = {
     "relay_auth": RelayAuth,
     "submission_tls": SubmissionTls,
     "log_level": LogLevel,
+    "mta_sts": MtaSts,
 }
 
 

@@ -34,6 +34,7 @@ from settings.choices import (
     WORDS,
     DeliveryMode,
     LogLevel,
+    MtaSts,
     RelayAuth,
     RelayProfile,
     RelaySecurity,
@@ -57,6 +58,7 @@ __all__ = [
     "SECRETS_DIR_VARIABLE",
     "DeliveryMode",
     "LogLevel",
+    "MtaSts",
     "RelayAuth",
     "RelayProfile",
     "RelaySecurity",
@@ -123,6 +125,8 @@ class Settings(BaseSettings):
     # MX hosts whose addresses fall in these networks are never dialled (mx mode only).
     mx_deny_networks: Annotated[tuple[IPv4Network | IPv6Network, ...], NoDecode] = ()
     tls_ca_file: Path | None = None
+    # RFC 8461 policies of recipient domains, for direct MX delivery only.
+    mta_sts: MtaSts = MtaSts.ON
     helo_name: str = Field(default_factory=socket.getfqdn)
     # DKIM: the keys messages are signed with, by From domain (settings/dkim.py).
     dkim_keys: Annotated[tuple[DkimKey, ...], NoDecode] = ()

@@ -184,7 +184,8 @@ class Mailroom:
                     stored = _build(notification, message_id, self._settings.max_message_bytes)
                 else:  # ... or after storing, before enqueueing: enqueue it now.
                     stored = None
-                writes.append(Write(message_id, stored, self._destinations(notification)))
+                destinations = self._destinations(notification)
+                writes.append(Write(message_id, stored, destinations, notification.labels()))
             settled.add(message_id)
             ids.append(message_id)
         self._writer.write(writes)

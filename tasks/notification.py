@@ -38,6 +38,7 @@ from tasks.header_text import (
     check_extra_header,
     check_header_text,
 )
+from tasks.labels import check_metadata, check_tags, labels_json
 
 __all__ = [
     "LINE_LIMIT",
@@ -98,8 +99,12 @@ class Notification(BaseModel):
     reply_to: list[str] = Field(default_factory=list)  # one address may be given as a str
     # Mappings (or Attachment values) as given; validated into Attachment values, kept here.
     attachments: list[Any] = Field(default_factory=list)
+    # Any, not str: a value of another type gets the same one line as a bad string.
+    tags: list[Any] = Field(default_factory=list)
+    metadata: dict[Any, Any] = Field(default_factory=dict)
 
     _parsed: _Parsed = PrivateAttr()
+    _labels: str = PrivateAttr(default="")
 
     @classmethod
     def validate_dict(cls, data: Mapping[str, Any]) -> Self:
@@ -164,6 +169,16 @@ class Notification(BaseModel):
                 seen.add(attachment.content_id)
         return parsed
 
+    @field_validator("tags")
+    @classmethod
+    def _check_tags(cls, value: list[Any]) -> list[Any]:
+        return check_tags(value)
+
+    @field_validator("metadata")
+    @classmethod
+    def _check_metadata(cls, value: dict[Any, Any]) -> dict[Any, Any]:
+        return check_metadata(value)
+
     @field_validator("idempotency_key")
     @classmethod
     def _check_idempotency_key(cls, value: str | None) -> str | None:
@@ -207,6 +222,7 @@ class Notification(BaseModel):
                     raise InvalidNotification(
                         f"attachments[{index}].inline: needs an html body to show it (cid:)"
                     )
+        self._labels = labels_json(self.tags, self.metadata)
         return self
 
     @property
@@ -246,6 +262,10 @@ class Notification(BaseModel):
         count as one recipient; local parts stay case-sensitive (RFC 5321 §2.4).
         """
         return list(_parsed(self).recipients)
+
+    def labels(self) -> str:
+        """Tags and metadata as the status record keeps them (JSON; "" when there are none)."""
+        return self._labels
 
     def needs_smtputf8(self) -> bool:
         """True when the sender, a recipient or a Reply-To address has a non-ASCII local part

@@ -40,6 +40,7 @@ class Write:
     message_id: str
     message: OutboundMessage | None
     destinations: dict[str, str]  # envelope recipient → destination
+    labels: str = ""  # tags and metadata, JSON (tasks.labels)
 
 
 class QueueWriter:
@@ -124,12 +125,20 @@ class QueueWriter:
                 size = 0
             groups[-1].append(write.message)
             size += write.message.size
-        destinations = {write.message_id: write.destinations for write in writes}
+        by_id = {write.message_id: write for write in writes}
         created: set[str] = set()
         with self._redis.pipeline(transaction=True) as pipe:
             for messages in filter(None, groups):
                 self._content.put_many(messages, pipe=pipe, keep_existing=True)
-                records = [(m.message_id, m.sender, destinations[m.message_id]) for m in messages]
+                records = [
+                    (
+                        m.message_id,
+                        m.sender,
+                        by_id[m.message_id].destinations,
+                        by_id[m.message_id].labels,
+                    )
+                    for m in messages
+                ]
                 self._status.create_many(records, now, pipe=pipe, claim=claim)
                 _, reply = pipe.execute()
                 created.update(self._status.created_ids([m.message_id for m in messages], reply))

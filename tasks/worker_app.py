@@ -123,7 +123,7 @@ class WorkerContext:
             )
             access = relay_access(settings, client)
             self._agent = DeliveryAgent.from_settings(
-                settings, cap=limiter, rates=limiter, access=access
+                settings, cap=limiter, rates=limiter, access=access, client=client
             )
             stores = BatchStores(
                 content=ContentStore(client, kept.content),

@@ -10,6 +10,9 @@ addressed to `postmaster` (RFC 5321 §4.5.1 requires every domain to accept it).
 printed with its reply; the last line names the step that failed and why. Exit 0 when everything
 passed, 1 when a check failed, 2 for bad input. Secrets (the relay password, the OAuth client
 secret and token, a Redis password) are never printed.
+
+`--sender-domain D` checks something else: D's DNS records for senders (SPF, DKIM, DMARC,
+MTA-STS, TLS-RPT), in `tasks.cli.check_sender`; Redis and SMTP are not contacted then.
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ import argparse
 import asyncio
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import redis
@@ -53,7 +57,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="check settings, Redis and the delivery path (relay or a domain's MX)",
         description="Check settings, Redis, and the relay (or domain D's MX): DNS, connect, "
         "TLS certificate, AUTH, MAIL FROM, RCPT. Sends a real message only with --send-to. "
-        "Exit 0 when every step passes, 1 when one fails (the last line says which and why).",
+        "Exit 0 when every step passes, 1 when one fails (the last line says which and why). "
+        "With --sender-domain D, check D's DNS records for senders instead.",
     )
     parser.add_argument("--domain", metavar="D", help="check the MX hosts of D (MX mode)")
     parser.add_argument(
@@ -65,8 +70,28 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         metavar="ADDR",
         help="envelope sender (default: postmaster@MAILROOM_HELO_NAME)",
     )
+    parser.add_argument(
+        "--sender-domain",
+        metavar="D",
+        action=_SenderDomain,
+        help="instead, check D's DNS records for senders: SPF, DKIM, DMARC, MTA-STS, TLS-RPT",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(run=run)
+
+
+class _SenderDomain(argparse.Action):
+    """Stores --sender-domain D; that check uses no Redis, so `--verbose` names none."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        setattr(namespace, self.dest, values)
+        namespace.uses_redis = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +155,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     :raises UsageError: bad --domain/--send-to/--from, or no destination in MX mode.
     """
+    if args.sender_domain is not None:
+        from tasks.cli.check_sender import run_sender_domain  # dnspython: the `worker` extra
+
+        return run_sender_domain(args, settings)
     plan = make_plan(settings, domain=args.domain, send_to=args.send_to, sender=args.sender)
     redis_check = check_redis(settings.redis_url, settings.redis_timeout)
     from tasks.cli.check_token import token_check  # msal and google-auth: the `worker` extra

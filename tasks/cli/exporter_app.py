@@ -182,6 +182,16 @@ class MailroomCollector:
         for (provider, outcome), n in sorted(snapshot.oauth_tokens.items()):
             tokens.add_metric([provider, outcome], n)
         yield tokens
+
+        mta_sts = CounterMetricFamily(
+            "mailroom_mta_sts_failures_total",
+            "Direct MX deliveries that fell short of the recipient domain's MTA-STS policy, by"
+            " the policy's mode (enforce: deferred; testing: delivered anyway).",
+            labels=["mode"],
+        )
+        for mode, n in sorted(snapshot.mta_sts_failures.items()):
+            mta_sts.add_metric([mode], n)
+        yield mta_sts
         yield GaugeMetricFamily(
             "mailroom_suppressed_addresses",
             "Addresses on the suppression list (expired entries not yet pruned included).",

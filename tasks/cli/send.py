@@ -46,6 +46,12 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
         metavar="CID=FILE",
         help="an inline part the --html shows as cid:CID (repeatable)",
     )
+    parser.add_argument(
+        "--tag", action="append", default=[], help="a tag its events carry (repeatable)"
+    )
+    parser.add_argument(
+        "--meta", action="append", default=[], help="metadata 'key=value' its events carry"
+    )
     parser.add_argument("--json", action="store_true", help='print {"id": ...}')
     parser.set_defaults(run=run)
 
@@ -63,6 +69,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         "idempotency_key": args.idempotency_key,
         "reply_to": args.reply_to,
         "attachments": [*args.attach, *map(_inline, args.attach_inline)],
+        "tags": args.tag,
+        "metadata": dict(_meta(m) for m in args.meta),
     }
     try:
         message_id = Mailroom(settings).notify(**fields)
@@ -83,6 +91,8 @@ _FLAGS = {
     "headers": "--header",
     "idempotency_key": "--idempotency-key",
     "reply_to": "--reply-to",
+    "tags": "--tag",
+    "metadata": "--meta",
 }
 
 
@@ -134,3 +144,10 @@ def _header(text: str) -> tuple[str, str]:
     if not colon or not name.strip():
         raise UsageError(f"send: --header: {text!r} is not 'Name: value'")
     return name.strip(), value.strip()
+
+
+def _meta(text: str) -> tuple[str, str]:
+    key, equals, value = text.partition("=")
+    if not equals or not key:
+        raise UsageError(f"send: --meta: {text!r} is not 'key=value'")
+    return key, value

@@ -33,10 +33,10 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
         "--limit", type=positive_int, default=_DEFAULT_LIMIT, help="at most N (default 1000)"
     )
     add = actions.add_parser("add", help="list addresses (an operator's decision)")
-    add.add_argument("addresses", nargs="+", metavar="ADDRESS")
+    add.add_argument("addresses", nargs="+", metavar="ADDRESS", help="bare addresses, a@b")
     add.add_argument("--reason", default="added by an operator", help="why (shown in status)")
     remove = actions.add_parser("remove", help="take addresses off the list")
-    remove.add_argument("addresses", nargs="+", metavar="ADDRESS")
+    remove.add_argument("addresses", nargs="+", metavar="ADDRESS", help="bare addresses, a@b")
     load = actions.add_parser("import", help="list every address of a file (- for stdin)")
     load.add_argument("file", help="lines of address, address,reason or JSON (as export writes)")
     load.add_argument("--reason", default="imported", help="for lines without a reason")

@@ -13,6 +13,7 @@ from pydantic import SecretStr, ValidationError
 from settings import (
     DeliveryMode,
     Listen,
+    MtaSts,
     Nameserver,
     Rate,
     RelayProfile,
@@ -66,6 +67,7 @@ DEFAULTS: dict[str, object] = {
     "dns_nameservers": (),
     "mx_deny_networks": (),
     "tls_ca_file": None,
+    "mta_sts": MtaSts.ON,
     "rate_limits": {},
     "retry_delays": (60, 300, 900, 1800, 3600, 7200, 14400, 28800),
     "max_age": 432000,
@@ -281,6 +283,7 @@ BAD_VALUES = [
     ({"LOG_LEVEL": "loud"}, "LOG_LEVEL", "must be one of debug, info, warning, error (got 'loud')"),
     ({"RELAY_PROFILE": "gmail"}, "RELAY_PROFILE", "must be one of none, office365"),
     ({"SUBMISSION_TLS": "none"}, "SUBMISSION_TLS", "must be one of starttls, tls"),
+    ({"MTA_STS": "enforce"}, "MTA_STS", "must be one of on, off (got 'enforce')"),
     ({"RATE_LIMITS": "30/m"}, "RATE_LIMITS", "must be a JSON object"),
     ({"RATE_LIMITS": '["30/m"]'}, "RATE_LIMITS", "must be a JSON object"),
     ({"RATE_LIMITS": '{"gmail.com": 30}'}, "RATE_LIMITS", '"N/s", "N/m" or "N/h"'),

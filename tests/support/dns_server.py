@@ -21,6 +21,9 @@ The standard zone (`STANDARD_ZONE`, served by the session fixture `dns_server`, 
     servfail.test     SERVFAIL for it and every name under it
     missing.test      NXDOMAIN, like every other name under .test
 
+TXT records (`Txt`, made with `txt(name, *strings)`) are served as raw rdata, so a test controls
+every string and byte; the standard zone has none.
+
 SERVFAIL is real: dnsmasq forwards the `servfail` domains to a small upstream on loopback that
 answers SERVFAIL to everything, and passes that rcode on (forwarding to a port where nothing
 listens makes dnsmasq stay silent, not SERVFAIL). `Blackhole` is a UDP socket that never answers,
@@ -56,6 +59,8 @@ _START_TIMEOUT = 10.0
 _LOG_TIMEOUT = 5.0
 _NULL_MX_RDATA = "000000"  # preference 0 (two octets), exchange the root name (one zero octet)
 _RR_MX = 15
+_RR_TXT = 16
+_MAX_TXT_STRING = 255  # octets in one character-string (RFC 1035 §3.3)
 
 
 class DnsmasqMissingError(RuntimeError):
@@ -81,6 +86,31 @@ class Host:
 
 
 @dataclass(frozen=True, slots=True)
+class Txt:
+    """One TXT record of one or more strings (bytes, for what a hostile server could send); a
+    string longer than 255 octets is served as several, split every 255 octets, as publishers
+    split long DKIM keys."""
+
+    name: str
+    strings: tuple[str | bytes, ...]
+
+    def rdata(self) -> str:
+        """The record's wire form (length-prefixed strings) as hex, for dnsmasq's --dns-rr."""
+        wire = b""
+        for string in self.strings:
+            data = string.encode() if isinstance(string, str) else string
+            chunks = [data[i : i + _MAX_TXT_STRING] for i in range(0, len(data), _MAX_TXT_STRING)]
+            for chunk in chunks or [b""]:
+                wire += bytes([len(chunk)]) + chunk
+        return wire.hex()
+
+
+def txt(name: str, *strings: str | bytes) -> Txt:
+    """A TXT record at `name` with `strings`."""
+    return Txt(name, strings)
+
+
+@dataclass(frozen=True, slots=True)
 class Zone:
     """What the DNS server answers; names are A-labels, without a trailing dot."""
 
@@ -89,6 +119,7 @@ class Zone:
     null_mx: tuple[str, ...] = ()  # domains publishing `MX 0 .` (RFC 7505)
     servfail: tuple[str, ...] = ()  # domains answered SERVFAIL, subdomains included
     ttl: int = 300  # TTL of every record that has no TTL of its own
+    txt: tuple[Txt, ...] = ()
 
     def plus(
         self,
@@ -98,6 +129,7 @@ class Zone:
         null_mx: tuple[str, ...] = (),
         servfail: tuple[str, ...] = (),
         ttl: int | None = None,
+        txt: tuple[Txt, ...] = (),
     ) -> Zone:
         """This zone with more records (and another TTL when `ttl` is given)."""
         return Zone(
@@ -106,6 +138,7 @@ class Zone:
             null_mx=self.null_mx + null_mx,
             servfail=self.servfail + servfail,
             ttl=self.ttl if ttl is None else ttl,
+            txt=self.txt + txt,
         )
 
 
@@ -268,6 +301,8 @@ class DnsServer(StartStop):
             arguments += [f"--host-record={host.name},{address}{ttl}" for address in host.addresses]
         # --mx-host cannot say "MX 0 .", so the record is given as raw rdata (RFC 7505 §3).
         arguments += [f"--dns-rr={name},{_RR_MX},{_NULL_MX_RDATA}" for name in zone.null_mx]
+        # --txt-record splits strings at commas and cannot carry arbitrary bytes: raw rdata can.
+        arguments += [f"--dns-rr={record.name},{_RR_TXT},{record.rdata()}" for record in zone.txt]
         arguments += [f"--server=/{name}/{LOOPBACK}#{upstream_port}" for name in zone.servfail]
         return arguments
 

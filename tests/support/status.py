@@ -7,7 +7,7 @@ from typing import Any
 
 from workers.model.reply import Reply
 from workers.model.states import RecipientState
-from workers.queue.status import StatusStore
+from workers.queue.status import Record, StatusStore
 
 
 def record_one(
@@ -18,4 +18,4 @@ def record_one(
     next_attempt: int | None,
 ) -> None:
     """`StatusStore.record_many` for one delivery, with no due time."""
-    store.record_many([(message_id, outcome_by_address, attempt_json, next_attempt, None)])
+    store.record_many([Record(message_id, outcome_by_address, attempt_json, next_attempt, None)])

@@ -285,3 +285,18 @@ def test_token_requests_and_the_relay_hold_are_exported(
     assert after[(tokens, _labels(provider="microsoft", outcome="issued"))] == 3
     assert after[(tokens, _labels(provider="microsoft", outcome="refused"))] == 1
     assert after[("mailroom_relay_held", _labels())] == 1
+
+
+def test_mta_sts_failures_are_exported_by_mode(
+    exporter: Exporter, redis_client: redis.Redis
+) -> None:
+    from workers.observe.metrics import MTA_STS_KEY
+
+    # What MetricsRecorder flushes for deliveries that fell short of a policy.
+    redis_client.hincrby(MTA_STS_KEY, "testing", 2)
+    redis_client.hincrby(MTA_STS_KEY, "enforce", 1)
+
+    after = exporter.scrape()
+
+    assert after[("mailroom_mta_sts_failures_total", _labels(mode="testing"))] == 2
+    assert after[("mailroom_mta_sts_failures_total", _labels(mode="enforce"))] == 1

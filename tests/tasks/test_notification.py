@@ -274,6 +274,8 @@ def test_the_model_is_frozen_and_keeps_every_field() -> None:
         "idempotency_key",
         "reply_to",
         "attachments",
+        "tags",
+        "metadata",
     }
     assert notification.headers == {
         "Reply-To": "Support <help@example.com>",

@@ -16,6 +16,7 @@ from workers.queue.status import (
     ATTEMPTS_KEPT,
     DeliveryState,
     MessageState,
+    Record,
     StatusStore,
     can_transition,
     iso_time,
@@ -438,7 +439,9 @@ def test_held_back_then_tried_again_shows_why_and_when_only_while_it_applies(
     )
 
     # A real attempt: greylisted, due again in a minute; the gate's reason is gone.
-    store.record_many([(message_id, {"a@example.org": (S.DEFERRED, GREYLISTED)}, [], 2, NOW + 60)])
+    store.record_many(
+        [Record(message_id, {"a@example.org": (S.DEFERRED, GREYLISTED)}, [], 2, NOW + 60)]
+    )
     a = _recipient(store, message_id, "a@example.org")
     assert (a["code"], a["enhanced"], a["next_attempt"]) == (451, "4.7.1", iso_time(NOW + 60))
     assert "throttled" not in a

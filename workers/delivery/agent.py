@@ -17,6 +17,8 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import replace
 
+import redis
+
 from settings import Settings
 from workers.delivery.config import AgentConfig
 from workers.delivery.gate import (
@@ -69,11 +71,13 @@ class DeliveryAgent:
         cap: ConnectionCap | None = None,
         rates: RateGate | None = None,
         access: RelayAccess | None = None,
+        client: redis.Redis | None = None,
     ) -> DeliveryAgent:
         """Build the agent a worker process uses, from validated settings; `access` gives relay
-        deliveries their login (an access token) and holds the relay when it fails."""
+        deliveries their login (an access token) and holds the relay when it fails; `client`
+        (the cluster's Redis) keeps the recipient domains' MTA-STS policies."""
         return cls(
-            agent_config(settings),
+            agent_config(settings, client),
             pool=connection_pool(settings),
             cap=cap,
             rates=rates,
@@ -132,6 +136,7 @@ class DeliveryAgent:
             tuple(outcomes[recipient] for recipient in recipients),
             parts[0].resolution,
             tuple(attempt for part in parts for attempt in part.attempts),
+            next((part.mta_sts_failure for part in parts if part.mta_sts_failure), None),
         )
 
     async def _rate_slot(self, delivery: Delivery, part: int) -> Throttled | None:

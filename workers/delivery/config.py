@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from workers.delivery.hops import Hops, Relay
+from workers.delivery.mta_sts import MtaStsPolicies
 from workers.delivery.mx import MxResolver
 from workers.model.reply import Reply
 from workers.smtp.peer import Login, Peer
@@ -20,7 +21,8 @@ class AgentConfig:
     """The agent's fixed settings. `max_addresses` and `max_sessions` are Postfix's
     `smtp_mx_address_limit` and `smtp_mx_session_limit`; `max_recipients` (a relay profile's
     limit) splits a delivery into messages of that many recipients. `hops` are the routes
-    (settings); without them, `relay` takes every destination, or (None) each goes to its MX."""
+    (settings); without them, `relay` takes every destination, or (None) each goes to its MX.
+    `mta_sts` finds the recipient domains' MTA-STS policies, for direct MX delivery only."""
 
     resolver: MxResolver
     mx_port: int
@@ -32,6 +34,7 @@ class AgentConfig:
     max_sessions: int = 2
     max_recipients: int | None = None
     hops: Hops | None = None
+    mta_sts: MtaStsPolicies | None = None  # None: MTA_STS=off, or no Redis (`mailroom check`)
 
     def hop(self, destination: str) -> Relay | Reply | None:
         """The server `destination`'s mail goes through, None for its MX hosts, or the reply

@@ -28,6 +28,7 @@ import dns.nameserver
 import dns.rdata
 import dns.rdatatype
 import dns.rdtypes.ANY.MX
+import dns.rdtypes.ANY.TXT
 import dns.rdtypes.IN.A
 import dns.rdtypes.IN.AAAA
 import dns.resolver
@@ -176,6 +177,35 @@ class MxResolver:
         if isinstance(answer, Reply):
             return answer
         return tuple(target for group in answer for target in self._shuffled(group))
+
+    async def host_addresses(self, host: str) -> tuple[str, ...] | Reply:
+        """Every allowed address of `host` (not in a denied network), IPv4 first, or the
+        `Reply` saying why there is none (`denied_network` when all were denied). Not cached:
+        for rare look-ups beside delivery (the MTA-STS policy host)."""
+        try:
+            name = dns.name.from_text(host)
+        except dns.exception.DNSException as exc:
+            return _reply_for(exc, host)
+        found = await self._addresses(name)
+        if found.addresses:
+            return found.addresses
+        return found.temporary or _none_left(host, found.denied)
+
+    async def texts(self, name: str) -> tuple[str, ...] | Reply:
+        """The TXT records at `name`, each one's strings joined (RFC 7208 §3.3), undecodable
+        bytes escaped; () when there are none. Not cached."""
+        try:
+            parsed = dns.name.from_text(name)
+        except dns.exception.DNSException as exc:
+            return _reply_for(exc, name)
+        found = await self._query(parsed, dns.rdatatype.TXT)
+        if isinstance(found, Reply):
+            return found
+        return tuple(
+            b"".join(r.strings).decode("ascii", "backslashreplace")
+            for r in found.rdata
+            if isinstance(r, dns.rdtypes.ANY.TXT.TXT)
+        )
 
     def _shuffled(self, group: tuple[Target, ...]) -> list[Target]:
         targets = list(group)

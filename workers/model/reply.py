@@ -126,24 +126,46 @@ def connection_dropped(host: str, step: Step, detail: str) -> Reply:
     return Reply(Code.SERVICE_UNAVAILABLE, "4.4.2", f"connection with {host} lost: {detail}", step)
 
 
-def tls_unavailable(host: str) -> Reply:
-    """TLS is required but the server does not offer STARTTLS: X.7.4, security not supported."""
+def tls_unavailable(host: str, required_by: str = "") -> Reply:
+    """TLS is required but the server does not offer STARTTLS: X.7.4, security not supported.
+    `required_by` names what requires it beside the settings (an MTA-STS policy)."""
     return Reply(
         Code.LOCAL_ERROR,
         "4.7.4",
-        f"TLS is required but {host} does not offer STARTTLS; nothing was sent",
+        f"{_by(required_by)}TLS is required but {host} does not offer STARTTLS; nothing was sent",
         Step.OPEN_SESSION,
     )
 
 
-def tls_failed(host: str, detail: str) -> Reply:
+def tls_failed(host: str, detail: str, required_by: str = "") -> Reply:
     """The TLS handshake or certificate verification failed: X.7.5, cryptographic failure."""
     return Reply(
         Code.SERVICE_UNAVAILABLE,
         "4.7.5",
-        f"TLS with {host} failed: {detail}; nothing was sent",
+        f"{_by(required_by)}TLS with {host} failed: {detail}; nothing was sent",
         Step.OPEN_SESSION,
     )
+
+
+def mta_sts_no_mx(domain: str, hosts: str) -> Reply:
+    """The domain's MTA-STS policy (mode enforce, RFC 8461 §4.1) allows none of its MX hosts:
+    X.7.0, deferred (the domain may fix its records), never bounced."""
+    return Reply(
+        Code.LOCAL_ERROR,
+        "4.7.0",
+        f"MTA-STS policy of {domain} (enforce) allows none of its MX hosts ({hosts});"
+        " nothing was sent",
+        Step.RESOLVE_MX,
+    )
+
+
+def mta_sts_requirement(domain: str) -> str:
+    """What `required_by` says when a domain's MTA-STS policy asks for verified TLS."""
+    return f"MTA-STS policy of {domain} (enforce)"
+
+
+def _by(required_by: str) -> str:
+    return f"{required_by}: " if required_by else ""
 
 
 def dns_temporary(domain: str, detail: str) -> Reply:

@@ -6,6 +6,7 @@ queue never imports the SMTP client for its types.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -33,6 +34,11 @@ class Attempt:
     steps: tuple[StepRecord, ...]
 
 
+def used_tls(steps: Iterable[StepRecord]) -> bool:
+    """Whether a conversation of these steps was encrypted: a STARTTLS the server accepted."""
+    return any(step.command == "STARTTLS" and step.reply.reply_class == 2 for step in steps)
+
+
 @dataclass(frozen=True, slots=True)
 class DeliveryReport:
     """Everything one delivery did: the look-up, each conversation, and each outcome."""
@@ -41,3 +47,6 @@ class DeliveryReport:
     outcomes: tuple[Outcome, ...]
     resolution: StepRecord
     attempts: tuple[Attempt, ...]
+    # The mode ("enforce", "testing") of the recipient domain's MTA-STS policy when the delivery
+    # fell short of it: an MX host it does not name, or no (verified) TLS. None: no shortfall.
+    mta_sts_failure: str | None = None

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from workers.model.redaction import redact_addresses
-from workers.model.report import DeliveryReport, StepRecord
+from workers.model.report import DeliveryReport, StepRecord, used_tls
 
 log = logging.getLogger("mailroom.attempts")
 
@@ -59,6 +59,6 @@ def _line(delivery: _Delivery, host: str, address: str, steps: list[StepRecord])
         "enhanced": last.reply.enhanced if last else "",
         "text": redact_addresses(last.reply.text) if last else "",
         "ms": round(sum(step.ms for step in steps), 1),
-        "tls": any(step.command == "STARTTLS" and step.reply.reply_class == 2 for step in steps),
+        "tls": used_tls(steps),
     }
     return json.dumps(fields, separators=(",", ":"), ensure_ascii=False)

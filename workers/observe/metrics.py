@@ -24,6 +24,9 @@ Keys (hashes whose values are counts; counters only grow):
   mailroom:metrics:oauth_tokens  field "provider|outcome": requests to an OAuth token endpoint
                                  (outcome: issued, refused, unavailable), counted by the token
                                  cache as they are made -> mailroom_oauth_token_requests_total
+  mailroom:metrics:mta_sts       field mode: direct MX deliveries that fell short of the recipient
+                                 domain's MTA-STS policy (mode enforce or testing)
+                                 -> mailroom_mta_sts_failures_total
 The relay's hold record (`workers.traffic.relay_hold.HOLD_KEY`) is read with them ->
 mailroom_relay_held (1 while relay deliveries wait for an operator's fix, else 0).
 
@@ -63,6 +66,7 @@ THROTTLED_KEY = PREFIX + "throttled"
 DESTINATIONS_KEY = PREFIX + "destinations"
 ENQUEUED_KEY = PREFIX + "enqueued"
 OAUTH_TOKENS_KEY = PREFIX + "oauth_tokens"
+MTA_STS_KEY = PREFIX + "mta_sts"
 RELAY_HOLD_KEY = "mailroom:relay:hold"  # workers.traffic.relay_hold's record
 
 OTHER = "other"  # the destination label of every destination past the cap
@@ -127,6 +131,8 @@ class MetricsSnapshot:
     # (provider, outcome) -> requests to the relay's token endpoint
     oauth_tokens: dict[tuple[str, str], int] = dataclasses.field(default_factory=dict)
     relay_held: bool = False
+    # policy mode -> deliveries short of the recipient domain's MTA-STS policy
+    mta_sts_failures: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 class MetricsRecorder:
@@ -170,6 +176,7 @@ class MetricsRecorder:
             REPLIES_KEY: _reply_counts(report),
             SESSION_KEY: Counter(),
             THROTTLED_KEY: Counter({destination: 1} if throttled else {}),
+            MTA_STS_KEY: Counter([report.mta_sts_failure] if report.mta_sts_failure else []),
         }
         seconds = 0.0
         for attempt in report.attempts:
@@ -214,12 +221,20 @@ class MetricsRecorder:
 def read_metrics(client: redis.Redis) -> MetricsSnapshot:
     """Every counter, read in one MULTI/EXEC so the snapshot holds whole deliveries only."""
     pipe = client.pipeline(transaction=True)
-    for key in (DELIVERIES_KEY, REPLIES_KEY, SESSION_KEY, THROTTLED_KEY, OAUTH_TOKENS_KEY):
+    hashes = (
+        DELIVERIES_KEY,
+        REPLIES_KEY,
+        SESSION_KEY,
+        THROTTLED_KEY,
+        OAUTH_TOKENS_KEY,
+        MTA_STS_KEY,
+    )
+    for key in hashes:
         pipe.hgetall(key)
     pipe.get(ENQUEUED_KEY)
     pipe.exists(RELAY_HOLD_KEY)
-    *hashes, enqueued, held = pipe.execute()
-    deliveries, replies, session, throttled, tokens = (_decoded(h) for h in hashes)
+    *read, enqueued, held = pipe.execute()
+    deliveries, replies, session, throttled, tokens, mta_sts = (_decoded(h) for h in read)
     names = [*(bucket_name(b) for b in SESSION_BUCKETS), INF]
     return MetricsSnapshot(
         deliveries=_pairs(deliveries),
@@ -233,6 +248,7 @@ def read_metrics(client: redis.Redis) -> MetricsSnapshot:
         enqueued=int(enqueued or 0),
         oauth_tokens=_pairs(tokens),
         relay_held=bool(held),
+        mta_sts_failures={mode: int(n) for mode, n in mta_sts.items()},
     )
 
 

@@ -31,19 +31,23 @@ from typing import Any
 import redis
 
 from workers.model.redaction import redact_addresses
+from workers.queue import events
 from workers.queue.dead_letters import DeadLetters, DeadReason
 from workers.queue.deferred import CLAIMED_KEY, DEFERRED_KEY
+from workers.queue.events import DEFAULT_MAXLEN, EVENTS_KEY
 from workers.queue.leases import lease_key
 from workers.queue.redis_text import redis_text
 from workers.queue.status_states import iso_time, record_keys
 
 DELETED_BY = "deleted by operator"
 
-# KEYS: msg, rcpt, dlv, the delivery's lease, deferred, claimed. ARGV: message id, destination,
-# hold (ms), hold token (starting "deleted-": a later delete is not told "busy" by it), status
-# ttl, note. Returns {'unknown'}, {'busy'}, {'nothing'}, or
-# {'deleted', address, record before, …}.
-_DELETE = """
+# KEYS: msg, rcpt, dlv, the delivery's lease, deferred, claimed, the event stream. ARGV: message
+# id, destination, hold (ms), hold token (starting "deleted-": a later delete is not told "busy"
+# by it), status ttl, note, events maxlen. Each recipient deleted gets a `deleted` event. Returns
+# {'unknown'}, {'busy'}, {'nothing'}, or {'deleted', address, record before, …}.
+_DELETE = (
+    events.LUA
+    + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'unknown'} end
 local holder = redis.call('GET', KEYS[4])
 if holder and string.sub(holder, 1, 8) ~= 'deleted-' then return {'busy'} end
@@ -69,8 +73,17 @@ if schedule then
   redis.call('ZREM', KEYS[6], member)
 end
 for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[5]) end
+local maxlen = tonumber(ARGV[7])
+local labels = labels_of(KEYS[1], maxlen)
+local attempt = ''
+if schedule then attempt = string.format('%d', cjson.decode(schedule).attempt) end
+for i = 2, #taken, 2 do
+  emit(KEYS[7], maxlen, labels, 'deleted', KEYS[1], taken[i], ARGV[2], attempt, '', '',
+    ARGV[6], '', '', '')
+end
 return taken
 """
+)
 
 
 class Outcome(StrEnum):
@@ -99,6 +112,7 @@ class DeletionPolicy:
 
     status_ttl: int
     hold: float
+    events_maxlen: int = DEFAULT_MAXLEN
 
 
 class Deletion:
@@ -122,11 +136,11 @@ class Deletion:
     def _delete_one(self, message_id: str, destination: str, now: float) -> Deleted:
         note = f"{DELETED_BY} at {iso_time(now)}"
         keys = record_keys(message_id)[:3]
-        keys += [lease_key(message_id, destination), DEFERRED_KEY, CLAIMED_KEY]
+        keys += [lease_key(message_id, destination), DEFERRED_KEY, CLAIMED_KEY, EVENTS_KEY]
         hold_ms = max(int(self._policy.hold * 1000), 1)
         token = f"deleted-{uuid.uuid4().hex}"
         args: list[str | int] = [message_id, destination, hold_ms, token]
-        args += [self._policy.status_ttl, note]
+        args += [self._policy.status_ttl, note, self._policy.events_maxlen]
         reply: Sequence[bytes | str] = self._delete(keys=keys, args=args)
         outcome = Outcome(redis_text(reply[0]))
         if outcome is not Outcome.DELETED:

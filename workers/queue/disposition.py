@@ -28,7 +28,7 @@ from typing import Any
 
 from workers.model.outcome import Bounced, Deferred, Delivered, Outcome, Suppressed
 from workers.model.reply import Reply, Step
-from workers.model.report import Attempt, DeliveryReport, StepRecord
+from workers.model.report import Attempt, DeliveryReport, StepRecord, used_tls
 from workers.model.states import RecipientState
 from workers.observe.metrics import MetricsRecorder
 from workers.queue.dead_letters import DeadLetters, dead_recipient
@@ -119,7 +119,7 @@ class Disposition:
                     held.append((message_id, [o.recipient for o in deferred], gate, due))
                     listed = {a: (s, r) for a, (s, r) in states.items() if s is _SUPPRESSED}
                     if listed:  # recorded all the same: the gate held back only the others
-                        records.append((message_id, listed, [], None, None))
+                        records.append(Record(message_id, listed, [], None, None, attempt))
                     counts.append((report, Counter(s for s, _ in listed.values()), throttled))
                     summaries.append(_summary(states))  # no attempt, no state change
                     continue
@@ -130,20 +130,23 @@ class Disposition:
                 if dead:
                     self._dead.add(message_id, report.destination, reason.value, dead, now)
             no_attempt = throttled or all(isinstance(o, Suppressed) for o in report.outcomes)
+            last = report.attempts[-1] if report.attempts else None
             records.append(
-                (
+                Record(
                     message_id,
                     states,
                     [] if no_attempt else attempts_json(report),
                     next_attempt if due is not None and not throttled else None,
                     due,
+                    attempt,
+                    "" if last is None else last.host,
+                    None if last is None else used_tls(last.steps),
                 )
             )
             counts.append((report, Counter(state for state, _ in states.values()), throttled))
             summaries.append(_summary(states))
         self._status.record_many(records)
         self._status.throttle_many(held)
-
         for report, outcomes, throttled in counts:
             self._count(report, outcomes, throttled)
         return summaries

@@ -29,6 +29,7 @@ import redis
 from workers.model.reply import Reply
 from workers.model.states import RecipientState
 from workers.queue import status_scripts as scripts
+from workers.queue.events import DEFAULT_MAXLEN, EVENTS_KEY
 from workers.queue.redis_text import redis_text
 from workers.queue.status_creation import StatusCreation
 from workers.queue.status_states import (
@@ -118,8 +119,10 @@ class StatusStore(StatusCreation):
     """Reads and writes status records; the only writer of recipient states. Creating records
     and the enqueued mark are `StatusCreation`'s."""
 
-    def __init__(self, redis: redis.Redis, ttl: int) -> None:
-        super().__init__(redis, ttl)
+    def __init__(
+        self, redis: redis.Redis, ttl: int, *, events_maxlen: int = DEFAULT_MAXLEN
+    ) -> None:
+        super().__init__(redis, ttl, events_maxlen=events_maxlen)
         self._record = redis.register_script(scripts.RECORD)
         self._requeue = redis.register_script(scripts.REQUEUE)
         self._throttle = redis.register_script(scripts.THROTTLE)
@@ -153,17 +156,21 @@ class StatusStore(StatusCreation):
         allowed (`can_transition`), appends the attempt records (the newest 100 are kept), and,
         when a next attempt number is given, sets the attempt counter of the recipients'
         destination; the due time becomes the "next_attempt" time of recipients moved to
-        deferred. Refused moves and unknown addresses are skipped and logged. Does nothing for
-        an unknown or expired message.
+        deferred. Each move applied writes its event (`workers.queue.events`) in the same
+        script. Refused moves and unknown addresses are skipped and logged. Does nothing for an
+        unknown or expired message.
         """
         if not records:
             return
         pipe = self._redis.pipeline(transaction=False)
         for record in records:
-            arguments = scripts.record_arguments(record, self._ttl, ATTEMPTS_KEPT)
-            self._record(keys=self._keys(record[0]), args=arguments, client=pipe)
-        for (message_id, *_), refused in zip(records, pipe.execute(), strict=True):
-            _log_refused(message_id, refused)
+            arguments = scripts.record_arguments(
+                record, self._ttl, ATTEMPTS_KEPT, self._events_maxlen
+            )
+            keys = [*self._keys(record.message_id), EVENTS_KEY]
+            self._record(keys=keys, args=arguments, client=pipe)
+        for record, refused in zip(records, pipe.execute(), strict=True):
+            _log_refused(record.message_id, refused)
 
     def throttle_many(self, held: Sequence[tuple[str, Sequence[str], Reply, float]]) -> None:
         """Note deliveries the gate held back: (message id, addresses, the gate's reply, due
@@ -183,12 +190,14 @@ class StatusStore(StatusCreation):
         """Put the bounced, expired and deleted recipients of one delivery back to queued.
 
         The delivery gets a fresh `first_queued` (= `now`) and its attempt counter goes up by
-        one. Returns the addresses requeued, sorted ([] when there were none).
+        one; each recipient requeued gets a `replayed` event. Returns the addresses requeued,
+        sorted ([] when there were none).
         """
         if not math.isfinite(now):
             raise ValueError(f"now must be finite, got {now}")
         requeued = self._requeue(
-            keys=self._keys(message_id), args=[destination, repr(now), self._ttl]
+            keys=[*self._keys(message_id), EVENTS_KEY],
+            args=[destination, repr(now), self._ttl, self._events_maxlen],
         )
         return sorted(redis_text(address) for address in requeued)
 

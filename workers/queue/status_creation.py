@@ -11,6 +11,7 @@ import redis
 from redis.client import Pipeline
 
 from workers.queue import status_scripts as scripts
+from workers.queue.events import DEFAULT_MAXLEN
 from workers.queue.redis_text import redis_text
 from workers.queue.status_states import record_keys
 
@@ -18,11 +19,16 @@ from workers.queue.status_states import record_keys
 class StatusCreation:
     """Creates status records and tracks whether their messages are on their queues."""
 
-    def __init__(self, redis: redis.Redis, ttl: int) -> None:
+    def __init__(
+        self, redis: redis.Redis, ttl: int, *, events_maxlen: int = DEFAULT_MAXLEN
+    ) -> None:
         if ttl <= 0:
             raise ValueError(f"status ttl must be a positive number of seconds, got {ttl}")
+        if events_maxlen < 0:
+            raise ValueError(f"events maxlen must be 0 or more, got {events_maxlen}")
         self._redis = redis
         self._ttl = ttl
+        self._events_maxlen = events_maxlen
         self._mark_enqueued = redis.register_script(scripts.MARK_ENQUEUED)
         self._create = redis.register_script(scripts.CREATE)
         self._take_over = redis.register_script(scripts.TAKE_OVER)
@@ -50,7 +56,7 @@ class StatusCreation:
 
     def create_many(
         self,
-        messages: Sequence[tuple[str, str, Mapping[str, str]]],
+        messages: scripts.Messages,
         now: float,
         pipe: Pipeline | None = None,
         *,
@@ -70,7 +76,7 @@ class StatusCreation:
             raise ValueError(f"now must be finite, got {now}")
         if not messages:
             return []
-        keys, args = scripts.create_arguments(messages, now, self._ttl, claim)
+        keys, args = scripts.create_arguments(messages, now, self._ttl, claim, self._events_maxlen)
         reply = self._create(keys=keys, args=args, client=pipe)
         if pipe is not None:
             return []

@@ -8,9 +8,11 @@ import json
 from collections.abc import Mapping, Sequence
 
 from workers.model.states import RecipientState
+from workers.queue import events
 from workers.queue.status_states import TRANSITIONS, Record, iso_time, record_keys
 
-Messages = Sequence[tuple[str, str, Mapping[str, str]]]
+# (message id, sender, recipients) or, with the labels JSON (tags and metadata), a fourth item.
+Messages = Sequence[tuple[str, str, Mapping[str, str]] | tuple[str, str, Mapping[str, str], str]]
 
 
 def _lua_transitions() -> str:
@@ -21,20 +23,25 @@ def _lua_transitions() -> str:
     return "{" + ",".join(rows) + "}"
 
 
-# KEYS: msg, rcpt, dlv, attempts. ARGV: ttl, attempts kept, next attempt ("" for none), its
-# due time (ISO-8601, "" for none), the number n of attempt records, n attempt JSONs, then
-# (address, state, code, enhanced, reply) per recipient. A recipient moved to deferred gets the
-# due time as "next_attempt"; every recipient moved loses "throttled" (a real attempt's reply
-# replaces the gate's). Returns the refused moves as a flat list: address, current state, new
-# state.
+# KEYS: msg, rcpt, dlv, attempts, the event stream. ARGV: ttl, attempts kept, next attempt (""
+# for none), its due time (ISO-8601, "" for none), events maxlen, the attempt's number, server
+# and TLS ("1", "0", ""), the number n of attempt records, n attempt JSONs, then (address, state,
+# code, enhanced, reply, step) per recipient. A recipient moved to deferred gets the due time as
+# "next_attempt"; every recipient moved loses "throttled" (a real attempt's reply replaces the
+# gate's) and gets an event named after its new state. Returns the refused moves as a flat list:
+# address, current state, new state.
 # dlv's "attempt" is replaced textually: decoding and re-encoding with cjson would round
 # first_queued to 14 digits.
-RECORD = f"""
+RECORD = (
+    events.LUA
+    + f"""
 if redis.call('EXISTS', KEYS[1]) == 0 then return {{}} end
 local allowed = {_lua_transitions()}
-local n = tonumber(ARGV[5])
+local maxlen = tonumber(ARGV[5])
+local labels = labels_of(KEYS[1], maxlen)
+local n = tonumber(ARGV[9])
 local refused, destinations = {{}}, {{}}
-for i = 6 + n, #ARGV, 5 do
+for i = 10 + n, #ARGV, 6 do
   local address, state = ARGV[i], ARGV[i + 1]
   local current = redis.call('HGET', KEYS[2], address)
   if not current then
@@ -48,6 +55,8 @@ for i = 6 + n, #ARGV, 5 do
       rec.throttled, rec.next_attempt = nil, nil
       if state == 'deferred' and ARGV[4] ~= '' then rec.next_attempt = ARGV[4] end
       redis.call('HSET', KEYS[2], address, cjson.encode(rec))
+      emit(KEYS[5], maxlen, labels, state, KEYS[1], address, rec.destination, ARGV[6],
+        ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[7], ARGV[8])
     else
       table.insert(refused, address); table.insert(refused, rec.state); table.insert(refused, state)
     end
@@ -62,11 +71,12 @@ if ARGV[3] ~= '' then
     end
   end
 end
-for i = 6, 5 + n do redis.call('RPUSH', KEYS[4], ARGV[i]) end
+for i = 10, 9 + n do redis.call('RPUSH', KEYS[4], ARGV[i]) end
 redis.call('LTRIM', KEYS[4], -tonumber(ARGV[2]), -1)
-for _, key in ipairs(KEYS) do redis.call('EXPIRE', key, ARGV[1]) end
+for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ARGV[1]) end
 return refused
 """
+)
 
 # KEYS: msg, rcpt. ARGV: ttl, code, enhanced, text of the gate's reply, next attempt (ISO-8601),
 # then the addresses the gate held back. Each one still queued or deferred becomes deferred with
@@ -95,10 +105,14 @@ redis.call('EXPIRE', KEYS[2], ARGV[1])
 return held
 """
 
-# KEYS: msg, rcpt, dlv, attempts. ARGV: destination, now (JSON number), ttl.
-# Returns the addresses put back to queued (bounced, expired, or deleted by an operator).
-REQUEUE = """
+# KEYS: msg, rcpt, dlv, attempts, the event stream. ARGV: destination, now (JSON number), ttl,
+# events maxlen. Returns the addresses put back to queued (bounced, expired, or deleted by an
+# operator), each with a `replayed` event.
+REQUEUE = (
+    events.LUA
+    + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
+local maxlen = tonumber(ARGV[4])
 local entries = redis.call('HGETALL', KEYS[2])
 local requeued = {}
 for i = 1, #entries, 2 do
@@ -116,43 +130,64 @@ if #requeued > 0 then
   if current then attempt = cjson.decode(current).attempt + 1 end
   redis.call('HSET', KEYS[3], ARGV[1],
     string.format('{"attempt":%d,"first_queued":%s}', attempt, ARGV[2]))
-  for _, key in ipairs(KEYS) do redis.call('EXPIRE', key, ARGV[3]) end
+  for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
+  local labels = labels_of(KEYS[1], maxlen)
+  for _, address in ipairs(requeued) do
+    emit(KEYS[5], maxlen, labels, 'replayed', KEYS[1], address, ARGV[1], attempt, '', '', '',
+      '', '', '')
+  end
 end
 return requeued
 """
+)
 
 
-# KEYS: msg, rcpt, dlv, attempts of each message. ARGV: ttl, created, claim, then per message:
-# sender, n, n pairs (address, recipient JSON), m, m pairs (destination, delivery JSON). HSET
-# takes the pairs 500 at a time: Lua's unpack has a stack limit of a few thousand values. A
-# message whose record exists is left as it is (a racing producer wrote it, and its recipients
-# may have moved on since). Returns the indexes (from 1) of the messages created.
-CREATE = """
+# KEYS: msg, rcpt, dlv, attempts of each message, then the event stream. ARGV: ttl, created,
+# claim, events maxlen, then per message: sender, labels (tags and metadata JSON, "" for none),
+# n, n pairs (address, recipient JSON), m, m pairs (destination, delivery JSON). HSET takes the
+# pairs 500 at a time: Lua's unpack has a stack limit of a few thousand values. A message whose
+# record exists is left as it is (a racing producer wrote it, and its recipients may have moved
+# on since). Each recipient of a created record gets a `queued` event. Returns the indexes (from
+# 1) of the messages created.
+CREATE = (
+    events.LUA
+    + """
 local function hset_pairs(key, first, count)
   for done = 0, count - 1, 500 do
     local last = math.min(count, done + 500)
     redis.call('HSET', key, unpack(ARGV, first + 2 * done, first + 2 * last - 1))
   end
 end
-local at, created = 4, {}
-for i = 1, #KEYS, 4 do
+local stream, maxlen = KEYS[#KEYS], tonumber(ARGV[4])
+local at, created = 5, {}
+for i = 1, #KEYS - 1, 4 do
   local msg, rcpt, dlv = KEYS[i], KEYS[i + 1], KEYS[i + 2]
-  local n = tonumber(ARGV[at + 1])
-  local m = tonumber(ARGV[at + 2 + 2 * n])
+  local labels = ARGV[at + 1]
+  local n = tonumber(ARGV[at + 2])
+  local m = tonumber(ARGV[at + 3 + 2 * n])
   if redis.call('EXISTS', msg) == 0 then
     redis.call('DEL', rcpt, dlv, KEYS[i + 3])
     redis.call('HSET', msg, 'created', ARGV[2], 'sender', ARGV[at], 'claim', ARGV[3])
-    hset_pairs(rcpt, at + 2, n)
-    hset_pairs(dlv, at + 3 + 2 * n, m)
+    if labels ~= '' then redis.call('HSET', msg, 'labels', labels) end
+    hset_pairs(rcpt, at + 3, n)
+    hset_pairs(dlv, at + 4 + 2 * n, m)
     redis.call('EXPIRE', msg, ARGV[1])
     redis.call('EXPIRE', rcpt, ARGV[1])
     redis.call('EXPIRE', dlv, ARGV[1])
     table.insert(created, (i + 3) / 4)
+    if maxlen > 0 then
+      for j = at + 3, at + 2 + 2 * n, 2 do
+        local destination = cjson.decode(ARGV[j + 1]).destination
+        emit(stream, maxlen, labels, 'queued', msg, ARGV[j], destination, 1, '', '', '', '', '',
+          '')
+      end
+    end
   end
-  at = at + 3 + 2 * n + 2 * m
+  at = at + 4 + 2 * n + 2 * m
 end
 return created
 """
+)
 
 # KEYS: the suppression list (workers.queue.suppression), then dlv and rcpt of each delivery.
 # ARGV: each delivery's destination. Returns, per delivery: its dlv field (nil: none), its
@@ -200,9 +235,10 @@ return marked
 
 
 def create_arguments(
-    messages: Messages, now: float, ttl: int, claim: str
+    messages: Messages, now: float, ttl: int, claim: str, events_maxlen: int
 ) -> tuple[list[str], list[str | int]]:
-    """The keys and arguments of one CREATE call for `messages` (id, sender, recipients).
+    """The keys and arguments of one CREATE call for `messages` (id, sender, recipients, and
+    optionally the labels JSON: tags and metadata).
 
     :raises ValueError: a message without recipients.
     """
@@ -211,12 +247,12 @@ def create_arguments(
     delivery = '{"attempt":1,"first_queued":' + _dumps(now) + "}"
     queued: dict[str, str] = {}
     keys: list[str] = []
-    args: list[str | int] = [ttl, repr(now), claim]
-    for message_id, sender, recipients in messages:
+    args: list[str | int] = [ttl, repr(now), claim, events_maxlen]
+    for message_id, sender, recipients, *labels in messages:
         if not recipients:
             raise ValueError("a message needs at least one recipient")
         keys += record_keys(message_id)
-        args += [sender, len(recipients)]
+        args += [sender, labels[0] if labels else "", len(recipients)]
         for address, destination in recipients.items():
             record = queued.get(destination)
             if record is None:
@@ -226,23 +262,30 @@ def create_arguments(
         args.append(len(destinations))
         for destination in destinations:
             args += [destination, delivery]
+    keys.append(events.EVENTS_KEY)
     return keys, args
 
 
-def record_arguments(record: Record, ttl: int, attempts_kept: int) -> list[str | int]:
+def record_arguments(
+    record: Record, ttl: int, attempts_kept: int, events_maxlen: int
+) -> list[str | int]:
     """The arguments of one RECORD call for one delivery's results."""
-    _, outcome_by_address, attempt_json, next_attempt, due = record
+    tls = "" if record.tls is None else "1" if record.tls else "0"
     arguments: list[str | int] = [
         ttl,
         attempts_kept,
-        "" if next_attempt is None else int(next_attempt),
-        "" if due is None else iso_time(due),
-        len(attempt_json),
+        "" if record.next_attempt is None else int(record.next_attempt),
+        "" if record.due is None else iso_time(record.due),
+        events_maxlen,
+        record.attempt,
+        record.host,
+        tls,
+        len(record.attempts),
     ]
-    arguments += [_dumps(attempt) for attempt in attempt_json]
-    for address, (state, reply) in outcome_by_address.items():
+    arguments += [_dumps(attempt) for attempt in record.attempts]
+    for address, (state, reply) in record.outcomes.items():
         arguments += [address, RecipientState(state).value, int(reply.code)]
-        arguments += [reply.enhanced, reply.text]
+        arguments += [reply.enhanced, reply.text, reply.step.value]
     return arguments
 
 

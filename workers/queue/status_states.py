@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from workers.model.reply import Reply
 from workers.model.states import RecipientState
@@ -77,16 +77,21 @@ def iso_time(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
 
 
-# One delivery's results for `StatusStore.record`: message id, (state, reply) by address, the
-# attempt records, the next attempt number (None: not rescheduled) and its due time (UNIX time,
-# shown as deferred recipients' "next_attempt"; None: not known).
-Record = tuple[
-    str,
-    Mapping[str, tuple["RecipientState", Reply]],
-    Sequence[Mapping[str, Any]],
-    int | None,
-    float | None,
-]
+class Record(NamedTuple):
+    """One delivery's results for `StatusStore.record_many`: message id, (state, reply) by
+    address, the attempt records, the next attempt number (None: not rescheduled) and its due
+    time (UNIX time, shown as deferred recipients' "next_attempt"; None: not known). The last
+    three describe the attempt for its events: its number (0: no attempt was made), the server
+    that gave the last reply, and whether that conversation was encrypted (None: no server)."""
+
+    message_id: str
+    outcomes: Mapping[str, tuple[RecipientState, Reply]]
+    attempts: Sequence[Mapping[str, Any]]
+    next_attempt: int | None
+    due: float | None
+    attempt: int = 0
+    host: str = ""
+    tls: bool | None = None
 
 
 def record_keys(message_id: str) -> list[str]:

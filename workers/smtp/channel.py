@@ -97,7 +97,9 @@ class Channel:
             )
         except (SMTPException, OSError) as exc:
             ledger.lost = True
-            answer = _translate(exc, host, ledger.step, handshake=handshake)
+            tls = self.peer.tls
+            why = "" if tls is None else tls.required_by
+            answer = _translate(exc, host, ledger.step, handshake=handshake, required_by=why)
         if not 200 <= answer.code <= 599:
             # aiosmtplib's -1 (a line with no code, binary, one too long) or a code SMTP has
             # not: nothing more the server says can be trusted, so it is told nothing more.
@@ -110,13 +112,16 @@ class Channel:
         return answer
 
 
-def _translate(exc: SMTPException | OSError, host: str, step: Step, *, handshake: bool) -> Reply:
-    """Turn a failure with no server reply into the reply it stands for; most specific first."""
+def _translate(
+    exc: SMTPException | OSError, host: str, step: Step, *, handshake: bool, required_by: str = ""
+) -> Reply:
+    """Turn a failure with no server reply into the reply it stands for; most specific first.
+    `required_by` names what required the TLS (an MTA-STS policy) in a TLS failure's text."""
     tls_error = _ssl_error(exc)
     if tls_error is not None:
-        return replies.tls_failed(host, tls_error)
+        return replies.tls_failed(host, tls_error, required_by)
     if handshake and isinstance(exc, SMTPServerDisconnected | SMTPTimeoutError | ConnectionError):
-        return replies.tls_failed(host, f"handshake did not complete ({exc})")
+        return replies.tls_failed(host, f"handshake did not complete ({exc})", required_by)
     if isinstance(exc, SMTPConnectTimeoutError):
         return replies.no_answer(host, "no greeting in time")
     if isinstance(exc, SMTPTimeoutError | TimeoutError):

@@ -61,7 +61,7 @@ async def open_session(channel: Channel, pool: ConnectionPool | None, slot: Slot
     if tls is not None and not implicit and not await _starttls(channel, tls):
         return False
     if tls is not None and tls.required and not channel.tls_active:
-        return channel.fail(replies.tls_unavailable(peer.host), "STARTTLS")
+        return channel.fail(replies.tls_unavailable(peer.host, tls.required_by), "STARTTLS")
     if peer.credentials is not None and not await _authenticate(channel, peer.credentials):
         return False
     return channel.take_over()
@@ -85,7 +85,8 @@ async def _starttls(channel: Channel, tls: TlsPolicy) -> bool:
     smtp, host = channel.smtp, channel.peer.host
     assert smtp is not None
     if not smtp.supports_extension("starttls"):
-        return not tls.required or channel.fail(replies.tls_unavailable(host), "STARTTLS")
+        unavailable = replies.tls_unavailable(host, tls.required_by)
+        return not tls.required or channel.fail(unavailable, "STARTTLS")
     started = time.perf_counter()
     upgraded = await channel.call(
         "STARTTLS",
@@ -96,7 +97,7 @@ async def _starttls(channel: Channel, tls: TlsPolicy) -> bool:
     if upgraded.reply_class != 2:
         channel.tls_failed = not tls.required
         if upgraded.enhanced != "4.7.5":
-            refused = replies.tls_failed(host, f"STARTTLS refused: {upgraded}")
+            refused = replies.tls_failed(host, f"STARTTLS refused: {upgraded}", tls.required_by)
             return channel.fail(refused, "STARTTLS")
         return channel.fail(upgraded)
     channel.keep_transport()

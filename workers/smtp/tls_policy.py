@@ -23,6 +23,9 @@ class TlsMode(StrEnum):
     OPPORTUNISTIC = "may"  # STARTTLS when offered, unverified; plaintext when the handshake fails
     STARTTLS = "starttls"  # STARTTLS required and verified (relay on 587)
     IMPLICIT = "tls"  # TLS from the first byte, verified (relay on 465, RFC 8314)
+    # STARTTLS when offered, verified; a handshake or certificate failure is retried unverified
+    # (MTA-STS `testing`, RFC 8461 §5: the failure is noticed, the mail still goes).
+    VERIFIED_MAY = "verify-may"
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +39,8 @@ class TlsPolicy:
     mode: TlsMode
     context: ssl.SSLContext = field(compare=False)
     ca_file: str | None = None  # the operator's extra CA bundle, beside the public CAs
+    # What requires this TLS besides the settings (an MTA-STS policy), named in the replies.
+    required_by: str = field(default="", compare=False)
 
     @property
     def identity(self) -> str:
@@ -46,7 +51,7 @@ class TlsPolicy:
     @property
     def required(self) -> bool:
         """Whether a session without TLS must send nothing at all."""
-        return self.mode is not TlsMode.OPPORTUNISTIC
+        return self.mode not in (TlsMode.OPPORTUNISTIC, TlsMode.VERIFIED_MAY)
 
 
 def relay_policy(security: str, ca_file: str | None) -> TlsPolicy:
@@ -58,6 +63,15 @@ def relay_policy(security: str, ca_file: str | None) -> TlsPolicy:
     mode = TlsMode(security)
     if mode is TlsMode.OPPORTUNISTIC:
         raise ValueError("a relay always requires verified TLS")
+    return TlsPolicy(mode, verified_context(ca_file), ca_file or None)
+
+
+def verified_context(ca_file: str | None) -> ssl.SSLContext:
+    """A client context trusting the public CAs plus `ca_file`, checking the host name; for
+    relays, MTA-STS MX hosts and MTA-STS policy hosts.
+
+    :raises OSError: `ca_file` cannot be read.
+    """
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=certifi.where())
     if ca_file:
         context.load_verify_locations(cafile=ca_file)
@@ -65,7 +79,7 @@ def relay_policy(security: str, ca_file: str | None) -> TlsPolicy:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.check_hostname = True
     context.verify_mode = ssl.CERT_REQUIRED
-    return TlsPolicy(mode, context, ca_file or None)
+    return context
 
 
 def opportunistic_policy() -> TlsPolicy:

@@ -1,0 +1,95 @@
+"""The delivery event log: one Redis stream entry per recipient state change, written by the same
+Lua script as the status record it reflects, so neither exists without the other.
+
+Key:
+    mailroom:events   stream; each entry's fields: type, message_id, recipient, destination,
+                      attempt, code, enhanced, text, step, mx_host, tls ("1", "0" or ""),
+                      labels (the message's tags and metadata as JSON, "" when none)
+
+Types: queued (the producer's record), delivered, deferred (each attempt), bounced, expired,
+suppressed (the workers' records), replayed (`dlq replay`), deleted (`queue delete`). A throttle
+is no attempt and writes none. The stream is trimmed to about EVENTS_MAXLEN entries (`XADD
+MAXLEN ~`); 0 writes no event at all. The entry id is the event id: unique, and the same each
+time the entry is read, so consumers drop duplicates by it; its milliseconds are the timestamp.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from workers.queue.redis_text import redis_text
+
+EVENTS_KEY = "mailroom:events"
+DEFAULT_MAXLEN = 100_000
+TYPES = (
+    "queued",
+    "delivered",
+    "deferred",
+    "bounced",
+    "expired",
+    "suppressed",
+    "replayed",
+    "deleted",
+)
+_MSG_PREFIX = len("mailroom:msg:")
+
+# Prepended to every script that writes events. `emit` appends one entry unless `maxlen` is 0;
+# `labels_of` reads a message's tags and metadata once per script call.
+LUA = f"""
+local function emit(stream, maxlen, labels, kind, msg, recipient, destination, attempt, code,
+                    enhanced, text, step, host, tls)
+  if maxlen > 0 then
+    redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'type', kind,
+      'message_id', string.sub(msg, {_MSG_PREFIX + 1}), 'recipient', recipient,
+      'destination', destination, 'attempt', attempt, 'code', code, 'enhanced', enhanced,
+      'text', text, 'step', step, 'mx_host', host, 'tls', tls, 'labels', labels)
+  end
+end
+local function labels_of(msg, maxlen)
+  if maxlen == 0 then return '' end
+  return redis.call('HGET', msg, 'labels') or ''
+end
+"""
+
+
+def event_json(entry_id: bytes | str, fields: Mapping[Any, Any]) -> dict[str, Any]:
+    """An entry as the contract shows an event (docs/contract.md §4)."""
+    text = {redis_text(key): redis_text(value) for key, value in fields.items()}
+    event_id = redis_text(entry_id)
+    labels = json.loads(text["labels"]) if text.get("labels") else {}
+    code = text.get("code", "")
+    tls = text.get("tls", "")
+    return {
+        "event_id": event_id,
+        "type": text.get("type", ""),
+        "timestamp": timestamp_of(event_id),
+        "message_id": text.get("message_id", ""),
+        "recipient": text.get("recipient", ""),
+        "destination": text.get("destination", ""),
+        "attempt": int(text["attempt"]) if text.get("attempt") else None,
+        "reply": {
+            "code": int(code) if code else None,
+            "enhanced": text.get("enhanced", ""),
+            "text": text.get("text", ""),
+        },
+        "step": text.get("step") or None,
+        "mx_host": text.get("mx_host") or None,
+        "tls": None if tls == "" else tls == "1",
+        "tags": list(labels.get("tags", [])),
+        "metadata": dict(labels.get("metadata", {})),
+    }
+
+
+def timestamp_of(event_id: str) -> str:
+    """When the event was written: its id's milliseconds (Redis's clock), ISO-8601 in UTC."""
+    milliseconds = int(event_id.partition("-")[0])
+    moment = datetime.fromtimestamp(milliseconds / 1000, UTC)
+    return moment.isoformat(timespec="milliseconds")
+
+
+def events_of(entries: Sequence[Any]) -> list[dict[str, Any]]:
+    """The events of XRANGE / XREAD(GROUP) entries: (id, fields) pairs."""
+    return [event_json(entry_id, fields) for entry_id, fields in entries]
