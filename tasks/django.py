@@ -5,7 +5,8 @@ from, to, cc, bcc, reply_to, subject, body, the HTML alternative, attachments (t
 `MIMEBase` parts, inline ones with a Content-ID included) and extra headers; the whole list goes
 through one `notify_many`, so a batch costs a few Redis round trips and a retry with the same
 key sends nothing twice. An `extra_headers["Message-ID"]`, or a `mailroom_idempotency_key`
-attribute, becomes the idempotency key (Mailroom writes its own Message-ID); each message gets
+attribute, becomes the idempotency key (Mailroom writes its own Message-ID); `mailroom_tags` and
+`mailroom_metadata` attributes become the tags and metadata its events carry; each message gets
 its Mailroom id as `mailroom_id`, for `mailroom status`.
 
 The producer's settings come from the Django setting `MAILROOM` (a dict of the MAILROOM_*
@@ -38,6 +39,8 @@ __all__ = ["EmailBackend", "notification_of"]
 log = logging.getLogger(__name__)
 
 IDEMPOTENCY_ATTRIBUTE = "mailroom_idempotency_key"
+TAGS_ATTRIBUTE = "mailroom_tags"
+METADATA_ATTRIBUTE = "mailroom_metadata"
 ID_ATTRIBUTE = "mailroom_id"
 
 
@@ -96,6 +99,8 @@ def notification_of(message: EmailMessage) -> dict[str, Any]:
         "headers": {str(name): str(value) for name, value in headers.items()},
         "idempotency_key": idempotency_key,
         "attachments": [_attachment(index, a) for index, a in enumerate(message.attachments)],
+        "tags": list(getattr(message, TAGS_ATTRIBUTE, ())),
+        "metadata": dict(getattr(message, METADATA_ATTRIBUTE, {})),
     }
 
 

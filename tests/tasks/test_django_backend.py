@@ -241,3 +241,21 @@ def test_extra_headers_from_and_reply_to_win_as_in_django() -> None:
     fields = notification_of(message)
     assert fields["sender"] == "Shown <shown@example.test>"
     assert (fields["reply_to"], fields["headers"]) == ([], {"Reply-To": "help@example.test"})
+
+
+def test_tags_and_metadata_come_from_attributes() -> None:
+    message = EmailMessage("S", "x", to=["a@implicit.test"])
+    assert (notification_of(message)["tags"], notification_of(message)["metadata"]) == ([], {})
+    message.mailroom_tags = ("invoice",)  # type: ignore[attr-defined]
+    message.mailroom_metadata = {"order": "42"}  # type: ignore[attr-defined]
+    fields = notification_of(message)
+    assert (fields["tags"], fields["metadata"]) == (["invoice"], {"order": "42"})
+
+
+@pytest.mark.usefixtures("mailroom_setting")
+def test_bad_tags_are_refused_like_any_field(redis_client: redis.Redis) -> None:
+    message = EmailMessage("S", "x", to=["a@implicit.test"])
+    message.mailroom_tags = ["a\nb"]  # type: ignore[attr-defined]
+    with pytest.raises(InvalidNotification, match=r"^tags\[0\]: "):
+        mail.get_connection().send_messages([message])
+    assert redis_client.dbsize() == 0
