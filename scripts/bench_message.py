@@ -5,8 +5,8 @@ repeats each run, and prints the median cost per message (wall time, and this pr
 time, which a busy machine disturbs less), messages per second and peak RSS. For comparison,
 the same typical message is also built the textbook way, with the stdlib's `EmailMessage` and
 its default policy. Bounded: at most --count messages per run (the 1 MB variant builds
-count/1000, the stdlib one count/10), --repeat runs, and no new run starts after --time-limit
-seconds. Runs on one core, with no network.
+count/1000, the one with a 100 KB attachment count/100, the stdlib one count/10), --repeat runs,
+and no new run starts after --time-limit seconds. Runs on one core, with no network.
 
     PYTHONPATH=. .venv/bin/python scripts/bench_message.py [--count 20000] [--repeat 5]
 """
@@ -14,6 +14,7 @@ seconds. Runs on one core, with no network.
 from __future__ import annotations
 
 import argparse
+import random
 import resource
 import statistics
 import sys
@@ -76,9 +77,19 @@ def variants() -> list[Variant]:
             ),
         ),
         Variant("1 MB body (text+html, QP)", typical_fields(text=big, html=big), divisor=1000),
+        Variant(
+            "typical + 100 KB PDF attached",
+            typical_fields(attachments=[{"filename": "invoice.pdf", "content": _pdf_like()}]),
+            divisor=100,
+        ),
         Variant("validate_dict only (typical)", typical_fields(), validate_only=True),
         Variant("stdlib EmailMessage (typical)", typical_fields(), divisor=10, stdlib=True),
     ]
+
+
+def _pdf_like(size: int = 100_000) -> bytes:
+    """Bytes shaped like a PDF: a header, then compressed (incompressible) streams."""
+    return (b"%PDF-1.7\n" + random.Random(7).randbytes(size))[:size]
 
 
 def stdlib_message(notification: Notification, message_id: str) -> bytes:

@@ -39,6 +39,7 @@ from settings import Settings, load_settings
 from tasks.app import make_celery
 from tasks.dkim.keys import SigningKey, load_signing_keys
 from tasks.dkim.signer import Signer
+from tasks.attachments import load_paths
 from tasks.idempotency import claim_keys
 from tasks.message import build_message
 from tasks.notification import InvalidNotification, Notification
@@ -223,7 +224,9 @@ def _prepare(
     names the index of any but the first."""
     try:
         notification = (
-            given if isinstance(given, Notification) else Notification.validate_dict(given)
+            given
+            if isinstance(given, Notification)
+            else Notification.validate_dict(load_paths(given, max_bytes))
         )
         message_id = uuid.uuid4().hex
         return notification, message_id, _build(notification, message_id, max_bytes)

@@ -2,9 +2,10 @@
 
 The bytes are written here directly (the stdlib's `EmailMessage` costs some forty times the CPU,
 more than the SMTP session the message feeds; scripts/bench_message.py compares): Message-ID,
-Date, From, To, Cc (never Bcc), Subject, the producer's extra headers, List-Unsubscribe(-Post)
-when asked for (tasks/list_unsubscribe.py), MIME-Version, and a text/plain, text/html or
-multipart/alternative body.
+Date, From, To, Cc (never Bcc), Reply-To, Subject, the producer's extra headers,
+List-Unsubscribe(-Post) when asked for (tasks/list_unsubscribe.py), MIME-Version, and a
+text/plain, text/html or multipart/alternative body; with attachments, a multipart/mixed around it
+and them, inline parts in a multipart/related with the HTML (their parts: tasks.attachment_mime).
 - Header fields fold at whitespace only (RFC 5322 §2.2.3), aiming at 78 characters a line and
   never above 998 octets; text that is not ASCII, or looks like an RFC 2047 encoded word, or has a
   word too long to fold, goes out as RFC 2047 "B" encoded words of whole UTF-8 characters.
@@ -23,13 +24,17 @@ import base64
 import binascii
 import re
 import secrets
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from email import policy
 from email.utils import format_datetime
 
+from tasks.attachment_mime import attachment_part, base64_size
+from tasks.encoded_words import EW_OCTETS, EW_OVERHEAD, encoded_word, utf8_chunks
 from tasks.notification import (
     LINE_LIMIT,
     STRUCTURED_FIELDS,
+    Attachment,
     InvalidNotification,
     Mailbox,
     Notification,
@@ -44,10 +49,6 @@ _CHUNK = re.compile(r"[ \t]*[^ \t]+")  # one word with the whitespace before it
 _ATEXT = r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]"  # RFC 5322 §3.2.3
 _DOT_ATOM_TEXT = re.compile(rf"{_ATEXT}+(?:\.{_ATEXT}+)*")
 _HIGH_BYTES = bytes(range(128, 256))
-# RFC 2047 §2: an encoded word is at most 75 characters; "=?utf-8?b?" and "?=" take 12 of them,
-# and base64 turns 3 octets into 4 characters.
-_EW_OVERHEAD = len("=?utf-8?b??=")
-_EW_OCTETS = (75 - _EW_OVERHEAD) // 4 * 3
 _FIRST_WORD_OCTETS = 6  # two octets more than the longest UTF-8 character
 # A quoted display name with a word longer than this is encoded instead, so that the word, with
 # "Name: " before it and "," after it, still fits within 998 octets.
@@ -94,13 +95,15 @@ def build_message(
         fields.append("To: undisclosed-recipients:;")
     if cc:
         fields.append(_field("Cc", ", ".join(map(_mailbox, cc)), utf8=smtputf8))
+    if reply_to := notification.reply_to_mailboxes:
+        fields.append(_field("Reply-To", ", ".join(map(_mailbox, reply_to)), utf8=smtputf8))
     fields.append(_field("Subject", notification.subject, utf8=smtputf8))
     for name, value in [*notification.headers.items(), *notification.list_header_fields()]:
         fields.append(_field(name, value, utf8=smtputf8))
     fields.append("MIME-Version: 1.0\r\n")
     head = "\r\n".join(fields).encode("utf-8" if smtputf8 else "ascii")
 
-    data = head + _body(notification.text, notification.html)
+    data = head + _body(notification.text, notification.html, notification.attachment_list)
     _refuse_above(len(data), max_bytes, estimate=False)
     return outbound(message_id, notification.envelope_sender(), data, smtputf8=smtputf8)
 
@@ -108,6 +111,7 @@ def build_message(
 def _lower_bound(notification: Notification) -> int:
     """Octets the message takes at least: encoding never shrinks a character below one octet."""
     size = len(notification.subject) + len(notification.text or "") + len(notification.html or "")
+    size += sum(base64_size(len(a.content)) for a in notification.attachment_list)
     return size + sum(len(name) + len(value) for name, value in notification.headers.items())
 
 
@@ -173,34 +177,16 @@ def _fold(width: int, value: str) -> str:
     return "\r\n".join(lines)
 
 
-def _utf8_chunks(data: bytes, first: int, size: int) -> list[bytes]:
-    """Split UTF-8 `data` into pieces of whole characters: `first` octets at most, then `size`."""
-    chunks: list[bytes] = []
-    start, limit, total = 0, first, len(data)
-    while start < total:
-        end = start + limit
-        if end < total:
-            while data[end] & 0xC0 == 0x80:  # a continuation octet: cut before its character
-                end -= 1
-        chunks.append(data[start:end])
-        start, limit = end, size
-    return chunks
-
-
-def _encoded_word(chunk: bytes) -> str:
-    return f"=?utf-8?b?{binascii.b2a_base64(chunk, newline=False).decode('ascii')}?="
-
-
 def _encoded_field(name: str, text: str) -> str:
     """`Name: text` as RFC 2047 encoded words, one per line, each line within 78 characters."""
     # The first word shares its line with the name: shorter, but never too short for the
     # longest UTF-8 character (a long name makes that line longer than 78, as for ASCII text).
-    room = max((_FOLD_AT - len(name) - 2 - _EW_OVERHEAD) // 4 * 3, _FIRST_WORD_OCTETS)
-    words = map(_encoded_word, _utf8_chunks(text.encode(), room, _EW_OCTETS))
-    if len(name) + 2 + _EW_OVERHEAD + _FIRST_WORD_OCTETS * 4 // 3 > LINE_LIMIT:
+    room = max((_FOLD_AT - len(name) - 2 - EW_OVERHEAD) // 4 * 3, _FIRST_WORD_OCTETS)
+    words = map(encoded_word, utf8_chunks(text.encode(), room, EW_OCTETS))
+    if len(name) + 2 + EW_OVERHEAD + _FIRST_WORD_OCTETS * 4 // 3 > LINE_LIMIT:
         # Only a name of nearly 998 octets: the words start on the next line (readers may
         # then see a leading space).
-        words = map(_encoded_word, _utf8_chunks(text.encode(), _EW_OCTETS, _EW_OCTETS))
+        words = map(encoded_word, utf8_chunks(text.encode(), EW_OCTETS, EW_OCTETS))
         return f"{name}:\r\n " + "\r\n ".join(words)
     return f"{name}: " + "\r\n ".join(words)
 
@@ -218,26 +204,41 @@ def _mailbox(box: Mailbox) -> str:
         ):
             return f"{phrase} <{box.address}>"
     # RFC 2047 §5(3) allows encoded words as a phrase; space-separated, they fold cleanly.
-    words = map(_encoded_word, _utf8_chunks(name.encode(), _EW_OCTETS, _EW_OCTETS))
+    words = map(encoded_word, utf8_chunks(name.encode(), EW_OCTETS, EW_OCTETS))
     return f"{' '.join(words)} <{box.address}>"
 
 
-def _body(text: str | None, html: str | None) -> bytes:
-    """The Content-* fields, the blank line and the body: one text part, or both as alternatives."""
-    if text is None or html is None:
-        subtype, source = ("plain", text) if text is not None else ("html", html)
-        assert source is not None  # Notification guarantees one of them
-        return _part(subtype, source)
+def _body(text: str | None, html: str | None, attachments: Sequence[Attachment]) -> bytes:
+    """The Content-* fields, the blank line and the body: one text part, or both as alternatives;
+    inline parts in a multipart/related with the HTML, other attachments after it all in a
+    multipart/mixed."""
+    html_part = None if html is None else _part("html", html)
+    if inline := [attachment_part(a) for a in attachments if a.inline]:
+        assert html_part is not None  # Notification refuses inline parts without html
+        html_part = _multipart('related;\r\n type="text/html"', [html_part, *inline])
+    if text is None:
+        assert html_part is not None  # Notification guarantees one of them
+        body = html_part
+    elif html_part is None:
+        body = _part("plain", text)
+    else:
+        body = _multipart("alternative", [_part("plain", text), html_part])
+    if files := [attachment_part(a) for a in attachments if not a.inline]:
+        body = _multipart("mixed", [body, *files])
+    return body
+
+
+def _multipart(subtype: str, parts: Sequence[bytes]) -> bytes:
+    """A multipart entity of `parts` (each its fields, blank line and body ending in CRLF)."""
     # A random boundary spares searching the bodies for a free one: "=_" never occurs in
     # quoted-printable or base64, 128 random bits nowhere else.
     boundary = f"=_{secrets.token_hex(16)}".encode("ascii")
+    delimiter = b"\r\n--%s\r\n" % boundary
     return b"".join(
         (
-            b'Content-Type: multipart/alternative;\r\n boundary="%s"\r\n\r\n--%s\r\n'
-            % (boundary, boundary),
-            _part("plain", text),
-            b"\r\n--%s\r\n" % boundary,
-            _part("html", html),
+            b'Content-Type: multipart/%s;\r\n boundary="%s"\r\n\r\n--%s\r\n'
+            % (subtype.encode("ascii"), boundary, boundary),
+            delimiter.join(parts),
             b"\r\n--%s--\r\n" % boundary,
         )
     )

@@ -4,7 +4,9 @@
 Validation is strict where a mistake would reach a mail server or a header: addresses follow
 RFC 5321/5322 (dot-atom or quoted local part, RFC 6531 non-ASCII local parts, domains that convert
 to IDNA A-labels, RFC 5321 §4.5.3.1 lengths), and no header value may carry a line break, so no
-input can inject a header. Every failure is an `InvalidNotification` whose one line names the field.
+input can inject a header. Attachments are checked by tasks.attachments (file names that cannot
+lead a reader out of its folder, media types, Content-IDs). Every failure is an
+`InvalidNotification` whose one line names the field.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pydantic import (
 )
 
 from tasks.addresses import Mailbox, a_label_domain, parse_mailbox
+from tasks.attachments import Attachment, parse_attachment
 from tasks.header_text import (
     LINE_LIMIT,
     MAX_HEADER_CHARS,
@@ -43,6 +46,7 @@ __all__ = [
     "MAX_HEADER_CHARS",
     "STRUCTURAL_HEADERS",
     "STRUCTURED_FIELDS",
+    "Attachment",
     "InvalidNotification",
     "Mailbox",
     "Notification",
@@ -73,6 +77,7 @@ class _Parsed:
     sender: Mailbox
     to: tuple[Mailbox, ...]
     cc: tuple[Mailbox, ...]
+    reply_to: tuple[Mailbox, ...]
     recipients: tuple[str, ...]  # to + cc + bcc as bare addresses, each once, in order
     smtputf8: bool  # some address has a non-ASCII local part
 
@@ -92,6 +97,9 @@ class Notification(BaseModel):
     html: str | None = None
     headers: dict[str, str] = Field(default_factory=dict)
     idempotency_key: str | None = None
+    reply_to: list[str] = Field(default_factory=list)  # one address may be given as a str
+    # Mappings (or Attachment values) as given; validated into Attachment values, kept here.
+    attachments: list[Any] = Field(default_factory=list)
     # Any, not str: a value of another type gets the same one line as a bad string.
     tags: list[Any] = Field(default_factory=list)
     metadata: dict[Any, Any] = Field(default_factory=dict)
@@ -116,6 +124,11 @@ class Notification(BaseModel):
                 error["type"], error["msg"]
             )
             raise InvalidNotification(f"{_location(error['loc'])}: {message}") from None
+
+    @field_validator("reply_to", mode="before")
+    @classmethod
+    def _one_reply_to(cls, value: object) -> object:
+        return [value] if isinstance(value, str) else value
 
     @field_validator("subject")
     @classmethod
@@ -147,6 +160,18 @@ class Notification(BaseModel):
             seen.add(name.lower())
             check_extra_header(name, text)
         return value
+
+    @field_validator("attachments")
+    @classmethod
+    def _check_attachments(cls, value: list[Any]) -> list[Attachment]:
+        parsed = [parse_attachment(f"attachments[{i}]", item) for i, item in enumerate(value)]
+        seen: set[str] = set()
+        for index, attachment in enumerate(parsed):
+            if attachment.content_id is not None:
+                if attachment.content_id in seen:
+                    raise InvalidNotification(f"attachments[{index}].content_id: given twice")
+                seen.add(attachment.content_id)
+        return parsed
 
     @field_validator("tags")
     @classmethod
@@ -185,13 +210,18 @@ class Notification(BaseModel):
         sender = parse_mailbox("sender", self.sender)
         to, cc = _parse_all("to", self.to), _parse_all("cc", self.cc)
         bcc = _parse_all("bcc", self.bcc)
+        reply_to = _parse_all("reply_to", self.reply_to)
+        if reply_to and any(name.lower() == "reply-to" for name in self.headers):
+            raise InvalidNotification("reply_to: Reply-To is also given in headers")
         everyone = (sender, *to, *cc, *bcc)
         self._parsed = _Parsed(
             sender=sender,
             to=to,
             cc=cc,
+            reply_to=reply_to,
             recipients=tuple(dict.fromkeys(box.address for box in everyone[1:])),
-            smtputf8=any(box.smtputf8 for box in everyone),
+            # A Reply-To address with a non-ASCII local part makes the header block UTF-8.
+            smtputf8=any(box.smtputf8 for box in (*everyone, *reply_to)),
         )
         if not (self.to or self.cc or self.bcc):
             raise InvalidNotification("to: no recipient (to, cc and bcc are all empty)")
@@ -204,6 +234,12 @@ class Notification(BaseModel):
                 if name.lower() in ("list-unsubscribe", "list-unsubscribe-post"):
                     raise InvalidNotification(
                         f"headers[{name!r}]: list_unsubscribe writes this header (give one)"
+                    )
+        if self.html is None:
+            for index, attachment in enumerate(self.attachment_list):
+                if attachment.inline:
+                    raise InvalidNotification(
+                        f"attachments[{index}].inline: needs an html body to show it (cid:)"
                     )
         self._labels = labels_json(self.tags, self.metadata)
         return self
@@ -234,6 +270,17 @@ class Notification(BaseModel):
         """The Cc recipients, parsed, in the order given."""
         return _parsed(self).cc
 
+    @property
+    def attachment_list(self) -> list[Attachment]:
+        """The attachments, validated, in the order given (inline parts among them)."""
+        attachments: list[Attachment] = self.attachments
+        return attachments
+
+    @property
+    def reply_to_mailboxes(self) -> tuple[Mailbox, ...]:
+        """The Reply-To addresses, parsed, in the order given (none when not given)."""
+        return _parsed(self).reply_to
+
     def envelope_sender(self) -> str:
         """The bare sender address for MAIL FROM."""
         return _parsed(self).sender.address
@@ -251,7 +298,8 @@ class Notification(BaseModel):
         return self._labels
 
     def needs_smtputf8(self) -> bool:
-        """True when the sender or any recipient has a non-ASCII local part (RFC 6531)."""
+        """True when the sender, a recipient or a Reply-To address has a non-ASCII local part
+        (RFC 6531)."""
         return _parsed(self).smtputf8
 
 

@@ -29,6 +29,7 @@ from settings import Settings
 from tasks.api import Mailroom
 from tasks.app import make_celery
 from tasks.dkim.keys import SigningKey
+from tasks.attachments import decode_task_attachments
 from tasks.notification import InvalidNotification
 from tasks.routing import DELIVER_TASK, NOTIFY_TASK
 from workers.batch import BatchRunner, BatchStores, BatchTiming, Handled, Item
@@ -223,7 +224,7 @@ def create_app(settings: Settings, signing_keys: Sequence[SigningKey] | None = N
     def notify(**fields: Any) -> str:
         try:
             with _requeue_when_redis_fails():
-                return context.producer().notify(**fields)
+                return context.producer().notify(**decode_task_attachments(fields))
         except InvalidNotification as exc:
             # Retrying cannot fix bad input; say why where operators look (Flower, the log).
             log.error("mailroom.notify refused: %s", exc)

@@ -29,6 +29,24 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     )
     parser.add_argument("--idempotency-key", help="the same key returns the same id")
     parser.add_argument(
+        "--reply-to", action="append", default=[], help="Reply-To address (repeatable)"
+    )
+    parser.add_argument(
+        "--attach",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="FILE",
+        help="attach a file; its type is guessed from its name (repeatable)",
+    )
+    parser.add_argument(
+        "--attach-inline",
+        action="append",
+        default=[],
+        metavar="CID=FILE",
+        help="an inline part the --html shows as cid:CID (repeatable)",
+    )
+    parser.add_argument(
         "--tag", action="append", default=[], help="a tag its events carry (repeatable)"
     )
     parser.add_argument(
@@ -61,6 +79,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         "html": args.html,
         "headers": dict(_header(h) for h in args.header),
         "idempotency_key": args.idempotency_key,
+        "reply_to": args.reply_to,
+        "attachments": [*args.attach, *map(_inline, args.attach_inline)],
         "tags": args.tag,
         "metadata": dict(_meta(m) for m in args.meta),
         "list_unsubscribe": args.list_unsubscribe or None,
@@ -84,6 +104,7 @@ _FLAGS = {
     "html": "--html",
     "headers": "--header",
     "idempotency_key": "--idempotency-key",
+    "reply_to": "--reply-to",
     "tags": "--tag",
     "metadata": "--meta",
     "list_unsubscribe": "--list-unsubscribe",
@@ -99,9 +120,23 @@ def as_flags(message: str, args: argparse.Namespace) -> str:
     flag = _FLAGS.get(field)
     if field == "text":
         flag = "--text" if args.text_file is None else "--text-file"
+    elif field == "attachments":
+        flag, key = _attachment_flag(location, args)
+        if key:
+            problem = f"{key}: {problem}"
     if flag is None or not colon:
         return message
     return f"{flag}: {problem}"
+
+
+def _attachment_flag(location: str, args: argparse.Namespace) -> tuple[str | None, str]:
+    """The option behind `attachments[N]…` (the --attach files come first), and the key."""
+    index, _, key = location.removeprefix("attachments[").partition("]")
+    if not index.isdigit():
+        return None, ""
+    flag = "--attach" if int(index) < len(args.attach) else "--attach-inline"
+    key = key.removeprefix(".")
+    return flag, "" if key == "content" else key  # the content is the FILE the option names
 
 
 def _text(args: argparse.Namespace) -> str:
@@ -111,6 +146,13 @@ def _text(args: argparse.Namespace) -> str:
         return str(args.text_file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"send: --text-file: cannot read {args.text_file}: {exc}") from exc
+
+
+def _inline(text: str) -> dict[str, Any]:
+    content_id, equals, path = text.partition("=")
+    if not equals or not content_id or not path:
+        raise UsageError(f"send: --attach-inline: {text!r} is not CID=FILE")
+    return {"content": Path(path), "inline": True, "content_id": content_id}
 
 
 def _header(text: str) -> tuple[str, str]:

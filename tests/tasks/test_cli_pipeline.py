@@ -6,6 +6,8 @@ stderr, exit status 2 and nothing enqueued (Redis stays empty).
 
 from __future__ import annotations
 
+import email
+import email.policy
 import json
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import redis
 from tests.support.redis_server import RedisServer
 from tests.tasks.test_cli import Run, run_mailroom
 from workers.model.reply import Reply, Step
+from workers.queue.content import ContentStore
 from workers.queue.dead_letters import DeadLetters
 
 
@@ -72,6 +75,54 @@ def test_send_reads_the_body_from_a_file(
     assert len(sent.stdout.strip()) == 32
 
 
+def test_send_attaches_files_and_inline_parts(
+    redis_server: RedisServer, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    invoice = tmp_path / "Rechnung März.pdf"
+    invoice.write_bytes(b"%PDF-1.7 " + bytes(range(256)))
+    logo = tmp_path / "logo.png"
+    logo.write_bytes(b"\x89PNG")
+    sent = send(
+        redis_server,
+        tmp_path,
+        *GOOD,
+        "--html",
+        '<img src="cid:logo@example.test">',
+        "--reply-to",
+        "help@example.test",
+        "--attach",
+        str(invoice),
+        "--attach-inline",
+        f"logo@example.test={logo}",
+    )
+    assert sent.status == 0, sent.stderr
+    stored = ContentStore(redis_client, ttl=60).get(sent.stdout.strip())
+    assert stored is not None
+    parsed = email.message_from_bytes(stored.data, policy=email.policy.default)
+    assert parsed["Reply-To"] == "help@example.test"
+    [attached] = parsed.iter_attachments()
+    assert (attached.get_filename(), attached.get_content()) == (
+        "Rechnung März.pdf",
+        invoice.read_bytes(),
+    )
+    [image] = [part for part in parsed.walk() if part["Content-ID"] == "<logo@example.test>"]
+    assert (image.get_content_type(), image.get_content()) == ("image/png", b"\x89PNG")
+
+
+def test_an_inline_part_with_a_bad_content_id_names_the_option_and_key(
+    redis_server: RedisServer, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    logo = tmp_path / "logo.png"
+    logo.write_bytes(b"\x89PNG")
+    args = (*GOOD, "--html", "<p>x</p>", "--attach", str(logo), "--attach-inline", f"a b={logo}")
+    sent = send(redis_server, tmp_path, *args)
+    assert sent.status == 2
+    assert sent.stderr_lines == [
+        "mailroom: send: --attach-inline: content_id: 'a b' is not a valid Content-ID"
+    ]
+    assert redis_client.dbsize() == 0
+
+
 @pytest.mark.parametrize(
     ("args", "words"),
     [
@@ -92,6 +143,15 @@ def test_send_reads_the_body_from_a_file(
         ((*GOOD[:6], "--text-file", "/nonexistent/body.txt"), ("--text-file",)),
         (("--to", "a@one.test", "--subject", "Hi", "--text", "b"), ("--from",)),
         ((*GOOD, "--bogus"), ("--bogus",)),
+        ((*GOOD, "--reply-to", "help@"), ("send: --reply-to: 'help@' is not a valid",)),
+        ((*GOOD, "--attach", "/nonexistent/a.pdf"), ("send: --attach: cannot read",)),
+        ((*GOOD, "--attach", "/dev/null"), ("send: --attach: '/dev/null' is not a regular",)),
+        ((*GOOD, "--attach", "/"), ("send: --attach: ",)),
+        ((*GOOD, "--attach-inline", "logo.png"), ("send: --attach-inline: 'logo.png' is not",)),
+        (
+            (*GOOD, "--html", "<p>x</p>", "--attach-inline", "a b=/nonexistent"),
+            ("send: --attach-inline: cannot read",),
+        ),
     ],
 )
 def test_bad_send_input_is_one_line_exit_2_and_nothing_enqueued(

@@ -5,6 +5,7 @@ Every test reads the produced bytes back with the stdlib parser, as a receiving 
 
 from __future__ import annotations
 
+import base64
 import email
 import email.policy
 from datetime import UTC, datetime, timedelta, timezone
@@ -115,6 +116,23 @@ def test_bcc_is_an_envelope_recipient_and_nowhere_in_the_bytes() -> None:
     assert b"secret-auditor" not in message.data
     assert b"bcc" not in message.data.lower()
     assert parse(message.data)["Bcc"] is None
+
+
+def test_reply_to_is_written_with_its_names_and_reads_back() -> None:
+    parsed = parse(build(reply_to=["Zoë Support <help@example.com>", "ops@bücher.example"]).data)
+    assert [(a.display_name, a.addr_spec) for a in parsed["Reply-To"].addresses] == [
+        ("Zoë Support", "help@example.com"),
+        ("", "ops@xn--bcher-kva.example"),
+    ]
+    assert not parsed.defects
+    assert parse(build().data)["Reply-To"] is None
+
+
+def test_a_non_ascii_reply_to_local_part_makes_an_smtputf8_message() -> None:
+    message = build(reply_to="用户@example.org")
+    assert message.smtputf8
+    parsed = email.message_from_string(message.data.decode(), policy=email.policy.default)
+    assert parsed["Reply-To"].addresses[0].addr_spec == "用户@example.org"
 
 
 def test_only_blind_recipients_get_the_undisclosed_recipients_group() -> None:
@@ -318,6 +336,90 @@ def test_encoding_overhead_counts_towards_the_limit() -> None:
     # 100 000 non-ASCII characters are under the limit as text, far above it once encoded.
     with pytest.raises(InvalidNotification, match=r"^message: \d+ bytes exceeds"):
         build(max_bytes=150_000, text="é" * 100_000, html=None)
+
+
+PDF = b"%PDF-1.7\n" + bytes(range(256)) * 40  # binary, as a PDF is
+
+
+def test_attachments_go_in_a_multipart_mixed_after_the_body_in_76_column_base64() -> None:
+    message = build(attachments=[{"filename": "invoice.pdf", "content": PDF}])
+    assert_wire_format(message.data)
+    parsed = parse(message.data)
+    assert parsed.get_content_type() == "multipart/mixed"
+    body, attached = parsed.iter_parts()
+    assert body.get_content_type() == "multipart/alternative"
+    assert (attached.get_content_type(), attached.get_filename()) == (
+        "application/pdf",
+        "invoice.pdf",
+    )
+    assert attached.get_content_disposition() == "attachment"
+    assert attached["Content-Transfer-Encoding"] == "base64"
+    assert attached.get_content() == PDF
+    encoded = message.data.split(b"Content-Transfer-Encoding: base64\r\n\r\n")[1]
+    *full, last = encoded.split(b"\r\n\r\n--")[0].split(b"\r\n")
+    assert {len(line) for line in full} == {76}
+    assert 0 < len(last) <= 76
+    assert base64.b64decode(b"".join([*full, last])) == PDF
+
+
+def test_inline_parts_sit_with_the_html_in_a_multipart_related() -> None:
+    logo = {"filename": "logo.png", "content": b"\x89PNG", "inline": True, "content_id": "logo"}
+    message = build(
+        html='<p><img src="cid:logo"></p>\n',
+        attachments=[logo, {"filename": "terms.txt", "content": b"terms\n"}],
+    )
+    parsed = parse(message.data)
+    alternative, terms = parsed.iter_parts()
+    text, related = alternative.iter_parts()
+    assert text.get_content_type() == "text/plain"
+    assert (related.get_content_type(), related.get_param("type")) == (
+        "multipart/related",
+        "text/html",
+    )
+    html, image = related.iter_parts()
+    assert content(html) == '<p><img src="cid:logo"></p>\n'
+    assert (image["Content-ID"], image.get_content_disposition()) == ("<logo>", "inline")
+    assert image.get_content() == b"\x89PNG"
+    assert (terms.get_filename(), terms.get_content()) == ("terms.txt", "terms\n")
+
+
+def test_html_only_with_an_inline_part_is_related_without_mixed() -> None:
+    logo = {"filename": "l.gif", "content": b"GIF89a", "inline": True, "content_id": "l@x"}
+    parsed = parse(build(text=None, html='<img src="cid:l@x">', attachments=[logo]).data)
+    assert parsed.get_content_type() == "multipart/related"
+    assert [p.get_content_type() for p in parsed.iter_parts()] == ["text/html", "image/gif"]
+
+
+def test_non_ascii_filenames_use_rfc_2231_and_the_rfc_2047_name_outlook_reads() -> None:
+    name = "Rechnung März 2026 — Übersicht für Zoë (endgültig, mit allen Anlagen).pdf"
+    message = build(attachments=[{"filename": name, "content": b"%PDF"}])
+    assert_wire_format(message.data)
+    raw = message.data.decode("ascii")
+    assert "filename*0*=utf-8''Rechnung%20M%C3%A4rz" in raw  # continued: it is long
+    assert "filename*1*=" in raw
+    assert ' name="=?utf-8?b?' in raw
+    [attached] = parse(message.data).iter_attachments()
+    assert attached.get_filename() == name
+    assert attached["Content-Type"].params["name"] == name
+    legacy = email.message_from_bytes(message.data, policy=email.policy.compat32)
+    [legacy_part] = [p for p in legacy.walk() if p.get_filename()]
+    assert legacy_part.get_filename() == name
+    assert decoded(str(legacy_part.get_param("name"))) == name  # as Outlook decodes it
+
+
+def test_attachments_count_towards_the_size_limit() -> None:
+    small = build().size
+    with pytest.raises(InvalidNotification, match=r"^message: at least \d+ bytes exceeds"):
+        build(max_bytes=small + 10_000, attachments=[{"filename": "a", "content": b"x" * 9000}])
+    with_attachment = build(attachments=[{"filename": "a", "content": b"x" * 900}])
+    assert build(
+        max_bytes=with_attachment.size, attachments=[{"filename": "a", "content": b"x" * 900}]
+    )
+    with pytest.raises(InvalidNotification, match=r"^message: \d+ bytes exceeds"):
+        build(
+            max_bytes=with_attachment.size - 1,
+            attachments=[{"filename": "a", "content": b"x" * 900}],
+        )
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tasks.message import build_message
-from tasks.notification import InvalidNotification, Mailbox, Notification
+from tasks.notification import Attachment, InvalidNotification, Mailbox, Notification
 from workers.model.envelope import OutboundMessage
 
 NOW = datetime(2026, 3, 14, 15, 9, 26, tzinfo=UTC)
@@ -76,6 +76,49 @@ def mailboxes(draw: st.DrawFn, ascii_address: bool = False) -> str:
     return f'"{quoted}" <{address}>'
 
 
+# File names: any header text but path separators, and the long or odd ones readers trip on.
+FILENAME = st.text(
+    st.characters(
+        codec="utf-8", exclude_categories=("Cc", "Cs", "Zl", "Zp"), exclude_characters="/\\"
+    ),
+    min_size=1,
+    max_size=40,
+).filter(lambda name: name.strip() and name not in (".", "..")) | st.sampled_from(
+    [
+        "Rechnung März 2026 — Übersicht für Zoë (endgültig).pdf",
+        "a" * 255,
+        "報告書" * 85,
+        'quote " and back\\slash.txt',
+        "=?utf-8?b?bG9va3M=?= encoded.txt",
+        "%41 percent 'quote' *star*.csv",
+    ]
+)
+CONTENT_TYPE = st.none() | st.sampled_from(
+    [
+        "application/pdf",
+        "image/png",
+        "text/plain",
+        "text/csv; charset=utf-8",
+        "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+    ]
+)
+
+
+@st.composite
+def attachments(draw: st.DrawFn, html: bool) -> list[dict[str, Any]]:
+    drawn: list[dict[str, Any]] = []
+    for index in range(draw(st.integers(0, 3))):
+        attachment: dict[str, Any] = {
+            "filename": draw(FILENAME),
+            "content": draw(st.binary(max_size=300)),
+            "content_type": draw(CONTENT_TYPE),
+        }
+        if html and draw(st.booleans()):
+            attachment |= {"inline": True, "content_id": f"part{index}@example.com"}
+        drawn.append(attachment)
+    return drawn
+
+
 @st.composite
 def notifications(draw: st.DrawFn) -> dict[str, Any]:
     names = ["X-Tag", "List-Unsubscribe", "Keywords", LONG_NAME]
@@ -85,7 +128,10 @@ def notifications(draw: st.DrawFn) -> dict[str, Any]:
         # has no IDNA: it is given the ASCII addresses it can write.
         headers["Reply-To"] = draw(mailboxes(ascii_address=True))
     text, html = draw(BODY), draw(BODY)
+    reply_to = [] if "Reply-To" in headers else draw(st.lists(mailboxes(), max_size=2))
     return {
+        "reply_to": reply_to,
+        "attachments": draw(attachments(html=bool(html))),
         "sender": draw(mailboxes()),
         "to": draw(st.lists(mailboxes(), max_size=3)),
         "cc": draw(st.lists(mailboxes(), max_size=2)),
@@ -179,6 +225,54 @@ def assert_wire_format(message: OutboundMessage) -> None:
     assert message.eight_bit == (not data.isascii())
 
 
+def check_body(parsed: EmailMessage, source: Notification) -> None:
+    """The bodies, and every attachment with its name, type and exact bytes, where they belong."""
+    files = [a for a in source.attachment_list if not a.inline]
+    inline = [a for a in source.attachment_list if a.inline]
+    body = parsed
+    if files:
+        assert parsed.get_content_type() == "multipart/mixed"
+        body, *file_parts = cast(list[EmailMessage], list(parsed.iter_parts()))
+        check_attachments(file_parts, files, "attachment")
+    if source.text is not None and source.html is not None:
+        assert body.get_content_type() == "multipart/alternative"
+        text_part, html_part = cast(list[EmailMessage], list(body.iter_parts()))
+        assert text_part.get_content_type() == "text/plain"
+        assert content(text_part) == body_text(source.text)
+    else:
+        html_part = body
+        if source.text is not None:
+            assert body.get_content_type() == "text/plain"
+            assert content(body) == body_text(source.text)
+            return
+    assert source.html is not None
+    if inline:
+        assert html_part.get_content_type() == "multipart/related"
+        assert html_part.get_param("type") == "text/html"
+        html_part, *inline_parts = cast(list[EmailMessage], list(html_part.iter_parts()))
+        check_attachments(inline_parts, inline, "inline")
+    assert html_part.get_content_type() == "text/html"
+    assert content(html_part) == body_text(source.html)
+
+
+def check_attachments(parts: list[EmailMessage], expected: list[Attachment], how: str) -> None:
+    assert len(parts) == len(expected)
+    for part, attachment in zip(parts, expected, strict=True):
+        assert not part.defects
+        kind, _, charset = attachment.content_type.partition("; charset=")
+        assert part.get_content_type() == kind
+        assert part.get_content_charset() == (charset or None)
+        assert part.get_content_disposition() == how
+        assert part.get_filename() == attachment.filename  # RFC 2231 filename*
+        assert part["Content-Type"].params["name"] == attachment.filename  # RFC 2047, Outlook's
+        # The exact bytes, whatever the type (get_content would decode text/* as text).
+        assert part.get_payload(decode=True) == attachment.content
+        if attachment.content_id is None:
+            assert part["Content-ID"] is None
+        else:
+            assert part["Content-ID"] == f"<{attachment.content_id}>"
+
+
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(fields=notifications())
 def test_any_notification_reads_back_whole(fields: dict[str, Any]) -> None:
@@ -206,6 +300,8 @@ def test_any_notification_reads_back_whole(fields: dict[str, Any]) -> None:
         check_mailboxes(message, parsed, "Cc", source.cc_mailboxes)
     else:
         assert parsed["Cc"] is None
+    if source.reply_to_mailboxes:
+        check_mailboxes(message, parsed, "Reply-To", source.reply_to_mailboxes)
     for name, value in source.headers.items():
         if name == "Reply-To":
             [expected] = Notification.validate_dict({**fields, "to": [value]}).to_mailboxes
@@ -214,21 +310,13 @@ def test_any_notification_reads_back_whole(fields: dict[str, Any]) -> None:
         else:
             assert parsed[name] == value.strip(" \t"), name
 
-    if source.text is not None and source.html is not None:
-        assert parsed.get_content_type() == "multipart/alternative"
-        text_part, html_part = cast(list[EmailMessage], list(parsed.iter_parts()))
-        assert text_part.get_content_type() == "text/plain"
-        assert html_part.get_content_type() == "text/html"
-        assert content(text_part) == body_text(source.text)
-        assert content(html_part) == body_text(source.html)
-    else:
-        subtype, source_body = (
-            ("plain", source.text) if source.text is not None else ("html", source.html)
-        )
-        assert parsed.get_content_type() == f"text/{subtype}"
-        assert source_body is not None
-        assert content(parsed) == body_text(source_body)
-    shown = [source.sender_mailbox, *source.to_mailboxes, *source.cc_mailboxes]
+    check_body(parsed, source)
+    shown = [
+        source.sender_mailbox,
+        *source.to_mailboxes,
+        *source.cc_mailboxes,
+        *source.reply_to_mailboxes,
+    ]
     shown_addresses = {box.address for box in shown}
     head = message.data.split(b"\r\n\r\n", 1)[0].decode()
     in_head = set(re.findall(r"[^\s<>,;:]+@[^\s<>,;:]+", head))

@@ -121,6 +121,15 @@ INVALID: list[tuple[dict[str, Any], str]] = [
     ({"idempotency_key": ""}, "idempotency_key: is empty"),
     ({"idempotency_key": "k" * 257}, "idempotency_key: longer than 256"),
     ({"idempotency_key": "k\r\n"}, "idempotency_key: contains a line break"),
+    # reply_to
+    ({"reply_to": "help@"}, "reply_to[0]: 'help@' is not a valid e-mail address"),
+    ({"reply_to": ["a@example.org", "b"]}, "reply_to[1]: 'b' is not a valid e-mail address"),
+    ({"reply_to": ["a@example.org\r\nBcc: x@example.org"]}, "reply_to[0]: contains a line"),
+    ({"reply_to": [42]}, "reply_to[0]: "),
+    (
+        {"reply_to": "a@example.org", "headers": {"reply-to": "b@example.org"}},
+        "reply_to: Reply-To is also given in headers",
+    ),
 ]
 
 
@@ -265,6 +274,8 @@ def test_the_model_is_frozen_and_keeps_every_field() -> None:
         "idempotency_key",
         "list_unsubscribe",
         "one_click",
+        "reply_to",
+        "attachments",
         "tags",
         "metadata",
     }
@@ -275,6 +286,23 @@ def test_the_model_is_frozen_and_keeps_every_field() -> None:
     assert notification.idempotency_key == "order-42"
     with pytest.raises(ValueError, match="frozen"):
         notification.subject = "changed"
+
+
+def test_reply_to_takes_one_address_or_several_and_none_by_default() -> None:
+    one = Notification.validate_dict(fields(reply_to="Help <help@example.com>"))
+    assert [(b.display_name, b.address) for b in one.reply_to_mailboxes] == [
+        ("Help", "help@example.com")
+    ]
+    several = Notification.validate_dict(fields(reply_to=("a@example.org", "b@bücher.example")))
+    assert [b.address for b in several.reply_to_mailboxes] == [
+        "a@example.org",
+        "b@xn--bcher-kva.example",
+    ]
+    assert Notification.validate_dict(fields()).reply_to_mailboxes == ()
+    # Reply-To addresses are no recipients; a non-ASCII local part makes the header UTF-8.
+    utf8 = Notification.validate_dict(fields(reply_to=["用户@example.org"]))
+    assert utf8.envelope_recipients() == ["alice@example.org"]
+    assert utf8.needs_smtputf8()
 
 
 def test_text_defaults_to_none_so_html_alone_is_enough() -> None:

@@ -7,6 +7,9 @@ scripted by recipient, and Celery's embedded worker on the threads pool.
 
 from __future__ import annotations
 
+import base64
+import email
+import email.policy
 import json
 from typing import Any
 
@@ -152,3 +155,71 @@ def test_intake_task_takes_json_keyword_arguments(
         wait_for(lambda: len(sink.messages) == 1, what="the intake's message")
     [message] = sink.messages
     assert json.dumps(str(message.headers()["Subject"])) == '"Your invoice"'
+
+
+def test_attachments_by_api_and_by_task_reach_the_sink_byte_for_byte(
+    redis_client: redis.Redis,
+    mx_port: int,
+    deploy: Deploy,
+    make_sink: MakeSink,
+) -> None:
+    sink = make_sink("127.0.0.5", port=mx_port)
+    _settings, app, mailroom = deploy()
+    pdf = b"%PDF-1.7\n" + bytes(range(256)) * 8
+    mailroom.notify(
+        **fields(
+            subject="by api",
+            html='<p>Hi <img src="cid:logo@example.test"></p>',
+            reply_to=["Accounts <accounts@example.test>"],
+            attachments=[
+                {"filename": "Rechnung März.pdf", "content": pdf},
+                {"filename": "logo.png", "content": b"\x89PNG", "inline": True}
+                | {"content_id": "logo@example.test"},
+            ],
+        )
+    )
+    encoded = base64.b64encode(pdf).decode("ascii")
+    task_attachments = [{"filename": "invoice.pdf", "content_b64": encoded}]
+    app.send_task(
+        "mailroom.notify",
+        kwargs=fields(subject="by task", attachments=task_attachments),
+        queue="mailroom.intake",
+    )
+
+    with running_worker(app):
+        wait_for(lambda: len(sink.messages) == 2, what="both messages")
+    received = {
+        str(parsed["Subject"]): parsed
+        for parsed in (
+            email.message_from_bytes(m.content, policy=email.policy.default) for m in sink.messages
+        )
+    }
+    assert set(received) == {"by api", "by task"}
+    by_api = received["by api"]
+    assert by_api["Reply-To"].addresses[0].addr_spec == "accounts@example.test"
+    [attached] = by_api.iter_attachments()
+    assert (attached.get_filename(), attached.get_content()) == ("Rechnung März.pdf", pdf)
+    [image] = [p for p in by_api.walk() if p["Content-ID"] == "<logo@example.test>"]
+    assert image.get_content() == b"\x89PNG"
+    [from_task] = received["by task"].iter_attachments()
+    assert (from_task.get_filename(), from_task.get_content_type()) == (
+        "invoice.pdf",
+        "application/pdf",
+    )
+    assert from_task.get_content() == pdf
+
+
+def test_the_intake_task_refuses_bad_content_b64_and_stores_nothing(
+    redis_client: redis.Redis, deploy: Deploy
+) -> None:
+    _settings, app, _mailroom = deploy()
+    notify = app.tasks["mailroom.notify"]
+    bad = [{"filename": "invoice.pdf", "content_b64": "%%%"}]
+    path = ["/etc/passwd"]
+    assert notify.run(**fields(attachments=bad)) == (
+        "invalid: attachments[0].content_b64: is not valid base64"
+    )
+    assert notify.run(**fields(attachments=path)) == (
+        "invalid: attachments[0]: must be an object with content_b64"
+    )
+    assert redis_client.dbsize() == 0

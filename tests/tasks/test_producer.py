@@ -9,9 +9,12 @@ then the retry runs.
 from __future__ import annotations
 
 import base64
+import email
+import email.policy
 import hashlib
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -122,6 +125,40 @@ def test_bad_input_anywhere_leaves_nothing(mailroom: Mailroom, redis_client: red
     with pytest.raises(InvalidNotification, match=r"^notifications\[2\]\.to\[0\]: "):
         mailroom.notify_many([fields(0), fields(1), fields(2, to=["not an address"])])
     assert redis_client.dbsize() == 0
+
+
+def test_a_bad_attachment_anywhere_leaves_nothing(
+    mailroom: Mailroom, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    good = {"filename": "a.pdf", "content": b"%PDF"}
+    with pytest.raises(
+        InvalidNotification, match=r"^notifications\[1\]\.attachments\[1\]\.filename: "
+    ):
+        mailroom.notify_many(
+            [
+                fields(0, attachments=[good]),
+                fields(1, attachments=[good, {**good, "filename": "../a"}]),
+            ]
+        )
+    with pytest.raises(InvalidNotification, match=r"^attachments\[0\]: cannot read "):
+        mailroom.notify(**fields(2, attachments=[tmp_path / "missing.pdf"]))
+    assert redis_client.dbsize() == 0
+
+
+def test_an_attachment_given_as_a_path_is_stored_encoded_in_the_message(
+    mailroom: Mailroom, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    invoice = tmp_path / "invoice.pdf"
+    invoice.write_bytes(b"%PDF-1.7 " + bytes(range(256)))
+    message_id = mailroom.notify(**fields(0, attachments=[invoice], reply_to="help@example.com"))
+    _status, content = store(redis_client)
+    stored = content.get(message_id)
+    assert stored is not None
+    parsed = email.message_from_bytes(stored.data, policy=email.policy.default)
+    assert parsed["Reply-To"] == "help@example.com"
+    [attached] = parsed.iter_attachments()
+    assert attached.get_filename() == "invoice.pdf"
+    assert attached.get_content() == invoice.read_bytes()
 
 
 def test_a_key_given_twice_in_one_call_makes_one_message(

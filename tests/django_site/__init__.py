@@ -1,0 +1,1 @@
+"""A minimal Django project whose mail goes through Mailroom (see test_django_backend.py)."""
