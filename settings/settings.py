@@ -142,6 +142,8 @@ class Settings(BaseSettings):
     content_ttl: _Positive | None = None
     status_ttl: _Positive | None = None
     dead_letter_ttl: _Positive = 604800
+    # Entries the delivery event log keeps, about (0: no events are written).
+    events_maxlen: Annotated[int, Field(ge=0)] = 100_000
     # Days a suppression list entry lives (None: for ever).
     suppression_ttl: _Positive | None = None
     # Timeouts in seconds (RFC 5321 §4.5.3.2 gives the upper bounds per command).

@@ -37,9 +37,9 @@ from celery import Celery
 
 from settings import Settings, load_settings
 from tasks.app import make_celery
+from tasks.attachments import load_paths
 from tasks.dkim.keys import SigningKey, load_signing_keys
 from tasks.dkim.signer import Signer
-from tasks.attachments import load_paths
 from tasks.idempotency import claim_keys
 from tasks.message import build_message
 from tasks.notification import InvalidNotification, Notification
@@ -84,7 +84,7 @@ class Mailroom:
         )
         kept = retention(settings)
         self._content = ContentStore(self._redis, kept.content)
-        self._status = StatusStore(self._redis, kept.status)
+        self._status = StatusStore(self._redis, kept.status, events_maxlen=settings.events_maxlen)
         self._dead = DeadLetters(self._redis, kept.dead_letters)
         self._deferred = DeferredSet(self._redis)
 

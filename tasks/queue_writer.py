@@ -55,7 +55,7 @@ class QueueWriter:
         self._takeover_after = takeover_after
         kept = retention(settings)
         self._content = ContentStore(client, kept.content)
-        self._status = StatusStore(client, kept.status)
+        self._status = StatusStore(client, kept.status, events_maxlen=settings.events_maxlen)
 
     def enqueue(self, items: Iterable[tuple[str, str, int]]) -> None:
         """Put deliveries on their shard queues (the sweeper and DLQ replay use this too)."""

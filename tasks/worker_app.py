@@ -28,8 +28,8 @@ from celery.exceptions import Reject
 from settings import Settings
 from tasks.api import Mailroom
 from tasks.app import make_celery
-from tasks.dkim.keys import SigningKey
 from tasks.attachments import decode_task_attachments
+from tasks.dkim.keys import SigningKey
 from tasks.notification import InvalidNotification
 from tasks.routing import DELIVER_TASK, NOTIFY_TASK
 from workers.batch import BatchRunner, BatchStores, BatchTiming, Handled, Item
@@ -108,7 +108,7 @@ class WorkerContext:
             settings = self.settings
             client = redis_client(settings.redis_url, settings.redis_timeout)
             kept = retention(settings)
-            status = StatusStore(client, kept.status)
+            status = StatusStore(client, kept.status, events_maxlen=settings.events_maxlen)
             deferred = DeferredSet(client)
             disposition = Disposition(
                 status,

@@ -128,7 +128,9 @@ def _delete(args: argparse.Namespace, settings: Settings) -> int:
     keep = retention(settings)
     hold = lease_ttl(settings.session_timeout, settings.visibility_timeout)
     deletion = Deletion(
-        client, DeadLetters(client, keep.dead_letters), DeletionPolicy(keep.status, hold)
+        client,
+        DeadLetters(client, keep.dead_letters),
+        DeletionPolicy(keep.status, hold, settings.events_maxlen),
     )
     ids = list(dict.fromkeys(args.ids))
     report = progress("queue delete", PAGE)

@@ -77,6 +77,7 @@ DEFAULTS: dict[str, object] = {
     "status_ttl": None,
     "dead_letter_ttl": 604800,
     "suppression_ttl": None,
+    "events_maxlen": 100_000,
     "dkim_keys": (),
     "max_connections": {"*": 20},
     "relay_profile": RelayProfile.NONE,

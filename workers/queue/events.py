@@ -20,6 +20,8 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import redis
+
 from workers.queue.redis_text import redis_text
 
 EVENTS_KEY = "mailroom:events"
@@ -93,3 +95,29 @@ def timestamp_of(event_id: str) -> str:
 def events_of(entries: Sequence[Any]) -> list[dict[str, Any]]:
     """The events of XRANGE / XREAD(GROUP) entries: (id, fields) pairs."""
     return [event_json(entry_id, fields) for entry_id, fields in entries]
+
+
+class EventLog:
+    """Reads the stream: pages from a point, and waits for what comes after."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._redis = client
+
+    def page(self, after: str, count: int) -> list[dict[str, Any]]:
+        """Up to `count` events after the id `after` ("0-0": from the oldest), oldest first."""
+        entries: Sequence[Any] = self._redis.xrange(  # type: ignore[assignment]
+            EVENTS_KEY, min=f"({after}", max="+", count=count
+        )
+        return events_of(entries)
+
+    def wait(self, after: str, block_seconds: float, count: int) -> list[dict[str, Any]]:
+        """Events written after `after`, waiting up to `block_seconds` for the first."""
+        replies: Sequence[Any] = self._redis.xread(  # type: ignore[assignment]
+            {EVENTS_KEY: after}, count=count, block=max(int(block_seconds * 1000), 1)
+        )
+        return [event for _, entries in replies or [] for event in events_of(entries)]
+
+    def last_id(self) -> str:
+        """The newest event's id ("0-0" when there is none)."""
+        newest: Sequence[Any] = self._redis.xrevrange(EVENTS_KEY, count=1)  # type: ignore[assignment]
+        return redis_text(newest[0][0]) if newest else "0-0"
