@@ -12,6 +12,7 @@ variable. Secrets stay SecretStr; callers unwrap them with `.get_secret_value()`
 
 from __future__ import annotations
 
+import re
 import socket
 from collections.abc import Iterator
 from ipaddress import IPv4Network, IPv6Network
@@ -46,6 +47,7 @@ from settings.dkim import DkimKey, dkim_keys_from_list, parse_dkim_keys
 from settings.errors import ENV_PREFIX, one_line
 from settings.parsing import Listen, Nameserver, Rate
 from settings.routes import Route, parse_routes, routes_from_mapping
+from settings.webhooks import Webhook, parse_webhooks, webhooks_from_list
 from settings.sources import (
     FILE_FIELDS,
     SECRET_FIELDS,
@@ -144,6 +146,14 @@ class Settings(BaseSettings):
     dead_letter_ttl: _Positive = 604800
     # Entries the delivery event log keeps, about (0: no events are written).
     events_maxlen: Annotated[int, Field(ge=0)] = 100_000
+    # Where events go besides the log: webhooks, and a Celery task of the producer's own app.
+    webhooks: Annotated[tuple[Webhook, ...], NoDecode] = ()
+    events_task: str | None = None
+    events_queue: str = "mailroom.events"
+    # Seconds a failing webhook batch is retried before it goes to its dead-letter list, and
+    # after which a batch a dead worker held is taken over by another.
+    webhook_retry_for: _Timeout = 86400
+    events_claim_timeout: _Timeout = 300
     # Days a suppression list entry lives (None: for ever).
     suppression_ttl: _Positive | None = None
     # Timeouts in seconds (RFC 5321 §4.5.3.2 gives the upper bounds per command).
@@ -270,6 +280,18 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return parse_routes(value)
         return routes_from_mapping(value) if isinstance(value, dict) else value
+
+    @field_validator("webhooks", mode="before")
+    @classmethod
+    def _webhooks(cls, value: Any) -> Any:
+        return parse_webhooks(value) if isinstance(value, str) else webhooks_from_list(value)
+
+    @field_validator("events_task", "events_queue")
+    @classmethod
+    def _task_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9_.:-]{1,200}", value):
+            raise ValueError(f"must be a Celery task or queue name (got {value[:80]!r})")
+        return value
 
     @field_validator("suppression_ttl", mode="before")
     @classmethod

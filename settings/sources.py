@@ -12,7 +12,9 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SecretsS
 
 from settings.errors import ENV_PREFIX, SettingsError, env_name
 
-SECRET_FIELDS = frozenset({"relay_password", "oauth_client_secret", "flower_basic_auth"})
+SECRET_FIELDS = frozenset(
+    {"relay_password", "oauth_client_secret", "flower_basic_auth", "webhooks"}
+)
 # Settings that may hold a secret, each also readable from the file MAILROOM_<NAME>_FILE names.
 FILE_FIELDS = frozenset({*SECRET_FIELDS, "redis_url"})
 SECRETS_DIR_VARIABLE = f"{ENV_PREFIX}SECRETS_DIR"

@@ -30,11 +30,13 @@ from tasks.api import Mailroom
 from tasks.app import make_celery
 from tasks.attachments import decode_task_attachments
 from tasks.dkim.keys import SigningKey
+from tasks.event_dispatch import dispatchers
 from tasks.notification import InvalidNotification
 from tasks.routing import DELIVER_TASK, NOTIFY_TASK
 from workers.batch import BatchRunner, BatchStores, BatchTiming, Handled, Item
 from workers.delivery.agent import DeliveryAgent
 from workers.delivery.relay_setup import relay_access
+from workers.events.dispatcher import Dispatcher
 from workers.model.redaction import redact_addresses
 from workers.observe.metrics import MetricsRecorder
 from workers.queue.content import ContentStore
@@ -258,5 +260,25 @@ def create_app(settings: Settings, signing_keys: Sequence[SigningKey] | None = N
 
         terminate = stop  # a cold shutdown (what start_worker does) calls terminate, not stop
 
+    class EventsStep(bootsteps.StartStopStep):
+        """Runs the event consumers (WEBHOOKS, EVENTS_TASK) for as long as the worker runs."""
+
+        def __init__(self, parent: Any, **kwargs: Any) -> None:
+            super().__init__(parent, **kwargs)
+            self.running: list[Dispatcher] = []
+
+        def start(self, parent: Any) -> None:
+            self.running = dispatchers(context.settings, context.client(), app)
+            for dispatcher in self.running:
+                dispatcher.start()
+
+        def stop(self, parent: Any) -> None:
+            for dispatcher in self.running:
+                dispatcher.stop()
+            self.running = []
+
+        terminate = stop
+
     app.steps["worker"].add(SweeperStep)
+    app.steps["worker"].add(EventsStep)
     return app

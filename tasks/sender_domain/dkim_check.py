@@ -34,7 +34,12 @@ def dkim_findings(
         except DkimKeyError as exc:  # one line naming the entry and the file, never the key
             findings.append(
                 Finding(
-                    "dkim", key.record_name, Status.FAIL, str(exc), "fix DKIM_KEYS or the key file"
+                    "dkim",
+                    key.record_name,
+                    Status.FAIL,
+                    # The problem names the record again: the line names it once.
+                    exc.problem.removeprefix(f"{key.record_name}: "),
+                    "fix DKIM_KEYS or the key file",
                 )
             )
             continue

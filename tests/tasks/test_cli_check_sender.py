@@ -198,7 +198,7 @@ def test_an_unreadable_key_file_is_a_failed_line_naming_it(
 
     assert run.status == 1, run
     assert _line(run, "dkim") == (
-        f"dkim         FAIL  s2026._domainkey.good.test: DKIM_KEYS: s2026._domainkey.good.test: "
+        f"dkim         FAIL  s2026._domainkey.good.test: "
         f"key_file {missing}: cannot be read (No such file or directory); "
         "to fix: fix DKIM_KEYS or the key file"
     )

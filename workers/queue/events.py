@@ -22,20 +22,12 @@ from typing import Any
 
 import redis
 
+from settings.webhooks import EVENT_TYPES
 from workers.queue.redis_text import redis_text
 
 EVENTS_KEY = "mailroom:events"
 DEFAULT_MAXLEN = 100_000
-TYPES = (
-    "queued",
-    "delivered",
-    "deferred",
-    "bounced",
-    "expired",
-    "suppressed",
-    "replayed",
-    "deleted",
-)
+TYPES = EVENT_TYPES
 _MSG_PREFIX = len("mailroom:msg:")
 
 # Prepended to every script that writes events. `emit` appends one entry unless `maxlen` is 0;
