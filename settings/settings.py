@@ -47,13 +47,13 @@ from settings.dkim import DkimKey, dkim_keys_from_list, parse_dkim_keys
 from settings.errors import ENV_PREFIX, one_line
 from settings.parsing import Listen, Nameserver, Rate
 from settings.routes import Route, parse_routes, routes_from_mapping
-from settings.webhooks import Webhook, parse_webhooks, webhooks_from_list
 from settings.sources import (
     FILE_FIELDS,
     SECRET_FIELDS,
     SECRETS_DIR_VARIABLE,
     later_sources,
 )
+from settings.webhooks import Webhook, parse_webhooks, webhooks_from_list
 
 __all__ = [
     "FILE_FIELDS",

@@ -38,7 +38,9 @@ def task_sender(app: Celery, task: str, queue: str) -> Send:
 
     def send(events: Sequence[dict[str, Any]]) -> Sent:
         try:
-            app.send_task(task, args=[list(events)], queue=queue)
+            # No publish retries: a broker that is down fails this try, and the dispatcher
+            # retries with its own backoff, stoppable at shutdown.
+            app.send_task(task, args=[list(events)], queue=queue, retry=False)
         except (kombu.exceptions.KombuError, redis.RedisError, OSError) as exc:
             return Sent(ok=False, status=type(exc).__name__)
         return Sent(ok=True, status="sent")

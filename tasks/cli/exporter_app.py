@@ -13,7 +13,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -29,6 +29,7 @@ from prometheus_client.core import (
 
 from settings import Listen, Settings
 from tasks.cli.errors import FAILED, OK
+from tasks.cli.exporter_events import consumers, event_metrics
 from tasks.cli.queues import queue_depths
 from tasks.cli.signals import stop_on_signals
 from tasks.routing import INTAKE_QUEUE
@@ -45,7 +46,11 @@ def serve(settings: Settings) -> int:
     listen = settings.metrics_listen
     registry = CollectorRegistry()
     registry.register(
-        MailroomCollector(redis_client(settings.redis_url, settings.redis_timeout), settings.shards)
+        MailroomCollector(
+            redis_client(settings.redis_url, settings.redis_timeout),
+            settings.shards,
+            consumers(settings),
+        )
     )
     stop = stop_on_signals()
     try:
@@ -96,9 +101,12 @@ def _unless_redis_fails(app: WSGIApplication) -> WSGIApplication:
 class MailroomCollector:
     """Reads the cluster's queues and counters from Redis on every scrape."""
 
-    def __init__(self, client: redis.Redis, shards: int) -> None:
+    def __init__(
+        self, client: redis.Redis, shards: int, consumers: Mapping[str, str] | None = None
+    ) -> None:
         self._client = client
         self._shards = shards
+        self._consumers = dict(consumers or {})
 
     def collect(self) -> Iterator[Metric]:
         """Every Mailroom metric, as docs/contract.md names them."""
@@ -202,3 +210,4 @@ class MailroomCollector:
             "1 while relay deliveries are held for an authentication failure to fix, else 0.",
             value=int(snapshot.relay_held),
         )
+        yield from event_metrics(self._client, self._consumers)

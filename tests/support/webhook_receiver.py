@@ -3,7 +3,8 @@ records every request (headers and body) it answered.
 
 `WebhookReceiver(host, port)`: `answers` is a list of statuses used in order, then 200 for ever;
 `hold` (a threading.Event) makes every request that comes before it is set wait until then and
-fail (503, not recorded), as an endpoint that never answers; `start()` binds (so a port can be reserved and the server started later: "down").
+fail (503, not recorded), as an endpoint that never answers; `start()` binds (so a port can be
+reserved and the server started later: "down").
 """
 
 from __future__ import annotations

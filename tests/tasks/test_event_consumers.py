@@ -21,11 +21,14 @@ import redis
 from celery import Celery
 from celery.contrib.testing.worker import start_worker
 
+from tasks.cli.exporter_app import MailroomCollector
+from tasks.cli.exporter_events import consumers
 from tests.support.smtp_sink import MakeSink
 from tests.support.webhook_receiver import WebhookReceiver
 from tests.tasks.conftest import Deploy
 from tests.tasks.pipeline_support import WorkerProcess, running_worker, wait_for, worker_env
 from workers.events.dispatcher import DELIVERIES_KEY
+from workers.queue.events import EVENTS_KEY
 
 HOST = "127.0.0.71"
 KEY = b"0123456789abcdef0123456789abcdef"
@@ -63,7 +66,7 @@ def test_a_webhook_that_is_down_then_fails_then_recovers_gets_every_event(
     port = free_port()
     url = f"http://{HOST}:{port}/hooks/mailroom?token=t0ken"
     hooks = [{"url": url, "secret": SECRET, "events": ["queued", "delivered", "bounced"]}]
-    _settings, app, mailroom = deploy(webhooks=hooks)
+    settings, app, mailroom = deploy(webhooks=hooks)
     receiver = WebhookReceiver(HOST, port, answers=[500])
     label = f"http://{HOST}:{port}/hooks/mailroom"  # the token never in metrics
     ids = mailroom.notify_many(
@@ -100,6 +103,18 @@ def test_a_webhook_that_is_down_then_fails_then_recovers_gets_every_event(
     assert all(len(same) == 1 for same in by_id.values())
     assert int(redis_client.hget(DELIVERIES_KEY, f"{label}|failed") or 0) >= 2
     assert int(redis_client.hget(DELIVERIES_KEY, f"{label}|ok") or 0) >= 1
+    scraped = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in MailroomCollector(
+            redis_client, settings.shards, consumers(settings)
+        ).collect()
+        for sample in family.samples
+    }
+    written = redis_client.xinfo_stream(EVENTS_KEY)["entries-added"]
+    assert scraped[("mailroom_events_written_total", ())] == written >= 4
+    ok = ("mailroom_event_deliveries_total", (("consumer", label), ("status", "ok")))
+    assert scraped[ok] >= 1
+    assert scraped[("mailroom_event_lag_seconds", (("consumer", label),))] == 0
 
 
 def test_a_bad_webhook_setting_is_one_line_without_the_secret(deploy: Deploy) -> None:
