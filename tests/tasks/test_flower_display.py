@@ -35,3 +35,14 @@ def test_delivery_tasks_are_shown_as_they_are() -> None:
     task = SimpleNamespace(name=DELIVER_TASK, args=args, kwargs="{}")
     shown = flower_display.format_task(task)
     assert (shown.args, shown.kwargs) == (args, "{}")
+
+
+def test_the_hook_names_the_deliver_task_as_routing_does() -> None:
+    assert flower_display._DELIVER_TASK == DELIVER_TASK
+
+
+def test_another_apps_task_such_as_the_events_task_is_hidden_whole() -> None:
+    event = {"type": "delivered", "recipient": "zoe@example.org"}
+    task = SimpleNamespace(name="producer.mail_events", args=repr([[event]]), kwargs="{}")
+    shown = flower_display.format_task(task)
+    assert (shown.args, shown.kwargs) == ("(…hidden…)", "{…hidden…}")
