@@ -61,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
         redis_sample=args.redis_sample,
         loglevel=args.loglevel,
         dkim=args.dkim,
+        events=args.events,
     )
     results: dict[str, dict[str, Any]] = {}
     for name in names:
@@ -141,6 +142,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--dkim",
         choices=ALGORITHMS,
         help="cpu/latency: sign every message with a throwaway RSA-2048 or Ed25519 key (off)",
+    )
+    parser.add_argument(
+        "--events",
+        choices=("off", "on", "webhook"),
+        default="on",
+        help="cpu/latency: no event log (off), the log only (on), or one webhook as well",
     )
     parser.add_argument(
         "--due", type=int, default=1000, help="deferred: how many are real and bounce (1,000)"

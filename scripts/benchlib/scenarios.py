@@ -46,6 +46,7 @@ class Options:
     redis_sample: int = 2000
     loglevel: str = "info"
     dkim: str | None = None  # "rsa" or "ed25519": the producer signs every message (DKIM_KEYS)
+    events: str = "on"  # "off" (EVENTS_MAXLEN=0), "on" (the log only) or "webhook" (one endpoint)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ sink reader in other threads of this process are not counted.
 from __future__ import annotations
 
 import gc
+import json
 import resource
 import sys
 import tempfile
@@ -34,6 +35,7 @@ from benchlib.redis_server import PERSISTENCE, BenchRedis, command_calls, used_m
 from benchlib.scenarios import SENDER_DOMAIN, Options, Scenario, deployment, worker_specs
 from benchlib.sink import SinkProcess
 from benchlib.stats import Progress, mib, percentile, rounded
+from benchlib.webhook_sink import WebhookSink
 from benchlib.workers import Workers
 from settings import Settings
 from tasks.api import Mailroom
@@ -115,6 +117,11 @@ class ThroughputRun:
         self.values = deployment(self.options, self.redis.url, self.dns, self.sink.port)
         if self.options.dkim:
             self.values["dkim_keys"] = dkim_keys(self.options.dkim, SENDER_DOMAIN, self.workdir)
+        if self.options.events == "off":
+            self.values["events_maxlen"] = 0
+        elif self.options.events == "webhook":
+            hook = stack.enter_context(WebhookSink())
+            self.values["webhooks"] = json.dumps([{"url": hook.url, "secret": "bench-secret"}])
         settings = Settings(**self.values)
         self.client = self.redis.client()
         stack.callback(self.client.close)
@@ -270,6 +277,7 @@ def _figures_of(run: ThroughputRun, measured: Measured) -> dict[str, Any]:
             "max_connections": options.max_connections,
             "chunk": options.chunk,
             "dkim": options.dkim,
+            "events": options.events,
             "rate": options.rate,
             "sink_delay_ms": plan.delay * 1000,
             "destinations": len(plan.domains),
