@@ -9,14 +9,13 @@ Pure parsing: the key files are read at start-up (`tasks.dkim.keys`), never here
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import idna
 
-from settings.parsing import is_dns_name
+from settings.parsing import is_dns_name, json_value
 
 _FIELDS = {"domain", "selector", "key_file", "subdomains"}
 _REQUIRED = ("domain", "selector", "key_file")
@@ -48,11 +47,7 @@ def parse_dkim_keys(text: str) -> tuple[DkimKey, ...]:
     """
     if not text.strip():
         return ()
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"must be a JSON list: {exc.msg} at column {exc.colno}") from None
-    return dkim_keys_from_list(value)
+    return dkim_keys_from_list(json_value(text, "a JSON list"))
 
 
 def dkim_keys_from_list(value: Any) -> tuple[DkimKey, ...]:

@@ -224,6 +224,15 @@ def _is_number(text: str) -> bool:
     return text.isascii() and text.isdigit()
 
 
+def json_value(text: str, what: str) -> Any:
+    """The JSON `text` holds, whatever its type; ValueError saying it must be `what` otherwise
+    (never echoing the text: it may hold a secret)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"must be {what}: {exc.msg} at column {exc.colno}") from None
+
+
 def json_object(text: str) -> dict[Any, Any]:
     """The JSON object `text` holds; ValueError otherwise (echoing at most 80 characters)."""
     try:

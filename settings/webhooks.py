@@ -9,10 +9,11 @@ URL's query out. Pure parsing.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
+
+from settings.parsing import json_value
 
 EVENT_TYPES = (
     "queued",
@@ -57,11 +58,7 @@ def parse_webhooks(text: str) -> tuple[Webhook, ...]:
     secret)."""
     if not text.strip():
         return ()
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"must be a JSON list: {exc.msg} at column {exc.colno}") from None
-    return webhooks_from_list(value)
+    return webhooks_from_list(json_value(text, "a JSON list"))
 
 
 def webhooks_from_list(value: Any) -> tuple[Webhook, ...]:
