@@ -21,6 +21,7 @@ import redis
 from celery import Celery
 
 from settings import Settings
+from tasks.app import make_celery
 from workers.events.consumer import Consumer
 from workers.events.dispatcher import Dispatcher, Target
 from workers.events.webhook import Send, Sent, WebhookSender
@@ -48,8 +49,10 @@ def task_sender(app: Celery, task: str, queue: str) -> Send:
     return send
 
 
-def dispatchers(settings: Settings, client: redis.Redis, app: Celery) -> list[Dispatcher]:
-    """One (not yet started) dispatcher per configured consumer; none when nothing is."""
+def dispatchers(settings: Settings, client: redis.Redis) -> list[Dispatcher]:
+    """One (not yet started) dispatcher per configured consumer; none when nothing is. The
+    events task goes through a Celery app of its own: the worker's app closes its producer
+    pool while it shuts down, and a publish must never wait on that."""
     name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     ca_file = None if settings.tls_ca_file is None else str(settings.tls_ca_file)
     made = []
@@ -58,7 +61,7 @@ def dispatchers(settings: Settings, client: redis.Redis, app: Celery) -> list[Di
         target = Target(hook.label, hook.events, sender)
         made.append(_dispatcher(settings, client, hook.group, name, target))
     if settings.events_task is not None:
-        send = task_sender(app, settings.events_task, settings.events_queue)
+        send = task_sender(make_celery(settings), settings.events_task, settings.events_queue)
         group = task_group(settings.events_task)
         made.append(_dispatcher(settings, client, group, name, Target(group, frozenset(), send)))
     return made

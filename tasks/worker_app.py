@@ -260,24 +260,28 @@ def create_app(settings: Settings, signing_keys: Sequence[SigningKey] | None = N
 
         terminate = stop  # a cold shutdown (what start_worker does) calls terminate, not stop
 
+    running: list[Dispatcher] = []
+    running_lock = threading.Lock()
+
     class EventsStep(bootsteps.StartStopStep):
         """Runs the event consumers (WEBHOOKS, EVENTS_TASK) for as long as the worker runs."""
 
-        def __init__(self, parent: Any, **kwargs: Any) -> None:
-            super().__init__(parent, **kwargs)
-            self.running: list[Dispatcher] = []
-
         def start(self, parent: Any) -> None:
-            self.running = dispatchers(context.settings, context.client(), app)
-            for dispatcher in self.running:
-                dispatcher.start()
+            # Kept on the shared list, so a second start cannot leave the first set running.
+            with running_lock:
+                if not running:
+                    running.extend(dispatchers(context.settings, context.client()))
+                    for dispatcher in running:
+                        dispatcher.start()
 
         def stop(self, parent: Any) -> None:
-            for dispatcher in self.running:
-                dispatcher.stop()
-            self.running = []
+            with running_lock:
+                for dispatcher in running:
+                    dispatcher.stop()
+                running.clear()
 
         terminate = stop
+        shutdown = stop
 
     app.steps["worker"].add(SweeperStep)
     app.steps["worker"].add(EventsStep)

@@ -72,7 +72,7 @@ class Dispatcher:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self, timeout: float = 2.0) -> None:
         self._stopped.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
