@@ -109,19 +109,22 @@ class Mailroom:
             ids += self._queue(prepared[start : start + SLICE], settled)
         return ids
 
-    def submit(self, message: OutboundMessage, recipients: Iterable[str]) -> str:
+    def submit(
+        self, message: OutboundMessage, recipients: Iterable[str], *, labels: str = ""
+    ) -> str:
         """Queue a message that arrived whole (SMTP submission): sign it, store it, enqueue it.
 
         `recipients` are envelope addresses already checked by the caller (the SMTP listener
         validates each RCPT TO); `message.data` is delivered byte for byte, after the DKIM
         signatures of its From domain's keys unless those selectors signed it already. Returns
         the message id once the content, the status record and every delivery task are in Redis.
+        `labels`: the tags and metadata JSON its events carry (`tasks.labels`).
         """
         destinations = {address: self._destination(address) for address in recipients}
         if not destinations:
             raise InvalidNotification("recipients: at least one is required")
         message = self._signer.sign_message(message)
-        self._writer.write([Write(message.message_id, message, destinations)])
+        self._writer.write([Write(message.message_id, message, destinations, labels)])
         return message.message_id
 
     def withdraw(self, message_id: str) -> bool:

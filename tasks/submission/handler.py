@@ -32,6 +32,7 @@ from tasks.submission.auth_limits import AuthFailureLimiter
 from tasks.submission.events import account_of, event, log, peer_ip
 from tasks.submission.handoff import Handoff, Producer
 from tasks.submission.headers import Trace, complete
+from tasks.submission.label_headers import take_labels
 from tasks.submission.login import Authenticator
 from workers.model.envelope import outbound
 
@@ -154,8 +155,12 @@ class SubmissionHandler:
         sender = str(envelope.mail_from)
         recipients = list(envelope.rcpt_tos)
         message_id = uuid.uuid4().hex
+        try:
+            original, labels = take_labels(envelope.original_content or b"")
+        except InvalidNotification as exc:
+            return replies.BAD_LABELS.format(problem=exc)
         data = complete(
-            envelope.original_content or b"",
+            original,
             trace=Trace(helo=session.host_name or "", peer_ip=peer_ip(server), by=self._hostname),
             message_id=message_id,
             id_domain=a_label_domain(sender.rpartition("@")[2]),
@@ -163,7 +168,7 @@ class SubmissionHandler:
         )
         smtputf8 = not all(address.isascii() for address in (sender, *recipients))
         message = outbound(message_id, sender, data, smtputf8=smtputf8)
-        if not await self._handoff.queue(message, recipients):
+        if not await self._handoff.queue(message, recipients, labels):
             return replies.QUEUE_UNAVAILABLE
         event(
             "accepted",

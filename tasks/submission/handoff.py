@@ -16,7 +16,9 @@ from workers.model.envelope import OutboundMessage
 class Producer(Protocol):
     """What the handler needs of `tasks.api.Mailroom`."""
 
-    def submit(self, message: OutboundMessage, recipients: list[str]) -> str: ...
+    def submit(
+        self, message: OutboundMessage, recipients: list[str], *, labels: str = ""
+    ) -> str: ...
 
     def withdraw(self, message_id: str) -> bool: ...
 
@@ -39,11 +41,13 @@ class Handoff:
         """Return once no message is being handed to Mailroom (for a clean shutdown)."""
         await self._idle.wait()
 
-    async def queue(self, message: OutboundMessage, recipients: list[str]) -> bool:
+    async def queue(
+        self, message: OutboundMessage, recipients: list[str], labels: str = ""
+    ) -> bool:
         """True once `message` is queued; False when it is not (the client keeps it)."""
         self._in_flight += 1
         self._idle.clear()
-        work = asyncio.ensure_future(asyncio.to_thread(self._submit, message, recipients))
+        work = asyncio.ensure_future(asyncio.to_thread(self._submit, message, recipients, labels))
         work.add_done_callback(self._submitted)
         # Shielded: a client that hangs up now does not stop the thread, and a shutdown must
         # wait for it (the message may end up queued; the client, told nothing, sends it again:
@@ -55,11 +59,11 @@ class Handoff:
         if not self._in_flight:
             self._idle.set()
 
-    def _submit(self, message: OutboundMessage, recipients: list[str]) -> bool:
+    def _submit(self, message: OutboundMessage, recipients: list[str], labels: str) -> bool:
         """Queue the message: True once it is queued, False (nothing deliverable left) if not."""
         message_id = message.message_id
         try:
-            self._producer.submit(message, recipients)
+            self._producer.submit(message, recipients, labels=labels)
         except Exception as exc:
             # redis.RedisError, kombu's OperationalError from Celery's publish, or a bug: the
             # client must keep the message either way, so every failure is a 451.

@@ -35,6 +35,8 @@ BAD_RECIPIENT = "553 5.1.3 Bad recipient address syntax"
 UTF8_NEEDED = "553 5.6.7 Non-ASCII address needs MAIL FROM with SMTPUTF8"
 TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
 # Message.
+# Printable by construction: the problem names the field and a limit, never the value.
+BAD_LABELS = "554 5.6.0 {problem}"
 QUEUE_UNAVAILABLE = "451 4.3.0 Queue unavailable, message not accepted, try again later"
 LOCAL_ERROR = "451 4.3.0 Local error in processing, try again later"
 SHUTTING_DOWN = "421 4.3.2 System shutting down, try again later"

@@ -31,6 +31,7 @@ from tests.tasks.submission_support import (
     running_listener,
     submission_settings,
 )
+from workers.queue.events import EventLog
 from workers.queue.status import StatusStore
 
 pytestmark = pytest.mark.slow  # a Celery worker starts in each test
@@ -146,3 +147,31 @@ def test_swaks_submits_over_starttls_and_the_message_is_delivered(
     assert str(received.headers()["Subject"]) == "sent by swaks"
     assert b"Hello from swaks" in received.content
     assert f"with ESMTPSA id {message_id}".encode() in received.content
+
+
+def test_tags_and_metadata_headers_reach_the_events_and_never_the_receiver(
+    setup: Setup, tls: TlsMaterial, redis_client: redis.Redis
+) -> None:
+    settings, deployment, sink = setup.settings, setup.deployment, setup.sink
+    labels = 'X-Mailroom-Tags: invoice, eu\r\nX-Mailroom-Metadata: {"invoice_id":\r\n "42"}\r\n'
+    with running_listener(settings, producer=deployment.mailroom):
+        client = connect(settings, tls)
+        client.login(USER, PASSWORD)
+        client.mail(SENDER)
+        client.rcpt("zoe@implicit.test")
+        code, reply = client.data(message(extra=labels))
+        client.mail(SENDER)
+        client.rcpt("zoe@implicit.test")
+        refused, why = client.data(message(extra="X-Mailroom-Metadata: [1, 2]\r\n"))
+        client.quit()
+    assert code == 250
+    assert (refused, why) == (554, b"5.6.0 X-Mailroom-Metadata: not a JSON object")
+    message_id = reply.decode().split()[-1]
+    with running_worker(deployment.app):
+        wait_for(lambda: delivered(redis_client, message_id), what="delivery")
+    [received] = sink.messages
+    assert b"X-Mailroom" not in received.content
+    events = [e for e in EventLog(redis_client).page("0-0", 50) if e["message_id"] == message_id]
+    assert [e["type"] for e in events] == ["queued", "delivered"]
+    assert all(e["tags"] == ["invoice", "eu"] for e in events)
+    assert all(e["metadata"] == {"invoice_id": "42"} for e in events)
