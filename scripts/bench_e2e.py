@@ -1,6 +1,7 @@
 """Benchmark: Mailroom end to end, producer → Redis → `mailroom worker` processes → an SMTP sink.
 
-    scripts/bench --scenario cpu|latency|deferred [--n N] [--dkim rsa|ed25519] [--json]
+    scripts/bench --scenario cpu|latency|deferred [--n N] [--dkim rsa|ed25519]
+                  [--events off|on|webhook] [--json]
     PYTHONPATH=. .venv/bin/python scripts/bench_e2e.py --scenario cpu --n 2000
 
 Scenarios (every server on loopback, started here and stopped by PID at the end):
