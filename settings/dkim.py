@@ -15,9 +15,9 @@ from typing import Any
 
 import idna
 
-from settings.parsing import is_dns_name, json_value
+from settings.parsing import is_dns_name, json_value, list_entry
 
-_FIELDS = {"domain", "selector", "key_file", "subdomains"}
+_FIELDS = frozenset({"domain", "selector", "key_file", "subdomains"})
 _REQUIRED = ("domain", "selector", "key_file")
 
 
@@ -66,12 +66,7 @@ def dkim_keys_from_list(value: Any) -> tuple[DkimKey, ...]:
 def _key(index: int, item: Any) -> DkimKey:
     if isinstance(item, DkimKey):
         return item
-    where = f"entry {index + 1}"
-    if not isinstance(item, dict):
-        raise ValueError(f"{where} must be an object with domain, selector and key_file")
-    unknown = sorted(set(map(str, item)) - _FIELDS)
-    if unknown:
-        raise ValueError(f"{where} has unknown field(s) {', '.join(unknown)}")
+    where = list_entry(index, item, _FIELDS, "domain, selector and key_file")
     for name in _REQUIRED:
         if not isinstance(item.get(name), str) or not item[name].strip():
             raise ValueError(f"{where} needs {name} as a non-empty string")

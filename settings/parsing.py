@@ -233,6 +233,18 @@ def json_value(text: str, what: str) -> Any:
         raise ValueError(f"must be {what}: {exc.msg} at column {exc.colno}") from None
 
 
+def list_entry(index: int, item: Any, fields: frozenset[str], shape: str) -> str:
+    """Check one object of a JSON list setting: an object of known fields only. Returns how its
+    errors name it ("entry N"); ValueError otherwise, `shape` saying what an entry holds."""
+    where = f"entry {index + 1}"
+    if not isinstance(item, dict):
+        raise ValueError(f"{where} must be an object with {shape}")
+    unknown = sorted(set(map(str, item)) - fields)
+    if unknown:
+        raise ValueError(f"{where} has unknown field(s) {', '.join(unknown)}")
+    return where
+
+
 def json_object(text: str) -> dict[Any, Any]:
     """The JSON object `text` holds; ValueError otherwise (echoing at most 80 characters)."""
     try:

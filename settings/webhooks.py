@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from settings.parsing import json_value
+from settings.parsing import json_value, list_entry
 
 EVENT_TYPES = (
     "queued",
@@ -25,7 +25,7 @@ EVENT_TYPES = (
     "replayed",
     "deleted",
 )
-_FIELDS = {"url", "secret", "events"}
+_FIELDS = frozenset({"url", "secret", "events"})
 _MAX_URL = 2000
 _MAX_SECRET = 1000
 
@@ -74,12 +74,7 @@ def webhooks_from_list(value: Any) -> tuple[Webhook, ...]:
 def _webhook(index: int, item: Any) -> Webhook:
     if isinstance(item, Webhook):
         return item
-    where = f"entry {index + 1}"
-    if not isinstance(item, dict):
-        raise ValueError(f"{where} must be an object with url and secret")
-    unknown = sorted(set(map(str, item)) - _FIELDS)
-    if unknown:
-        raise ValueError(f"{where} has unknown field(s) {', '.join(unknown)}")
+    where = list_entry(index, item, _FIELDS, "url and secret")
     url, secret, events = item.get("url"), item.get("secret"), item.get("events") or []
     if not isinstance(url, str) or len(url) > _MAX_URL:
         raise ValueError(f"{where} needs url as a string of at most {_MAX_URL} characters")
