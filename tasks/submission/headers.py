@@ -57,31 +57,33 @@ def complete(data: bytes, *, trace: Trace, message_id: str, id_domain: str, now:
 
     `now` must be timezone-aware; `id_domain` is the right-hand side of a Message-ID added here.
     """
-    lines = data.splitlines(keepends=True)
-    end = _header_end(lines)
-    kept: list[bytes] = []
-    has_message_id = has_date = False
-    in_bcc = False
-    for line in lines[:end]:
-        if line.startswith(_CONTINUATION):
-            if not in_bcc:
-                kept.append(line)
-            continue
-        match = _FIELD.match(line)
-        assert match is not None  # _header_end stops at the first line that is no field
-        name = match[1].lower()
-        in_bcc = name == b"bcc"
-        has_message_id = has_message_id or name == b"message-id"
-        has_date = has_date or name == b"date"
-        if not in_bcc:
-            kept.append(line)
+    fields, rest = split_fields(data)
+    kept = [line for name, group in fields if name != b"bcc" for line in group]
+    names = {name for name, _ in fields}
+    has_message_id, has_date = b"message-id" in names, b"date" in names
     if kept and not kept[-1].endswith(b"\n"):
         kept[-1] += _CRLF  # a header section with no line end: nothing follows it
     if not has_message_id:
         kept.append(f"Message-ID: <{message_id}@{id_domain}>\r\n".encode("ascii"))
     if not has_date:
         kept.append(f"Date: {format_datetime(now)}\r\n".encode("ascii"))
-    return b"".join([received_field(trace, message_id, now), *kept, *lines[end:]])
+    return b"".join([received_field(trace, message_id, now), *kept, *rest])
+
+
+def split_fields(data: bytes) -> tuple[list[tuple[bytes, list[bytes]]], list[bytes]]:
+    """The header section as (lower-case name, its lines: the first and its continuations) per
+    field, in order, and the lines after it; every line keeps its line end."""
+    lines = data.splitlines(keepends=True)
+    end = _header_end(lines)
+    fields: list[tuple[bytes, list[bytes]]] = []
+    for line in lines[:end]:
+        if line.startswith(_CONTINUATION):
+            fields[-1][1].append(line)  # _header_end: never the first line of the section
+            continue
+        match = _FIELD.match(line)
+        assert match is not None  # _header_end stops at the first line that is no field
+        fields.append((match[1].lower(), [line]))
+    return fields, lines[end:]
 
 
 def _header_end(lines: list[bytes]) -> int:

@@ -5,50 +5,38 @@
 from __future__ import annotations
 
 import json
-import re
 
 from tasks.labels import check_metadata, check_tags, labels_json
 from tasks.notification import InvalidNotification
+from tasks.submission.headers import split_fields
 
 TAGS_FIELD = b"x-mailroom-tags"
 METADATA_FIELD = b"x-mailroom-metadata"
-_FIELD = re.compile(rb"([\x21-\x39\x3b-\x7e]+)[ \t]*:")  # RFC 5322 §3.6.8, as headers.py reads
-_CONTINUATION = (b" ", b"\t")
 
 
 def take_labels(data: bytes) -> tuple[bytes, str]:
-    """The message without the two fields, and the labels JSON they give ("" for none).
+    """The message without the two fields, and the labels JSON they give ("" for none); a
+    message without them comes back as it is, byte for byte.
 
     :raises InvalidNotification: a field that is not valid UTF-8 or not what it must hold, or
         given twice; one line naming the field.
     """
-    lines = data.splitlines(keepends=True)
-    kept: list[bytes] = []
+    fields, rest = split_fields(data)
     found: dict[bytes, bytes] = {}
-    taking: bytes | None = None
-    for index, line in enumerate(lines):
-        if line.startswith(_CONTINUATION) and index > 0:
-            if taking is not None:
-                found[taking] += b" " + line.strip()
-            else:
-                kept.append(line)
+    kept: list[bytes] = []
+    for name, group in fields:
+        if name not in (TAGS_FIELD, METADATA_FIELD):
+            kept += group
             continue
-        match = _FIELD.match(line)
-        if match is None:  # the end of the header section
-            kept += lines[index:]
-            break
-        name = match[1].lower()
-        if name in (TAGS_FIELD, METADATA_FIELD):
-            if name in found:
-                raise InvalidNotification(f"{_shown(name)}: given twice")
-            found[name] = line[match.end() :].strip()
-            taking = name
-        else:
-            taking = None
-            kept.append(line)
+        if name in found:
+            raise InvalidNotification(f"{_shown(name)}: given twice")
+        # Unfolded: the value after the colon, and each continuation line, joined by a space.
+        first = group[0].partition(b":")[2]
+        found[name] = b" ".join(part.strip() for part in (first, *group[1:]))
     if not found:
         return data, ""
-    return b"".join(kept), labels_json(_tags(found.get(TAGS_FIELD)), _metadata(found))
+    tags = _tags(found.get(TAGS_FIELD))
+    return b"".join(kept + rest), labels_json(tags, _metadata(found))
 
 
 def _tags(raw: bytes | None) -> list[str]:
