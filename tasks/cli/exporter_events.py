@@ -11,7 +11,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from settings import Settings
 from tasks.event_dispatch import task_group
-from workers.observe.event_gauges import deliveries, events_written, lag_seconds
+from workers.observe.event_gauges import deliveries, events_written, lags
 
 
 def consumers(settings: Settings) -> dict[str, str]:
@@ -42,7 +42,6 @@ def event_metrics(client: redis.Redis, groups: Mapping[str, str]) -> Iterator[Me
         "Age of the oldest event a consumer has not acknowledged (0: none).",
         labels=["consumer"],
     )
-    now = time.time()
-    for group, label in sorted(groups.items()):
-        lag.add_metric([label], round(lag_seconds(client, group, now), 1))
+    for group, seconds in sorted(lags(client, groups, time.time()).items()):
+        lag.add_metric([groups[group]], round(seconds, 1))
     yield lag

@@ -4,7 +4,7 @@ not yet acknowledged). All read, never counted, and a few small round trips per 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import redis
@@ -20,7 +20,7 @@ def events_written(client: redis.Redis) -> int:
         info: dict[Any, Any] = client.xinfo_stream(EVENTS_KEY)
     except redis.ResponseError:  # no log yet
         return 0
-    return int(info.get("entries-added", info.get(b"entries-added", 0)) or 0)
+    return int(info.get("entries-added") or 0)
 
 
 def deliveries(client: redis.Redis) -> dict[tuple[str, str], int]:
@@ -33,21 +33,26 @@ def deliveries(client: redis.Redis) -> dict[tuple[str, str], int]:
     return found
 
 
-def lag_seconds(client: redis.Redis, group: str, now: float) -> float:
-    """Seconds since the oldest event `group` has not acknowledged was written (0: none)."""
+def lags(client: redis.Redis, groups: Iterable[str], now: float) -> dict[str, float]:
+    """Seconds since the oldest event each group has not acknowledged was written (0: none, or
+    no such group yet); the groups are listed once for all of them."""
     try:
-        groups: Sequence[dict[Any, Any]] = client.xinfo_groups(EVENTS_KEY)
-    except redis.ResponseError:
+        listed: Sequence[dict[Any, Any]] = client.xinfo_groups(EVENTS_KEY)
+    except redis.ResponseError:  # no log yet
+        listed = []
+    known = {redis_text(g["name"]): g for g in listed}
+    return {group: _lag(client, known.get(group), now) for group in groups}
+
+
+def _lag(client: redis.Redis, info: dict[Any, Any] | None, now: float) -> float:
+    if info is None:
         return 0.0
-    mine = [g for g in groups if redis_text(g["name"]) == group]
-    if not mine:
-        return 0.0
-    summary: dict[Any, Any] = client.xpending(EVENTS_KEY, group)
     oldest: str | None = None
-    if summary.get("pending"):
+    if info.get("pending"):
+        summary: dict[Any, Any] = client.xpending(EVENTS_KEY, redis_text(info["name"]))
         oldest = redis_text(summary["min"])
     else:
-        after = redis_text(mine[0]["last-delivered-id"])
+        after = redis_text(info["last-delivered-id"])
         nxt: Sequence[Any] = client.xrange(EVENTS_KEY, min=f"({after}", count=1)  # type: ignore[assignment]
         oldest = redis_text(nxt[0][0]) if nxt else None
     if oldest is None:
