@@ -10,7 +10,7 @@ from typing import Any
 import redis
 
 from workers.events.dispatcher import DELIVERIES_KEY
-from workers.queue.events import EVENTS_KEY
+from workers.queue.events import EVENTS_KEY, written_at
 from workers.queue.redis_text import redis_text
 
 
@@ -57,4 +57,4 @@ def _lag(client: redis.Redis, info: dict[Any, Any] | None, now: float) -> float:
         oldest = redis_text(nxt[0][0]) if nxt else None
     if oldest is None:
         return 0.0
-    return max(now - int(oldest.partition("-")[0]) / 1000, 0.0)
+    return max(now - written_at(oldest), 0.0)

@@ -77,10 +77,14 @@ def event_json(entry_id: bytes | str, fields: Mapping[Any, Any]) -> dict[str, An
     }
 
 
+def written_at(event_id: str) -> float:
+    """When the event was written, as UNIX time: its id's milliseconds (Redis's clock)."""
+    return int(event_id.partition("-")[0]) / 1000
+
+
 def timestamp_of(event_id: str) -> str:
-    """When the event was written: its id's milliseconds (Redis's clock), ISO-8601 in UTC."""
-    milliseconds = int(event_id.partition("-")[0])
-    moment = datetime.fromtimestamp(milliseconds / 1000, UTC)
+    """When the event was written, ISO-8601 in UTC with milliseconds."""
+    moment = datetime.fromtimestamp(written_at(event_id), UTC)
     return moment.isoformat(timespec="milliseconds")
 
 

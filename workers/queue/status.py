@@ -1,15 +1,17 @@
 """Each message's status record, and the one place recipient states change.
 
-A recipient's state only moves forward: queued → deferred | delivered | bounced | expired,
-deferred → the same four, and delivered, bounced and expired are final. The one way back is
-`requeue` (an operator replaying dead letters), which turns bounced or expired recipients of one
-destination into queued ones with a fresh age. Transitions are checked inside Redis (Lua), so
-two workers recording at once cannot move a state backwards; an illegal one is skipped and
-logged. The message's own state is derived from its recipients' (`message_state`).
+A recipient's state only moves forward: queued → deferred | delivered | bounced | expired |
+deleted | suppressed, deferred → the same, and the last five are final (`status_states`). The
+one way back is `requeue` (an operator replaying dead letters), which turns bounced, expired or
+deleted recipients of one destination into queued ones with a fresh age. Every change writes its
+delivery event in the same script (`workers.queue.events`). Transitions are checked inside
+Redis (Lua), so two workers recording at once cannot move a state backwards; an illegal one is
+skipped and logged. The message's own state is derived from its recipients' (`message_state`).
 
 Keys (every one EXPIREs after `ttl`, refreshed on each write):
     mailroom:msg:{id}        hash {created: UNIX time, sender, enqueued: "1" once on its queues,
-                             claim: token of the producer that enqueues it}
+                             claim: token of the producer that enqueues it, labels: tags and
+                             metadata JSON when given}
     mailroom:rcpt:{id}       hash address → JSON {"destination","state","code","enhanced","reply"}
     mailroom:dlv:{id}        hash destination → JSON {"attempt": int, "first_queued": UNIX time}
     mailroom:attempts:{id}   list of attempt JSON objects, the newest 100 kept

@@ -33,7 +33,6 @@ from workers.model.report import DeliveryReport
 _log = logging.getLogger(__name__)
 
 KEY = "mailroom:suppressed"
-SOURCES = ("bounce", "operator", "import")
 _DAY = 86400
 _SCAN_COUNT = 500
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
@@ -53,7 +52,7 @@ class Entry:
 
     address: str
     reason: str
-    source: str  # one of SOURCES
+    source: str  # "bounce", "operator" (suppression add) or "import"
     since: float  # UNIX time
     expires: float | None = None
     code: int | None = None  # the bounce's reply, when a bounce listed it
