@@ -57,7 +57,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         if not page:
             break
         after = page[-1]["event_id"]
-        shown += _print([e for e in page if not types or e["type"] in types], args.json)
+        shown += _print(page, types, args.json)
     if not args.follow:
         return OK
     if args.since is None and shown == 0:
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         events = log.wait(after, block, _PAGE)
         if events:
             after = events[-1]["event_id"]
-            _print([e for e in events if not types or e["type"] in types], args.json)
+            _print(events, types, args.json)
 
 
 def _types(given: Sequence[str]) -> set[str]:
@@ -97,10 +97,12 @@ def _start(since: str | None) -> str:
     return f"{milliseconds - 1}-{_MOST_SEQUENCE}" if milliseconds > 0 else "0-0"
 
 
-def _print(events: Sequence[dict[str, Any]], as_json: bool) -> int:
-    for event in events:
+def _print(events: Sequence[dict[str, Any]], types: set[str], as_json: bool) -> int:
+    """Print the events of `types` (all when empty); returns how many were printed."""
+    printed = [event for event in events if not types or event["type"] in types]
+    for event in printed:
         print(json.dumps(event, ensure_ascii=False) if as_json else _line(event), flush=True)
-    return len(events)
+    return len(printed)
 
 
 def _line(event: dict[str, Any]) -> str:
